@@ -1,0 +1,69 @@
+"""`moa`: argv in, exit code out. Each command lives in its own module with a `register(sub)`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ..errors import ConfigError, MoaError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
+
+_COMMANDS = ("check", "run", "eval", "cache", "models")  # modules under moa_dsl.cli
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own exit code is already 2; keep it short
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"moa: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = _Parser(prog="moa", description="Mixture-of-Agents topologies: check, draw, run, compare.")
+    parser.add_argument("--version", action="version", version=f"moa-dsl {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":  # command not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("moa-dsl")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"moa: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MoaError as exc:
+        print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID if exc.diagnostics else EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("moa: interrupted; completed calls are kept in the cache", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def run() -> None:
+    sys.exit(main())

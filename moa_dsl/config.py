@@ -1,0 +1,96 @@
+"""Constants and configuration values shared by the compiler, the runner and the providers.
+
+Environment variables are read here and nowhere else (except `env("X")` values, which the
+provider pool resolves when a run starts).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_CONCURRENCY = 16
+DEFAULT_TIMEOUT_S = 120.0
+DEFAULT_RETRIES = 3
+
+# The synthesis instruction of togethercomputer/MoA, verbatim (LANGUAGE.md, "The messages a call sends").
+REFERENCE_PROMPT = (
+    "You have been provided with a set of responses from various open-source models to the latest "
+    "user query. Your task is to synthesize these responses into a single, high-quality response. "
+    "It is crucial to critically evaluate the information provided in these responses, recognizing "
+    "that some of it may be biased or incorrect. Your response should not simply replicate the given "
+    "answers but should offer a refined, accurate, and comprehensive reply to the instruction. Ensure "
+    "your response is well-structured, coherent, and adheres to the highest standards of accuracy and "
+    "reliability.\n\nResponses from models:"
+)
+
+PROVIDER_KINDS = ("openai", "anthropic", "local")
+PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries")
+
+# Parameters that reach the HTTP request body (when set). The rest steer the runner.
+REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
+BUILTIN_PARAMS: Mapping[str, Any] = {"temperature": 0.7, "max_tokens": 512, "min_inputs": 1, "cache": True}
+PARAM_KEYS = (
+    "temperature", "top_p", "max_tokens", "seed", "stop", "system", "prompt",
+    "min_inputs", "timeout", "retries", "cache", "price",
+)
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """`env("NAME")` in source: resolved when a run starts, never at parse time."""
+
+    name: str
+
+    def resolve(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return (os.environ if environ is None else environ).get(self.name)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """A provider as declared (or built in). `api_key` is a literal, an EnvRef, or None."""
+
+    name: str
+    kind: str                                  # "openai" | "anthropic" | "local"
+    base_url: str | EnvRef | None = None       # None for local
+    api_key: str | EnvRef | None = None
+    headers: Mapping[str, str | EnvRef] = field(default_factory=dict)
+    max_concurrency: int | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
+
+
+def _openai_base_url() -> str:
+    return os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+
+
+def builtin_providers() -> dict[str, ProviderConfig]:
+    """The providers that need no `provider` statement (LANGUAGE.md, "Built-in providers")."""
+    return {
+        "openai": ProviderConfig("openai", "openai", EnvRef("OPENAI_BASE_URL"), EnvRef("OPENAI_API_KEY")),
+        "together": ProviderConfig("together", "openai", "https://api.together.xyz/v1", EnvRef("TOGETHER_API_KEY")),
+        "groq": ProviderConfig("groq", "openai", "https://api.groq.com/openai/v1", EnvRef("GROQ_API_KEY")),
+        "openrouter": ProviderConfig("openrouter", "openai", "https://openrouter.ai/api/v1", EnvRef("OPENROUTER_API_KEY")),
+        "ollama": ProviderConfig("ollama", "openai", "http://localhost:11434/v1", None),
+        "anthropic": ProviderConfig("anthropic", "anthropic", "https://api.anthropic.com/v1", EnvRef("ANTHROPIC_API_KEY")),
+        "local": ProviderConfig("local", "local", None, None),
+    }
+
+
+# Where a built-in provider's base_url EnvRef is unset, this is used instead.
+BASE_URL_FALLBACKS = {"OPENAI_BASE_URL": "https://api.openai.com/v1"}
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """--cache-dir, else $MOA_CACHE_DIR, else ~/.cache/moa-dsl."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("MOA_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "moa-dsl"
+
+
+def models_dir() -> Path:
+    """$MOA_MODELS_DIR, else ~/.cache/moa-dsl/models."""
+    env = os.environ.get("MOA_MODELS_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "moa-dsl" / "models"

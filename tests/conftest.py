@@ -1,0 +1,17 @@
+"""Shared test fixtures. Feature-specific helpers live in their own modules (tests/fakeserver.py, ...)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def cache_dir(tmp_path):
+    """A private response cache per test, so tests never see each other's calls."""
+    return tmp_path / "cache"
