@@ -1,0 +1,87 @@
+"""What a run reports while it happens: `Event`s, handed to callbacks and to the `--trace` writer.
+
+Kinds, in the order they can happen for a node (docs/architecture.md, "Events"):
+run_started, node_started, request_sent, retry, token, cache_hit, node_finished, node_failed,
+node_skipped, run_finished. Event data never holds a header, a key or any other credential: the
+runner only puts model names, counts, timings, texts and error messages (already credential-free,
+errors.py) in it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Iterable
+
+EVENT_KINDS = (
+    "run_started", "node_started", "request_sent", "retry", "token", "cache_hit",
+    "node_finished", "node_failed", "node_skipped", "run_finished",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    t: float            # seconds since the run started
+    node: str | None
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "t": round(self.t, 6), "node": self.node, "data": self.data}
+
+
+OnEvent = Callable[[Event], None]
+
+
+class TraceWriter:
+    """Appends events as JSON lines, each with a wall-clock `ts` and the run-relative `t`.
+
+    Accepts a path (opened in append mode, closed by `close`) or an open text stream (left open).
+    Each line is flushed, so a killed run leaves a readable trace up to its last event.
+    """
+
+    def __init__(self, target: str | os.PathLike | IO[str]):
+        if hasattr(target, "write"):
+            self._fh, self._owned = target, False  # type: ignore[assignment]
+        else:
+            self._fh, self._owned = open(target, "a", encoding="utf-8"), True
+        self._t0_wall = time.time()
+
+    def start(self, wall_t0: float) -> None:
+        self._t0_wall = wall_t0
+
+    def __call__(self, event: Event) -> None:
+        line = {"ts": round(self._t0_wall + event.t, 6), **event.to_json()}
+        self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._fh.close()
+
+
+class Emitter:
+    """Stamps events with the run clock and hands them to every listener; keeps them for RunResult.
+
+    Cheap on purpose (one dataclass and a list append per event): it sits on every call's path.
+    """
+
+    def __init__(self, listeners: Iterable[OnEvent] = (), *, keep: bool = True):
+        self.t0 = time.perf_counter()
+        self.wall_t0 = time.time()
+        self.listeners = [f for f in listeners if f is not None]
+        self.events: list[Event] = []
+        self._keep = keep
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def emit(self, kind: str, node: str | None = None, data: dict[str, Any] | None = None,
+             *, t: float | None = None) -> Event:
+        event = Event(kind, self.now() if t is None else t, node, data if data is not None else {})
+        if self._keep:
+            self.events.append(event)
+        for listener in self.listeners:
+            listener(event)
+        return event

@@ -1,0 +1,111 @@
+"""What a run returns: `RunResult`, one `NodeResult` per node run, and `Usage`.
+
+Token accounting: a node's `usage` is what its response cost, whether it was called now (status
+"ok") or served from the cache (status "cached": those tokens were saved, not spent). The run's
+totals count only what was spent in this run (ok nodes, and failed ones that reported usage: none do
+today); what the cache saved is in `Usage.saved_prompt_tokens` / `saved_completion_tokens`.
+`Usage.calls` is the number of nodes whose call reached a provider in this run (ok or failed, each
+counted once however many attempts it took; per-node attempts are in `NodeResult.attempts`);
+`cache_hits` is the number of nodes served from the cache.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import Event
+
+NODE_STATUSES = ("ok", "cached", "failed", "skipped")
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    saved_prompt_tokens: int = 0
+    saved_completion_tokens: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "calls": self.calls, "cache_hits": self.cache_hits}
+
+
+@dataclass
+class NodeResult:
+    status: str                         # ok | cached | failed | skipped
+    model: str
+    provider: str
+    text: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float | None = None      # the call's duration (0 for a cache hit); None if never started
+    attempts: int = 0                   # requests sent (0 when cached or skipped)
+    error: str | None = None            # why it failed, or why it was skipped
+    started_s: float | None = None
+    finished_s: float | None = None
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in ("ok", "cached")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status, "model": self.model, "provider": self.provider, "text": self.text,
+            "usage": self.usage, "latency_s": _round(self.latency_s), "attempts": self.attempts,
+            "error": self.error, "started_s": _round(self.started_s), "finished_s": _round(self.finished_s),
+        }
+
+
+@dataclass
+class RunResult:
+    output: str | None
+    output_node: str
+    status: str                         # ok | failed
+    elapsed_s: float
+    usage: Usage
+    nodes: dict[str, NodeResult]
+    events: list[Event] = field(default_factory=list, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        """INTERFACES.md's `moa run --json` shape, exactly."""
+        return {
+            "output": self.output, "output_node": self.output_node, "status": self.status,
+            "elapsed_s": _round(self.elapsed_s), "usage": self.usage.to_json(),
+            "nodes": {name: node.to_json() for name, node in self.nodes.items()},
+        }
+
+    def summary(self) -> str:
+        u = self.usage
+        saved = u.saved_prompt_tokens + u.saved_completion_tokens
+        return (f"{self.status}: {u.calls} calls, {u.cache_hits} cache hits, "
+                f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens"
+                + (f" ({saved} saved by the cache)" if saved else "")
+                + f", {self.elapsed_s:.2f}s")
+
+    def _repr_markdown_(self) -> str:
+        head = f"**{self.output_node}** ({self.summary()})"
+        return f"{head}\n\n{self.output}" if self.output is not None else head
+
+    def raise_for_status(self) -> "RunResult":
+        """Raise RunFailed when the output node failed or was skipped; return self otherwise."""
+        if self.status != "ok":
+            from .errors import RunFailed
+
+            node = self.nodes.get(self.output_node)
+            why = node.error if node is not None and node.error else "no answer"
+            raise RunFailed(f"the output node '{self.output_node}' did not answer: {why}", result=self)
+        return self
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)

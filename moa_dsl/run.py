@@ -1,0 +1,398 @@
+"""The scheduler: one asyncio task per node, each awaiting only its own inputs.
+
+A node starts the moment its last input finishes (never a barrier per layer); calls in flight are
+bounded by one global semaphore and, per provider, by its `max_concurrency`. Failures are values: a
+node's failed call is recorded in its NodeResult and its dependants decide (`min_inputs`) whether
+to run. Only cancellation (Ctrl-C, a cancelled notebook cell) and genuine bugs leave a run early;
+cancellation stops every call in flight and is re-raised, and every call that completed before it
+is already in the cache.
+
+    result = await arun(pipe, "Why is the sky blue?")
+    result = run_blocking(pipe, query)          # scripts and running loops (Jupyter) alike
+    rows = plan(pipe, query)                    # --dry-run
+
+A `Session` holds what several runs can share (provider clients, the cache, the global bound):
+`moa run --input` runs a whole batch through one session so the bound is global across items.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import networkx as nx
+
+from .config import DEFAULT_CONCURRENCY, cache_dir as default_cache_dir
+from .errors import ConfigError, MoaError
+from .events import Emitter, OnEvent, TraceWriter
+from .messages import build_messages, normalize_query, request_params
+from .pipeline import Pipeline
+from .providers.base import CallRequest, Completion
+from .result import NodeResult, RunResult, Usage
+
+OnToken = Callable[[str], None]
+
+
+def check_concurrency(concurrency: Any) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"concurrency must be an integer >= 1, not {concurrency!r}")
+    return concurrency
+
+
+def live_nodes(graph: nx.DiGraph) -> list[str]:
+    """The nodes a run calls, in dependency order: everything but the dead ones."""
+    dead = graph.graph.get("dead", frozenset())
+    return [n for n in nx.topological_sort(graph) if n not in dead]
+
+
+class Session:
+    """Provider clients, the response cache and the global bound, shared by the runs made through it.
+
+    Create it inside the event loop that runs it; `async with` closes what it opened.
+    """
+
+    def __init__(self, pipe: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
+                 cache_dir: str | os.PathLike | None = None, refresh: bool = False,
+                 environ: Mapping[str, str] | None = None, transport: Any = None,
+                 pool: Any = None, response_cache: Any = None):
+        self.pipe = pipe
+        self.graph = pipe.graph
+        self.refresh = refresh
+        self.semaphore = asyncio.Semaphore(check_concurrency(concurrency))
+        self.order = live_nodes(self.graph)
+        self._owns_pool = pool is None
+        if pool is None:
+            from .providers.pool import ProviderPool
+
+            pool = ProviderPool(self.graph.graph["providers"], environ=os.environ if environ is None else environ,
+                                transport=transport)
+        self.pool = pool
+        used = sorted({self.graph.nodes[n]["provider"] for n in self.order})
+        pool.check_keys(used)  # one ConfigError naming every missing variable, before any call
+        self.providers = {name: pool.get(name) for name in used}
+        self._provider_slots = {
+            name: asyncio.Semaphore(p.max_concurrency) for name, p in self.providers.items()
+            if getattr(p, "max_concurrency", None)
+        }
+        self._owns_cache = response_cache is None and cache
+        if response_cache is None and cache:
+            from .cache import ResponseCache
+
+            response_cache = ResponseCache(default_cache_dir(cache_dir))
+        self.cache = response_cache if cache else None
+
+    async def __aenter__(self) -> "Session":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        try:
+            if self._owns_pool:
+                await self.pool.aclose()
+        finally:
+            if self._owns_cache and self.cache is not None:
+                self.cache.close()
+
+    async def run(self, query: Any, *, on_event: OnEvent | None = None, trace: Any = None,
+                  on_token: OnToken | None = None) -> RunResult:
+        conversation = normalize_query(query)
+        writer = TraceWriter(trace) if trace is not None else None
+        try:
+            emitter = Emitter([on_event, writer])
+            if writer is not None:
+                writer.start(emitter.wall_t0)
+            return await _Run(self, conversation, emitter, on_token).run()
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+class _Run:
+    """One query through the graph. Per-node work is O(inputs): no scans of the whole graph per event."""
+
+    def __init__(self, session: Session, conversation: list[dict[str, str]], emitter: Emitter,
+                 on_token: OnToken | None):
+        self.s, self.conversation, self.emitter, self.on_token = session, conversation, emitter, on_token
+        self.output = session.graph.graph["output"]
+        self.results: dict[str, NodeResult] = {}
+        self.done: dict[str, asyncio.Event] = {}
+        self.usage = Usage()
+
+    async def run(self) -> RunResult:
+        s, em = self.s, self.emitter
+        em.emit("run_started", None, {"nodes": list(s.order), "output": self.output})
+        self.done = {n: asyncio.Event() for n in s.order}
+        tasks = [asyncio.ensure_future(self._node(n)) for n in s.order]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # Cancellation (or a bug): stop every call in flight, let them unwind, then re-raise.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        out = self.results.get(self.output)
+        status = "ok" if out is not None and out.succeeded else "failed"
+        elapsed = em.now()
+        em.emit("run_finished", None, {"status": status, "elapsed_s": round(elapsed, 6),
+                                       "usage": self.usage.to_json()})
+        nodes = {n: self.results[n] for n in s.order}
+        return RunResult(output=out.text if status == "ok" else None, output_node=self.output,
+                         status=status, elapsed_s=elapsed, usage=self.usage, nodes=nodes,
+                         events=em.events)
+
+    async def _node(self, name: str) -> None:
+        attrs = self.s.graph.nodes[name]
+        try:
+            for dep in attrs["inputs"]:
+                await self.done[dep].wait()
+            self.results[name] = await self._resolve(name, attrs)
+        finally:
+            self.done[name].set()
+
+    async def _resolve(self, name: str, attrs: Mapping[str, Any]) -> NodeResult:
+        params = attrs["params"]
+        refs = None
+        if attrs["role"] == "aggregate":
+            inputs = attrs["inputs"]
+            refs = [r.text for r in (self.results[i] for i in inputs) if r.succeeded]
+            need = params.get("min_inputs", 1)
+            if len(refs) < need:
+                reason = f"{len(refs)} of {len(inputs)} inputs succeeded, min_inputs is {need}"
+                return self._skipped(name, attrs, reason)
+        messages = build_messages(self.conversation, system=params.get("system"), refs=refs,
+                                  prompt=params.get("prompt"))
+        body = request_params(params)
+        provider = self.s.providers[attrs["provider"]]
+        cache = self.s.cache if params.get("cache", True) else None
+        key = None
+        if cache is not None:
+            from .cache import cache_key
+
+            key = cache_key(provider.kind, provider.endpoint, attrs["model"], messages, body, attrs.get("sample"))
+            if not self.s.refresh:
+                hit = cache.get(key)
+                if hit is not None:
+                    return self._cached(name, attrs, hit)
+        req = CallRequest(node=name, model=attrs["model"], messages=messages, params=body,
+                          stream=name == self.output, timeout=params.get("timeout", 120.0),
+                          retries=params.get("retries", 3))
+        return await self._call(name, attrs, provider, req, cache, key)
+
+    async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
+                    cache: Any, key: str | None) -> NodeResult:
+        em = self.emitter
+        slot = self.s._provider_slots.get(attrs["provider"])
+        # The provider's own slot first: a call queued on a busy provider must not hold a global slot.
+        if slot is not None:
+            await slot.acquire()
+        try:
+            async with self.s.semaphore:
+                started = em.now()
+                em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
+                attempts = 0
+
+                def emit(kind: str, data: dict[str, Any]) -> None:
+                    nonlocal attempts
+                    if kind == "request_sent":
+                        attempts += 1
+                    em.emit(kind, name, data)
+
+                on_token = self._stream if req.stream else None
+                self.usage.calls += 1
+                try:
+                    done: Completion = await provider.complete(req, on_token=on_token, emit=emit)
+                except MoaError as exc:
+                    return self._failed(name, attrs, str(exc), started, max(attempts, 1))
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # a provider bug must not sink the other nodes of a batch
+                    return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, max(attempts, 1))
+        finally:
+            if slot is not None:
+                slot.release()
+        finished = em.now()
+        pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
+        if cache is not None and key is not None:
+            cache.set(key, {"text": done.text, "prompt_tokens": done.prompt_tokens,
+                            "completion_tokens": done.completion_tokens, "finish_reason": done.finish_reason})
+        self.usage.prompt_tokens += pt
+        self.usage.completion_tokens += ct
+        result = NodeResult("ok", attrs["model"], attrs["provider"], done.text, pt, ct, finished - started,
+                            attempts or done.attempts, None, started, finished)
+        em.emit("node_finished", name, {"status": "ok", "usage": result.usage,
+                                        "latency_s": round(finished - started, 6)}, t=finished)
+        return result
+
+    def _stream(self, text: str) -> None:
+        self.emitter.emit("token", self.output, {"text": text})
+        if self.on_token is not None:
+            self.on_token(text)
+
+    def _cached(self, name: str, attrs: Mapping[str, Any], hit: Mapping[str, Any]) -> NodeResult:
+        em = self.emitter
+        t = em.now()
+        pt, ct = hit.get("prompt_tokens") or 0, hit.get("completion_tokens") or 0
+        self.usage.cache_hits += 1
+        self.usage.saved_prompt_tokens += pt
+        self.usage.saved_completion_tokens += ct
+        em.emit("cache_hit", name, {"prompt_tokens": pt, "completion_tokens": ct}, t=t)
+        if name == self.output:
+            self._stream(hit["text"])
+        result = NodeResult("cached", attrs["model"], attrs["provider"], hit["text"], pt, ct, 0.0, 0, None, t, t)
+        em.emit("node_finished", name, {"status": "cached", "usage": result.usage, "latency_s": 0.0}, t=t)
+        return result
+
+    def _failed(self, name: str, attrs: Mapping[str, Any], error: str, started: float,
+                attempts: int) -> NodeResult:
+        t = self.emitter.now()
+        self.emitter.emit("node_failed", name, {"error": error}, t=t)
+        return NodeResult("failed", attrs["model"], attrs["provider"], None, 0, 0, t - started, attempts,
+                          error, started, t)
+
+    def _skipped(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
+        t = self.emitter.now()
+        self.emitter.emit("node_skipped", name, {"reason": reason}, t=t)
+        return NodeResult("skipped", attrs["model"], attrs["provider"], None, error=reason, started_s=None,
+                          finished_s=t)
+
+
+async def arun(pipe: Pipeline, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
+               cache_dir: str | os.PathLike | None = None, refresh: bool = False,
+               on_event: OnEvent | None = None, trace: Any = None, environ: Mapping[str, str] | None = None,
+               transport: Any = None, on_token: OnToken | None = None, pool: Any = None) -> RunResult:
+    """Run `pipe` on one query. Returns the RunResult whatever happened to the nodes (see `.status`,
+    `.raise_for_status()`); raises ConfigError before any call for a bad query, bound or missing key."""
+    normalize_query(query)  # a bad query is reported before anything is opened
+    async with Session(pipe, concurrency=concurrency, cache=cache, cache_dir=cache_dir, refresh=refresh,
+                       environ=environ, transport=transport, pool=pool) as session:
+        return await session.run(query, on_event=on_event, trace=trace, on_token=on_token)
+
+
+def run_blocking(pipe: Pipeline, query: Any, **options: Any) -> RunResult:
+    """`arun`, from synchronous code. Inside a running loop (Jupyter) the run gets its own loop in a
+    worker thread; KeyboardInterrupt cancels it there, waits for the calls to unwind, and re-raises."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(arun(pipe, query, **options))
+    return _run_in_thread(lambda: arun(pipe, query, **options))
+
+
+def _run_in_thread(make_coro: Callable[[], Any]) -> Any:
+    from anyio.from_thread import start_blocking_portal
+
+    async def main() -> Any:
+        return await make_coro()
+
+    with start_blocking_portal(backend="asyncio") as portal:
+        future = portal.start_task_soon(main)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()  # cancels the task inside the portal's loop; the portal waits for it on exit
+            raise
+
+
+# --- --dry-run ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PlanRow:
+    node: str
+    role: str
+    provider: str
+    model: str
+    inputs: tuple[str, ...]
+    calls: int | None        # 1, 0 (served from the cache), or None (unknown)
+    cache: str               # "hit" | "miss" | "off" | "unknown"
+
+
+def plan(pipe: Pipeline, query: Any, *, cache: bool = True, cache_dir: str | os.PathLike | None = None,
+         refresh: bool = False, environ: Mapping[str, str] | None = None, pool: Any = None,
+         response_cache: Any = None) -> list[PlanRow]:
+    """What a run would do, without calling anything: nodes in dependency order, their inputs, and
+    whether each would be served from the cache.
+
+    A proposer's request is known from the query, so its cache entry can be looked up. An
+    aggregator's request depends on its inputs' answers: it is known (and looked up) only when every
+    input would itself come from the cache; otherwise its row says "unknown".
+    """
+    conversation = normalize_query(query)
+    graph = pipe.graph
+    order = live_nodes(graph)
+    own_pool = pool is None
+    if pool is None:
+        from .providers.pool import ProviderPool
+
+        pool = ProviderPool(graph.graph["providers"], environ=os.environ if environ is None else environ)
+    store = response_cache
+    if store is None and cache and not refresh:
+        from .cache import ResponseCache
+
+        store = ResponseCache(default_cache_dir(cache_dir))
+    texts: dict[str, str] = {}
+    rows = []
+    try:
+        for name in order:
+            rows.append(_plan_row(name, graph.nodes[name], conversation, pool, store, texts,
+                                  cache and not refresh))
+    finally:
+        if own_pool:
+            _close_pool_sync(pool)
+        if response_cache is None and store is not None:
+            store.close()
+    return rows
+
+
+def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, str]], pool: Any,
+              store: Any, texts: dict[str, str], use_cache: bool) -> PlanRow:
+    params = attrs["params"]
+    row = dict(node=name, role=attrs["role"], provider=attrs["provider"], model=attrs["model"],
+               inputs=tuple(attrs["inputs"]))
+    if not use_cache or not params.get("cache", True) or store is None:
+        return PlanRow(**row, calls=1, cache="off")
+    refs = None
+    if attrs["role"] == "aggregate":
+        if not all(i in texts for i in attrs["inputs"]):
+            return PlanRow(**row, calls=None, cache="unknown")
+        refs = [texts[i] for i in attrs["inputs"]]
+    from .cache import cache_key
+
+    provider = pool.get(attrs["provider"])
+    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
+    key = cache_key(provider.kind, provider.endpoint, attrs["model"], messages, request_params(params),
+                    attrs.get("sample"))
+    hit = store.get(key)
+    if hit is None:
+        return PlanRow(**row, calls=1, cache="miss")
+    texts[name] = hit["text"]
+    return PlanRow(**row, calls=0, cache="hit")
+
+
+def _close_pool_sync(pool: Any) -> None:
+    try:
+        asyncio.run(pool.aclose())
+    except RuntimeError:  # already inside a loop (a notebook): nothing was opened by get() alone
+        pass
+
+
+def format_plan(rows: Iterable[PlanRow]) -> str:
+    """The --dry-run table."""
+    rows = list(rows)
+    lines = []
+    width = max((len(r.node) for r in rows), default=4)
+    for r in rows:
+        inputs = ", ".join(r.inputs) if r.inputs else "(query)"
+        calls = "?" if r.calls is None else str(r.calls)
+        lines.append(f"{r.node:<{width}}  {r.role:<9}  {r.provider}:{r.model}  <- {inputs}  "
+                     f"calls={calls} cache={r.cache}")
+    known = [r for r in rows if r.calls is not None]
+    unknown = len(rows) - len(known)
+    hits = sum(1 for r in rows if r.cache == "hit")
+    lines.append(f"{len(rows)} nodes: {sum(r.calls for r in known)} calls"
+                 + (f" (+ up to {unknown} whose requests depend on uncached answers)" if unknown else "")
+                 + f", {hits} expected cache hits")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Helpers for the runner's tests: graphs built by hand (docs/architecture.md's attribute contract)
+and an in-process provider with scripted latency and failures, spying on what runs when."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Iterable, Mapping
+
+import networkx as nx
+
+from moa_dsl.config import REFERENCE_PROMPT, ProviderConfig
+from moa_dsl.errors import ConfigError, ProviderHTTPError
+from moa_dsl.pipeline import Pipeline
+from moa_dsl.providers.base import CallRequest, Completion
+
+
+def node(role: str, inputs: Iterable[str] = (), *, provider: str = "fake", model: str | None = None,
+         **params: Any) -> dict[str, Any]:
+    return {"role": role, "inputs": tuple(inputs), "provider": provider, "model": model, "params": params}
+
+
+def make_pipe(nodes: Mapping[str, Mapping[str, Any]], output: str, *, dead: Iterable[str] = (),
+              providers: Mapping[str, ProviderConfig] | None = None) -> Pipeline:
+    g = nx.DiGraph()
+    for name, spec in nodes.items():
+        params = {"temperature": 0.7, "max_tokens": 512, "cache": True, "timeout": 120.0, "retries": 3}
+        if spec["role"] == "aggregate":
+            params.update(prompt=REFERENCE_PROMPT, min_inputs=1)
+        params.update(spec["params"])
+        g.add_node(name, role=spec["role"], provider=spec["provider"], model=spec["model"] or f"m-{name}",
+                   model_name=None, sample=None, layer=None, inputs=spec["inputs"], params=params, span=None)
+    for name, spec in nodes.items():
+        for i in spec["inputs"]:
+            g.add_edge(i, name)
+    g.graph["output"] = output
+    g.graph["dead"] = frozenset(dead)
+    g.graph["providers"] = dict(providers or {"fake": ProviderConfig("fake", "openai", "http://fake.invalid/v1")})
+    return Pipeline(graph=g)
+
+
+class FakeProvider:
+    """Sleeps `latency[node]` (or `default_latency`) seconds, then answers "answer of NODE".
+
+    Records, per node, the start and finish times (time.perf_counter) and the request; counts calls in
+    flight (`max_running`). Nodes in `fail` raise a non-retryable ProviderHTTPError.
+    """
+
+    kind = "openai"
+    endpoint = "http://fake.invalid/v1"
+
+    def __init__(self, *, name: str = "fake", latency: Mapping[str, float] | None = None,
+                 default_latency: float = 0.0, fail: Iterable[str] = (), max_concurrency: int | None = None,
+                 stream_chunks: int = 3):
+        self.name = name
+        self.latency = dict(latency or {})
+        self.default_latency = default_latency
+        self.fail = set(fail)
+        self.max_concurrency = max_concurrency
+        self.stream_chunks = stream_chunks
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+        self.requests: dict[str, CallRequest] = {}
+        self.running = 0
+        self.max_running = 0
+        self.cancelled: list[str] = []
+
+    async def complete(self, req: CallRequest, *, on_token=None, emit=None) -> Completion:
+        if emit:
+            emit("request_sent", {"attempt": 1})
+        self.requests[req.node] = req
+        self.started[req.node] = time.perf_counter()
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await asyncio.sleep(self.latency.get(req.node, self.default_latency))
+        except asyncio.CancelledError:
+            self.cancelled.append(req.node)
+            raise
+        finally:
+            self.running -= 1
+            self.finished[req.node] = time.perf_counter()
+        if req.node in self.fail:
+            raise ProviderHTTPError(f"HTTP 400 from {self.name}: scripted failure of {req.node}",
+                                    node=req.node, provider=self.name, status=400)
+        text = f"answer of {req.node}"
+        if req.stream and on_token:
+            step = max(1, len(text) // self.stream_chunks)
+            for i in range(0, len(text), step):
+                on_token(text[i:i + step])
+        return Completion(text=f"  {text}\n", prompt_tokens=10, completion_tokens=5)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FakePool:
+    def __init__(self, *providers: FakeProvider, missing_keys: Iterable[str] = ()):
+        self.providers = {p.name: p for p in providers}
+        self.missing_keys = set(missing_keys)
+        self.closed = False
+
+    def check_keys(self, names: Iterable[str]) -> None:
+        missing = sorted(set(names) & self.missing_keys)
+        if missing:
+            raise ConfigError(f"missing API key for {', '.join(missing)}")
+
+    def get(self, name: str) -> FakeProvider:
+        return self.providers[name]
+
+    async def aclose(self) -> None:
+        self.closed = True

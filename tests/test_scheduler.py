@@ -1,0 +1,162 @@
+"""The scheduler's shape: dependency-driven starts (no layer barrier), the bounds, failures as values,
+cancellation. Hand-built graphs and an in-process provider; no timed assertions, only orderings."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from moa_dsl.errors import ConfigError
+from moa_dsl.run import arun
+
+from run_helpers import FakePool, FakeProvider, make_pipe, node
+
+
+def run(pipe, provider, query="q", **kw):
+    return asyncio.run(arun(pipe, query, cache=False, pool=FakePool(provider), **kw))
+
+
+def test_each_node_starts_when_its_own_inputs_finish_not_its_layer():
+    # "layer 1": fast (a) and slow (b). c reads only a; d reads only b; out reads c and d.
+    # A layer barrier would hold c until b finished; we must start c right after a.
+    pipe = make_pipe({
+        "a": node("propose"), "b": node("propose"),
+        "c": node("aggregate", ["a"]), "d": node("aggregate", ["b"]),
+        "e": node("aggregate", ["a", "c"]),
+        "out": node("aggregate", ["d", "e"]),
+    }, "out")
+    fake = FakeProvider(latency={"a": 0.02, "b": 0.6, "c": 0.05, "d": 0.02, "e": 0.05, "out": 0.01})
+    result = run(pipe, fake)
+    assert result.status == "ok"
+    s, f = fake.started, fake.finished
+    for name in ("c", "d", "e", "out"):
+        inputs = pipe.graph.nodes[name]["inputs"]
+        last_input = max(f[i] for i in inputs)
+        assert s[name] >= last_input                      # never before its inputs
+        assert s[name] - last_input < 0.25                # and right after them, not after the "layer"
+    # c and e (second and third "generations") both ran while b, of the first, was still running
+    assert s["c"] < f["b"] and s["e"] < f["b"]
+    assert f["e"] < f["b"]
+
+
+def test_global_bound_is_reached_and_never_exceeded():
+    nodes = {f"p{i}": node("propose") for i in range(20)}
+    nodes["out"] = node("aggregate", list(nodes))
+    fake = FakeProvider(default_latency=0.02)
+    result = run(make_pipe(nodes, "out"), fake, concurrency=5)
+    assert result.status == "ok"
+    assert fake.max_running == 5
+
+
+def test_bound_of_one_serialises_everything():
+    nodes = {f"p{i}": node("propose") for i in range(6)}
+    nodes["out"] = node("aggregate", list(nodes))
+    fake = FakeProvider(default_latency=0.005)
+    run(make_pipe(nodes, "out"), fake, concurrency=1)
+    assert fake.max_running == 1
+
+
+def test_provider_max_concurrency_bounds_its_calls_without_holding_global_slots():
+    slow = FakeProvider(name="slow", default_latency=0.02, max_concurrency=2)
+    fast = FakeProvider(name="fast", default_latency=0.02)
+    nodes = {f"s{i}": node("propose", provider="slow") for i in range(8)}
+    nodes.update({f"f{i}": node("propose", provider="fast") for i in range(8)})
+    nodes["out"] = node("aggregate", list(nodes), provider="fast")
+    from moa_dsl.config import ProviderConfig
+
+    providers = {n: ProviderConfig(n, "openai", f"http://{n}.invalid") for n in ("slow", "fast")}
+    result = asyncio.run(arun(make_pipe(nodes, "out", providers=providers), "q", cache=False,
+                              concurrency=6, pool=FakePool(slow, fast)))
+    assert result.status == "ok"
+    assert slow.max_running == 2
+    # slow's queued calls did not take global slots: fast got the other 4 at once
+    assert fast.max_running == 4
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "4", True])
+def test_concurrency_is_validated_up_front(bad):
+    fake = FakeProvider()
+    with pytest.raises(ConfigError, match="concurrency"):
+        run(make_pipe({"a": node("propose")}, "a"), fake, concurrency=bad)
+    assert fake.requests == {}
+
+
+def test_failed_proposer_aggregator_runs_on_the_rest():
+    pipe = make_pipe({"a": node("propose"), "b": node("propose"), "c": node("propose"),
+                      "out": node("aggregate", ["a", "b", "c"])}, "out")
+    fake = FakeProvider(fail={"b"})
+    result = run(pipe, fake)
+    assert result.status == "ok"
+    assert result.nodes["b"].status == "failed" and "scripted failure" in result.nodes["b"].error
+    sys_msg = fake.requests["out"].messages[0]["content"]
+    assert sys_msg.endswith("\n1. answer of a\n2. answer of c")
+    assert result.usage.calls == 4
+
+
+def test_below_min_inputs_is_skipped_and_so_is_downstream():
+    pipe = make_pipe({"a": node("propose"), "b": node("propose"),
+                      "mid": node("aggregate", ["a", "b"], min_inputs=2),
+                      "side": node("aggregate", ["a"]),
+                      "out": node("aggregate", ["mid"])}, "out")
+    fake = FakeProvider(fail={"b"})
+    result = run(pipe, fake)
+    assert result.nodes["mid"].status == "skipped" and "min_inputs is 2" in result.nodes["mid"].error
+    assert result.nodes["out"].status == "skipped"
+    assert result.nodes["side"].status == "ok"
+    assert result.status == "failed" and result.output is None
+    assert "mid" not in fake.requests and "out" not in fake.requests
+    kinds = [(e.kind, e.node) for e in result.events if e.kind == "node_skipped"]
+    assert kinds == [("node_skipped", "mid"), ("node_skipped", "out")]
+
+
+def test_failed_output_fails_the_run():
+    pipe = make_pipe({"a": node("propose"), "out": node("aggregate", ["a"])}, "out")
+    result = run(pipe, FakeProvider(fail={"out"}))
+    assert result.status == "failed" and result.nodes["out"].status == "failed"
+    with pytest.raises(Exception, match="scripted failure"):
+        result.raise_for_status()
+
+
+def test_dead_nodes_are_not_run():
+    pipe = make_pipe({"a": node("propose"), "dead": node("propose"), "out": node("aggregate", ["a"])},
+                     "out", dead={"dead"})
+    fake = FakeProvider()
+    result = run(pipe, fake)
+    assert "dead" not in fake.requests and "dead" not in result.nodes
+    assert set(result.nodes) == {"a", "out"}
+
+
+def test_missing_key_raises_before_any_call():
+    fake = FakeProvider()
+    pipe = make_pipe({"a": node("propose")}, "a")
+    with pytest.raises(ConfigError, match="missing API key"):
+        asyncio.run(arun(pipe, "q", cache=False, pool=FakePool(fake, missing_keys={"fake"})))
+    assert fake.requests == {}
+
+
+def test_cancellation_stops_calls_in_flight_and_reraises():
+    nodes = {f"p{i}": node("propose") for i in range(4)}
+    nodes["out"] = node("aggregate", list(nodes))
+    fake = FakeProvider(default_latency=30)
+
+    async def main():
+        task = asyncio.ensure_future(arun(make_pipe(nodes, "out"), "q", cache=False, pool=FakePool(fake)))
+        while fake.running < 4:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return fake.running
+
+    assert asyncio.run(main()) == 0
+    assert sorted(fake.cancelled) == ["p0", "p1", "p2", "p3"]
+
+
+def test_output_streams_tokens_and_only_the_output_streams():
+    pipe = make_pipe({"a": node("propose"), "out": node("aggregate", ["a"])}, "out")
+    fake = FakeProvider()
+    tokens: list[str] = []
+    result = run(pipe, fake, on_token=tokens.append)
+    assert fake.requests["out"].stream is True and fake.requests["a"].stream is False
+    assert "".join(tokens) == "answer of out"
+    assert [e.data["text"] for e in result.events if e.kind == "token"] == tokens
