@@ -1,0 +1,399 @@
+"""`%%moa` and `%moa`: write a topology in a cell, see its graph, run it with a live panel.
+
+    %load_ext moa_dsl
+    %%moa [--as NAME]                        validate, show the graph, bind the Pipeline (moa_pipeline)
+    %%moa -q QUERY [-o VAR] [run options]    ... and run it; the RunResult goes to VAR (_moa)
+    %moa run NAME -q QUERY [run options]     run a Pipeline bound earlier
+
+The magic's line is split into arguments first and each argument is then expanded from the user's
+namespace (`{expr}`, `$name`), so `-q {question}` passes a question with spaces as one argument.
+The cell body is never expanded: `{x}` in a prompt is text.
+
+Runs happen on a fresh event loop in a worker thread (the kernel's own loop is already running, so
+`asyncio.run` cannot be used). Events come back through a queue and the kernel's main thread folds
+them into the panel, so every widget update is made from the thread that owns the widgets, and a
+KeyboardInterrupt (the kernel's interrupt button) lands in that loop and cancels the run.
+
+Errors (a syntax or validation error, a missing API key, a failed run) are raised as `MoaError`s,
+whose `_render_traceback_` makes IPython print the diagnostic instead of a traceback; raising (rather
+than printing) marks the cell as failed, so "Run all" stops there.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import queue
+import shlex
+from typing import TYPE_CHECKING, Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments
+from IPython.display import display
+from IPython.utils.text import DollarFormatter
+
+from .errors import MoaError, RunFailed
+from .widgets import RunPanel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Pipeline
+    from .result import RunResult
+
+DEFAULT_PIPELINE_VAR = "moa_pipeline"
+DEFAULT_RESULT_VAR = "_moa"
+CELL_FILENAME = "<cell>"
+_TICK_S = 0.25          # how often running rows' elapsed time refreshes while no event arrives
+_NO_FRONTEND_PANEL = None  # None: widgets when a Jupyter frontend is there, text otherwise
+
+
+class RunInterrupted(MoaError):
+    """The user interrupted the kernel during a run; completed calls stay in the cache."""
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(MoaMagics)
+
+
+# -- the arguments -------------------------------------------------------------------------------
+
+def _run_options(func: Callable) -> Callable:
+    """The options shared by `%%moa -q` and `%moa run` (INTERFACES.md, "Notebook")."""
+    options = [
+        argument("-q", "--query", default=None, help="run the topology on this query"),
+        argument("-o", "--out", default=DEFAULT_RESULT_VAR, metavar="VAR",
+                 help=f"bind the RunResult to VAR (default {DEFAULT_RESULT_VAR})"),
+        argument("--no-cache", action="store_true", help="neither read nor write the response cache"),
+        argument("--refresh", action="store_true", help="call again and overwrite cached responses"),
+        argument("--concurrency", type=int, default=None, metavar="N", help="bound on calls in flight"),
+        argument("--set", dest="sets", action="append", default=[], metavar="K=V",
+                 help="a parameter for every node (K=V) or one node (NODE.K=V); repeatable"),
+        argument("--dry-run", action="store_true", help="print the plan and call nothing"),
+        argument("--cache-dir", default=None, metavar="DIR", help="the response cache's directory"),
+    ]
+    for deco in reversed(options):
+        func = deco(func)
+    return func
+
+
+def _expand(token: str, ns: dict[str, Any]) -> str:
+    """IPython's `{expr}` / `$name` expansion of one argument; left as it is if it cannot expand."""
+    try:
+        return DollarFormatter().vformat(token, args=[], kwargs=ns)
+    except Exception:  # IPython's own var_expand behaves the same way
+        return token
+
+
+def split_and_expand(line: str, ns: dict[str, Any]) -> list[str]:
+    """Split like a shell, then expand each argument; a single-quoted argument is not expanded."""
+    lexer = shlex.shlex(line, posix=False)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        tokens = list(lexer)
+    except ValueError as exc:  # an unterminated quote
+        raise UsageError(f"%moa: {exc}") from None
+    out = []
+    for tok in tokens:
+        if len(tok) >= 2 and tok[0] == tok[-1] == "'":
+            out.append(tok[1:-1])
+        elif len(tok) >= 2 and tok[0] == tok[-1] == '"':
+            out.append(_expand(tok[1:-1], ns))
+        else:
+            out.append(_expand(tok, ns))
+    return out
+
+
+# -- the magics ------------------------------------------------------------------------------------
+
+@magics_class
+class MoaMagics(Magics):
+
+    @no_var_expand          # expanded per argument in split_and_expand instead
+    @magic_arguments()
+    @argument("--as", dest="name", default=DEFAULT_PIPELINE_VAR, metavar="NAME",
+              help=f"bind the Pipeline to NAME (default {DEFAULT_PIPELINE_VAR})")
+    @_run_options
+    @line_cell_magic
+    def moa(self, line: str, cell: str | None = None) -> None:
+        """Define a Mixture-of-Agents topology in a cell and, with -q, run it.
+
+        As a line magic: `%moa run NAME -q QUERY [options]` runs a Pipeline bound earlier.
+        """
+        tokens = split_and_expand(line, self.shell.user_ns)
+        if cell is None:
+            return self._line(tokens)
+        args = self.moa.parser.parse_args(tokens)
+        pipe = load_cell(cell)
+        self.shell.user_ns[args.name] = pipe
+        show_pipeline(pipe)
+        if args.query is not None or args.dry_run:
+            self._run(pipe, args)
+        return None
+
+    def _line(self, tokens: list[str]) -> None:
+        if not tokens or tokens[0] != "run":
+            raise UsageError("usage: %moa run NAME -q QUERY [options]  (or %%moa as a cell magic)")
+        args = self.moa_run.parser.parse_args(tokens[1:])
+        pipe = self.shell.user_ns.get(args.pipeline)
+        if pipe is None:
+            raise UsageError(f"%moa run: no pipeline named {args.pipeline!r}; bind one with %%moa --as NAME")
+        if not hasattr(pipe, "graph") or not hasattr(pipe, "arun"):
+            raise UsageError(f"%moa run: {args.pipeline!r} is a {type(pipe).__name__}, not a moa_dsl Pipeline")
+        self._run(pipe, args)
+
+    @magic_arguments(name="moa run")
+    @argument("pipeline", metavar="NAME", help="a Pipeline bound by %%moa --as NAME or moa_dsl.load")
+    @_run_options
+    def moa_run(self, *_: Any) -> None:  # pragma: no cover - only its parser is used
+        """%moa run NAME -q QUERY [options]"""
+
+    def _run(self, pipe: "Pipeline", args: Any) -> None:
+        if args.query is None:
+            raise UsageError("%moa: -q QUERY is needed to run (or to plan with --dry-run)")
+        if args.concurrency is not None and args.concurrency < 1:
+            raise UsageError(f"%moa: --concurrency must be at least 1, not {args.concurrency}")
+        if args.sets:
+            pipe = pipe.with_overrides(args.sets)
+        options = {"cache": not args.no_cache, "refresh": args.refresh, "cache_dir": args.cache_dir}
+        if args.dry_run:
+            show_plan(pipe, args.query, cache=options["cache"], cache_dir=args.cache_dir)
+            return
+        if args.concurrency is not None:
+            options["concurrency"] = args.concurrency
+        result = run_with_panel(pipe, args.query, **options)
+        self.shell.user_ns[args.out] = result
+        show_answer(result)
+        if result.status != "ok":
+            raise RunFailed(_failure_message(result, args.out), result)
+
+
+# -- loading and showing ----------------------------------------------------------------------------
+
+def load_cell(cell: str) -> "Pipeline":
+    """Parse and validate the cell body. The leading newline makes diagnostics' line numbers those
+    of the cell, whose first line is the `%%moa` line."""
+    from .loader import loads
+
+    pipe = loads("\n" + cell, filename=CELL_FILENAME)
+    if pipe.warnings:
+        _print_warnings(pipe)
+    return pipe
+
+
+def _print_warnings(pipe: "Pipeline") -> None:
+    import sys
+
+    from .render import render_diagnostics
+
+    print(render_diagnostics(list(pipe.warnings), pipe.sources), file=sys.stderr)
+
+
+def show_pipeline(pipe: "Pipeline") -> None:
+    display({"text/html": pipeline_html(pipe), "text/plain": pipeline_text(pipe)}, raw=True)
+
+
+def show_answer(result: "RunResult") -> None:
+    if result.output:
+        display({"text/markdown": result.output, "text/plain": ""}, raw=True)
+
+
+def _failure_message(result: "RunResult", var: str) -> str:
+    node = result.nodes.get(result.output_node)
+    why = (node.error if node and node.error else f"it was {node.status}" if node else "it did not run")
+    return f"run failed: the output node {result.output_node!r} failed: {why}\n(the RunResult is in {var})"
+
+
+def show_plan(pipe: "Pipeline", query: Any, *, cache: bool, cache_dir: Any) -> None:
+    from .run import format_plan, plan
+
+    rows = plan(pipe, query, cache=cache, cache_dir=cache_dir)
+    head = "<tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th>calls</th><th>cache</th></tr>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
+            r.node, r.role, f"{r.provider}:{r.model}", ", ".join(r.inputs) or "(query)",
+            "?" if r.calls is None else str(r.calls), r.cache)) + "</tr>"
+        for r in rows)
+    text = format_plan(rows)
+    summary = html.escape(text.splitlines()[-1])
+    display({"text/plain": text,
+             "text/html": f"<table><thead>{head}</thead><tbody>{body}</tbody></table><div>{summary}</div>"},
+            raw=True)
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = None,
+                   widgets: bool | None = _NO_FRONTEND_PANEL, **options: Any) -> "RunResult":
+    """Run on a worker thread's loop; fold its events into `panel` on this thread until it ends.
+
+    KeyboardInterrupt cancels the run (calls in flight are abandoned, completed ones are already
+    cached) and is reported as RunInterrupted once the worker has really stopped.
+    """
+    from anyio.from_thread import start_blocking_portal
+
+    from .run import arun
+
+    if panel is None:
+        panel = RunPanel.for_pipeline(pipe, widgets=widgets)
+        panel.show()
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    call = functools.partial(arun, pipe, query, on_event=events.put, **options)
+    try:
+        with start_blocking_portal(name="moa-run") as portal:
+            future = portal.start_task_soon(call)
+            try:
+                _pump(future, events, panel)
+            except KeyboardInterrupt:
+                future.cancel()      # leaving the portal waits until the task has unwound
+                raise
+    except KeyboardInterrupt:
+        _drain(events, panel)
+        panel.interrupt()
+        panel.close()
+        done = sum(r.state in ("done", "cached") for r in panel.state.rows.values())
+        raise RunInterrupted(f"interrupted: the calls in flight were cancelled; {done} completed "
+                             "node(s) are cached, so running the cell again resumes from there") from None
+    _drain(events, panel)
+    try:
+        result = future.result()
+    except BaseException:       # a missing key, a bad query: no run_finished event will come
+        panel.state.status = "error"
+        panel.close()
+        raise
+    panel.close()
+    return result
+
+
+def _pump(future: Any, events: queue.SimpleQueue, panel: RunPanel) -> None:
+    while not future.done():
+        try:
+            first = events.get(timeout=_TICK_S)
+        except queue.Empty:
+            panel.tick()
+            continue
+        panel.handle_many([first, *_take_all(events)])
+
+
+def _drain(events: queue.SimpleQueue, panel: RunPanel) -> None:
+    batch = _take_all(events)
+    if batch:
+        panel.handle_many(batch)
+
+
+def _take_all(events: queue.SimpleQueue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+
+# -- rich display (Pipeline._repr_html_, RunResult._repr_html_ / _repr_markdown_ call these) ---------
+
+def _graph_svg(pipe: "Pipeline") -> str | None:
+    try:
+        from .export import to_svg
+    except ImportError:
+        return None
+    try:
+        return to_svg(pipe.graph)
+    except Exception:  # a drawing problem must never hide the pipeline itself
+        return None
+
+
+def _node_label(attrs: dict) -> str:
+    sample = f" #{attrs['sample']}" if attrs.get("sample") else ""
+    return f"{attrs.get('provider', '')}:{attrs.get('model', '')}{sample}"
+
+
+def pipeline_text(pipe: "Pipeline") -> str:
+    g = pipe.graph
+    lines = [f"Pipeline {pipe.name or ''}".rstrip() + f": {g.number_of_nodes()} nodes, output {pipe.output}"]
+    for name in _ordered(g):
+        a = g.nodes[name]
+        ins = f" <- {', '.join(a.get('inputs', ()))}" if a.get("inputs") else ""
+        lines.append(f"  {name} = {a.get('role', '?')} {_node_label(a)}{ins}")
+    return "\n".join(lines)
+
+
+def _ordered(g: Any) -> list[str]:
+    import networkx as nx
+
+    return list(nx.topological_sort(g))
+
+
+def pipeline_html(pipe: "Pipeline") -> str:
+    g = pipe.graph
+    dead = g.graph.get("dead", frozenset())
+    rows = "".join(
+        f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(g.nodes[n].get('role', ''))}</td>"
+        f"<td>{html.escape(_node_label(g.nodes[n]))}</td>"
+        f"<td>{html.escape(', '.join(g.nodes[n].get('inputs', ())))}</td>"
+        f"<td>{'dead' if n in dead else ''}</td></tr>"
+        for n in _ordered(g))
+    svg = _graph_svg(pipe)
+    title = html.escape(pipe.name or "pipeline")
+    parts = [f"<div><b>{title}</b>: {g.number_of_nodes()} nodes, output "
+             f"<code>{html.escape(str(pipe.output))}</code></div>"]
+    if svg:
+        parts.append(f"<div style='max-width:100%;overflow:auto'>{svg}</div>")
+    table = ("<table><thead><tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th></th>"
+             f"</tr></thead><tbody>{rows}</tbody></table>")
+    parts.append(f"<details{'' if svg else ' open'}><summary>nodes</summary>{table}</details>")
+    if pipe.warnings:
+        warn = "\n".join(f"warning[{d.code}]: {d.message}" for d in pipe.warnings)
+        parts.append(f"<pre style='color:#b26a00'>{html.escape(warn)}</pre>")
+    return "\n".join(parts)
+
+
+def _fmt_s(x: Any) -> str:
+    return "" if x is None else f"{x:.2f}s"
+
+
+def _usage_pair(u: Any) -> tuple[int, int]:
+    get = u.get if isinstance(u, dict) else lambda k, d=0: getattr(u, k, d)
+    return int(get("prompt_tokens", 0) or 0), int(get("completion_tokens", 0) or 0)
+
+
+def _usage_get(u: Any, key: str) -> int:
+    return int((u.get(key, 0) if isinstance(u, dict) else getattr(u, key, 0)) or 0)
+
+
+def _result_rows(result: "RunResult") -> list[tuple[str, str, str, str, str, str]]:
+    rows = []
+    for name, n in result.nodes.items():
+        p, c = _usage_pair(n.usage)
+        rows.append((name, n.status, f"{n.provider}:{n.model}", _fmt_s(n.latency_s),
+                     f"{p} / {c}" if (p or c) else "", n.error or ""))
+    return rows
+
+
+def _totals(result: "RunResult") -> str:
+    u = result.usage
+    return (f"{result.status}: {_usage_get(u, 'calls')} calls, {_usage_get(u, 'cache_hits')} cache hits, "
+            f"{_usage_get(u, 'prompt_tokens')} prompt + {_usage_get(u, 'completion_tokens')} completion "
+            f"tokens, {result.elapsed_s:.2f}s")
+
+
+def result_html(result: "RunResult") -> str:
+    head = ("<tr><th>node</th><th>status</th><th>model</th><th>latency</th>"
+            "<th>tokens in / out</th><th>error</th></tr>")
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in _result_rows(result))
+    answer = html.escape(result.output) if result.output is not None else "<i>no output</i>"
+    return (f"<div><b>{html.escape(_totals(result))}</b></div>"
+            f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+            f"<div><b>{html.escape(str(result.output_node))}</b>:</div>"
+            f"<pre style='white-space:pre-wrap'>{answer}</pre>")
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def result_markdown(result: "RunResult") -> str:
+    lines = [f"**{_totals(result)}**", "", "| node | status | model | latency | tokens in / out | error |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in _result_rows(result)]
+    lines += ["", f"**{result.output_node}**:", "", result.output if result.output is not None else "_no output_"]
+    return "\n".join(lines)

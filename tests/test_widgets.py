@@ -1,0 +1,146 @@
+"""The run panel: its state folded from events (synthetic ones first, then a real run against a
+loopback FakeLLMServer), the ipywidgets view and the plain-text fallback."""
+from __future__ import annotations
+
+import io
+
+import networkx as nx
+import pytest
+
+from moa_dsl.events import Event
+from moa_dsl.widgets import PanelState, RunPanel, TextView, WidgetView, has_frontend
+
+
+def _graph() -> nx.DiGraph:
+    g = nx.DiGraph()
+    for name, model in [("final", "m3"), ("a", "m1"), ("b", "m2"), ("orphan", "m4")]:
+        g.add_node(name, model=model, provider="fake")
+    g.add_edge("a", "final")
+    g.add_edge("b", "final")
+    g.graph.update(output="final", dead=frozenset({"orphan"}))
+    return g
+
+
+def _events() -> list[Event]:
+    """A run where `a` is called, `b` comes from the cache and the output streams in two pieces."""
+    usage = {"prompt_tokens": 10, "completion_tokens": 5}
+    return [
+        Event("run_started", 0.0, None, {"nodes": ["a", "b", "final"], "output": "final"}),
+        Event("node_started", 0.01, "a", {"model": "m1", "provider": "fake"}),
+        Event("request_sent", 0.01, "a", {"attempt": 1}),
+        Event("cache_hit", 0.02, "b", {"prompt_tokens": 7, "completion_tokens": 3}),
+        Event("node_finished", 0.02, "b", {"status": "cached", "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                                          "latency_s": 0.0}),
+        Event("retry", 0.5, "a", {"attempt": 1, "error": "HTTP 429", "delay_s": 0.1}),
+        Event("node_finished", 1.0, "a", {"status": "ok", "usage": usage, "latency_s": 0.99}),
+        Event("node_started", 1.0, "final", {"model": "m3", "provider": "fake"}),
+        Event("token", 1.1, "final", {"text": "Blue "}),
+        Event("token", 1.2, "final", {"text": "light."}),
+        Event("node_finished", 1.5, "final", {"status": "ok", "usage": usage, "latency_s": 0.5}),
+        Event("run_finished", 1.5, None, {"status": "ok", "elapsed_s": 1.5,
+                                          "usage": {"prompt_tokens": 20, "completion_tokens": 10,
+                                                    "calls": 2, "cache_hits": 1}}),
+    ]
+
+
+def test_rows_come_from_the_graph_in_dependency_order_without_dead_nodes():
+    state = PanelState.from_graph(_graph())
+    assert list(state.rows)[-1] == "final"
+    assert set(state.rows) == {"a", "b", "final"}
+    assert all(r.state == "waiting" for r in state.rows.values())
+    assert state.rows["a"].model == "m1"
+
+
+def test_states_follow_the_events():
+    state = PanelState.from_graph(_graph())
+    seen = []
+    for ev in _events():
+        state.apply(ev)
+        seen.append((ev.kind, {n: r.state for n, r in state.rows.items()}))
+    assert dict(seen)["request_sent"] == {"a": "running", "b": "waiting", "final": "waiting"}
+    assert dict(seen)["cache_hit"]["b"] == "cached"
+    assert {n: r.state for n, r in state.rows.items()} == {"a": "done", "b": "cached", "final": "done"}
+    assert state.rows["a"].elapsed(None) == pytest.approx(0.99)
+    assert state.rows["a"].detail == ""  # the retry note goes once the node succeeds
+    assert (state.rows["b"].prompt_tokens, state.rows["b"].completion_tokens) == (7, 3)
+    assert state.text == "Blue light."
+    assert state.status == "ok"
+    assert state.totals_line() == ("ok: 2 calls, 1 cache hits, 30 tokens (20 in, 10 out), "
+                                   "10 saved by the cache, 1.5s")
+
+
+def test_only_the_output_node_streams_and_unknown_kinds_are_ignored():
+    state = PanelState.from_graph(_graph())
+    state.apply(Event("token", 0.1, "a", {"text": "not the output"}))
+    state.apply(Event("some_future_kind", 0.2, "a", {}))
+    assert state.text == ""
+    assert state.rows["a"].state == "waiting"
+
+
+def test_failed_and_skipped_rows_keep_their_reason():
+    state = PanelState.from_graph(_graph())
+    state.apply(Event("node_started", 0.0, "a", {"model": "m1", "provider": "fake"}))
+    state.apply(Event("node_failed", 0.3, "a", {"error": "HTTP 400: bad request"}))
+    state.apply(Event("node_skipped", 0.3, "final", {"reason": "0 of 2 inputs succeeded"}))
+    assert (state.rows["a"].state, state.rows["a"].detail) == ("failed", "HTTP 400: bad request")
+    assert (state.rows["final"].state, state.rows["final"].detail) == ("skipped", "0 of 2 inputs succeeded")
+
+
+def test_interrupt_marks_unfinished_rows():
+    state = PanelState.from_graph(_graph())
+    state.apply(Event("node_started", 0.0, "a", {"model": "m1", "provider": "fake"}))
+    state.apply(Event("node_finished", 0.2, "b", {"status": "ok", "usage": {}, "latency_s": 0.2}))
+    state.interrupt()
+    assert {n: r.state for n, r in state.rows.items()} == {"a": "skipped", "b": "done", "final": "skipped"}
+    assert state.status == "interrupted"
+
+
+def test_text_view_prints_one_line_per_change_and_the_stream():
+    out = io.StringIO()
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=False, stream=out)
+    assert isinstance(panel.view, TextView) and not panel.is_widget
+    for ev in _events():
+        panel.handle(ev)
+    panel.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0].split()[:3] == [">", "a", "running"]
+    assert [ln.split()[1:3] for ln in lines if ln.split()[1:2] == ["b"]] == [["b", "cached"]]
+    assert "Blue light." in lines
+    assert lines[-1].startswith("ok: 2 calls, 1 cache hits")
+    assert sum("final" in ln and "done" in ln for ln in lines) == 1
+
+
+def test_widget_view_rows_show_each_state():
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    assert isinstance(panel.view, WidgetView)
+    view = panel.view
+    assert list(view.rows) == list(panel.state.rows)
+    events = _events()
+    panel.handle_many(events[:3])
+    assert ">running<" in view.rows["a"].value and ">waiting<" in view.rows["final"].value
+    panel.handle_many(events[3:10])
+    assert "Blue light." in view.stream.value
+    panel.handle_many(events[10:])
+    panel.close()
+    assert ">done<" in view.rows["a"].value and ">cached<" in view.rows["b"].value
+    assert "0.99s" in view.rows["a"].value and "10 in / 5 out" in view.rows["a"].value
+    assert "ok: 2 calls, 1 cache hits" in view.totals.value
+    assert view.stream.value == ""   # the answer is shown as Markdown below the panel instead
+
+
+def test_widget_view_escapes_html():
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    panel.handle(Event("node_failed", 0.1, "a", {"error": "<script>x</script>"}))
+    assert "<script>" not in panel.view.rows["a"].value
+    assert "&lt;script&gt;" in panel.view.rows["a"].value
+
+
+def test_an_unannounced_node_gets_a_row():
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    panel.handle(Event("node_started", 0.1, "extra", {"model": "m9", "provider": "fake"}))
+    assert "extra" in panel.view.rows
+    assert panel.view.rows_box.children[-1] is panel.view.rows["extra"]
+
+
+def test_no_frontend_outside_a_kernel():
+    assert has_frontend() is False
