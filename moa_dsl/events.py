@@ -46,13 +46,14 @@ class TraceWriter:
             self._fh, self._owned = target, False  # type: ignore[assignment]
         else:
             self._fh, self._owned = open(target, "a", encoding="utf-8"), True
-        self._t0_wall = time.time()
-
-    def start(self, wall_t0: float) -> None:
-        self._t0_wall = wall_t0
 
     def __call__(self, event: Event) -> None:
-        line = {"ts": round(self._t0_wall + event.t, 6), **event.to_json()}
+        self.write(event)
+
+    def write(self, event: Event, **extra: Any) -> None:
+        """One line; `extra` fields (a batch's item index) go beside the event's own."""
+        # Events are written as they happen, so the wall clock now is the event's wall-clock time.
+        line = {"ts": round(time.time(), 6), **extra, **event.to_json()}
         self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._fh.flush()
 

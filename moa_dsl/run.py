@@ -55,7 +55,7 @@ class Session:
     def __init__(self, pipe: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                  environ: Mapping[str, str] | None = None, transport: Any = None,
-                 pool: Any = None, response_cache: Any = None):
+                 pool: Any = None, response_cache: Any = None, verbose: bool = False):
         self.pipe = pipe
         self.graph = pipe.graph
         self.refresh = refresh
@@ -65,8 +65,9 @@ class Session:
         if pool is None:
             from .providers.pool import ProviderPool
 
+            extra = {"verbose": True} if verbose and _accepts(ProviderPool, "verbose") else {}
             pool = ProviderPool(self.graph.graph["providers"], environ=os.environ if environ is None else environ,
-                                transport=transport)
+                                transport=transport, **extra)
         self.pool = pool
         used = sorted({self.graph.nodes[n]["provider"] for n in self.order})
         pool.check_keys(used)  # one ConfigError naming every missing variable, before any call
@@ -102,12 +103,17 @@ class Session:
         writer = TraceWriter(trace) if trace is not None else None
         try:
             emitter = Emitter([on_event, writer])
-            if writer is not None:
-                writer.start(emitter.wall_t0)
             return await _Run(self, conversation, emitter, on_token).run()
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _accepts(cls: Any, name: str) -> bool:
+    """--verbose reaches the pool only once the local runtime takes it (llama.cpp's logs)."""
+    import inspect
+
+    return name in inspect.signature(cls).parameters
 
 
 class _Run:
@@ -263,12 +269,13 @@ class _Run:
 async def arun(pipe: Pipeline, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                on_event: OnEvent | None = None, trace: Any = None, environ: Mapping[str, str] | None = None,
-               transport: Any = None, on_token: OnToken | None = None, pool: Any = None) -> RunResult:
+               transport: Any = None, on_token: OnToken | None = None, pool: Any = None,
+               verbose: bool = False) -> RunResult:
     """Run `pipe` on one query. Returns the RunResult whatever happened to the nodes (see `.status`,
     `.raise_for_status()`); raises ConfigError before any call for a bad query, bound or missing key."""
     normalize_query(query)  # a bad query is reported before anything is opened
     async with Session(pipe, concurrency=concurrency, cache=cache, cache_dir=cache_dir, refresh=refresh,
-                       environ=environ, transport=transport, pool=pool) as session:
+                       environ=environ, transport=transport, pool=pool, verbose=verbose) as session:
         return await session.run(query, on_event=on_event, trace=trace, on_token=on_token)
 
 

@@ -1,0 +1,312 @@
+"""`moa run FILE [QUERY] [options]`: run a topology on a query, or on every line of a JSONL file.
+
+stdout gets the output node's answer as it streams (or, with --json, one JSON object); stderr gets
+one line per node event and a summary. Exit codes: 0 ok, 1 the file has errors, 2 usage, 3 the run
+failed (in a batch: any item failed).
+
+Batches (`--input`): every item runs concurrently through one Session, so `--concurrency` bounds the
+calls in flight across the whole batch. An item's query is its `instruction`, else its `query` (a
+string or a conversation), else its `turns` (MT-Bench): turns run as a real conversation, turn 1
+first, then turn 2 with turn 1's answer as the assistant message between them. Each output line is
+the input object plus `output` (the last turn's answer, null if it failed), `status`, `error`,
+`usage`, `elapsed_s`, `generator` (the file's stem), and for `turns` items `outputs` (one answer
+per turn).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE
+from ..config import DEFAULT_CONCURRENCY
+from ..errors import ConfigError, MoaError
+from ..events import Event, TraceWriter
+
+HELP = "run the topology on a query"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help=HELP, description=HELP + ". " + __doc__.split("\n\n")[1])
+    p.add_argument("file", metavar="FILE", help="the .moa topology")
+    p.add_argument("query_arg", metavar="QUERY", nargs="?", help="the query; '-' reads it from stdin")
+    p.add_argument("-q", "--query", help="the query (instead of QUERY)")
+    p.add_argument("--input", metavar="FILE.jsonl", help="run every line (instruction, query or turns)")
+    p.add_argument("--output", metavar="FILE.jsonl", help="with --input: where results go (default stdout)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="[NODE.]KEY=VALUE",
+                   help="override a parameter for every node, or for one (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
+    p.add_argument("--quiet", action="store_true", help="silence stderr except errors")
+    p.add_argument("--json", action="store_true", help="print one JSON result object instead of the text")
+    p.add_argument("--trace", metavar="PATH", help="append the run's events as JSON lines")
+    p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"global bound on calls in flight (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
+    p.set_defaults(func=main)
+
+
+def _usage(message: str) -> int:
+    print(f"moa run: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(args: argparse.Namespace) -> int:
+    given = [x for x in (args.query_arg, args.query, args.input) if x is not None]
+    if len(given) > 1:
+        return _usage("give the query once: QUERY, -q TEXT, or --input FILE.jsonl")
+    if not given:
+        return _usage("no query: give QUERY, -q TEXT, '-' to read stdin, or --input FILE.jsonl")
+    if args.concurrency < 1:
+        return _usage(f"--concurrency must be >= 1, not {args.concurrency}")
+    if args.output and not args.input:
+        return _usage("--output goes with --input")
+    if args.no_cache and args.refresh:
+        return _usage("--no-cache and --refresh contradict each other")
+    if not Path(args.file).is_file():
+        return _usage(f"no such file: {args.file}")
+    pipe = _load(args)
+    if isinstance(pipe, int):
+        return pipe
+    if args.input:
+        return _batch(pipe, args)
+    query = sys.stdin.read() if args.query_arg == "-" else given[0]
+    if not query.strip():
+        return _usage("the query is empty")
+    if args.dry_run:
+        return _dry_run(pipe, query, args)
+    return _single(pipe, query, args)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .. import load
+
+    try:
+        pipe = load(args.file)
+    except MoaError as exc:
+        print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa run: error: {exc}",
+              file=sys.stderr)
+        return EXIT_INVALID
+    if pipe.warnings and not args.quiet:
+        print(MoaError(diagnostics=pipe.warnings, sources=pipe.sources).render(color=sys.stderr.isatty()),
+              file=sys.stderr)
+    if args.sets:
+        try:
+            pipe = pipe.with_overrides(args.sets)
+        except MoaError as exc:
+            return _usage(exc.render() if exc.diagnostics else str(exc))
+    return pipe
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"concurrency": args.concurrency, "cache": not args.no_cache, "cache_dir": args.cache_dir,
+            "refresh": args.refresh}
+
+
+def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
+    from ..run import format_plan, plan
+
+    rows = plan(pipe, query, cache=not args.no_cache, cache_dir=args.cache_dir, refresh=args.refresh)
+    print(format_plan(rows))
+    return EXIT_OK
+
+
+# --- one query ---------------------------------------------------------------------------------
+
+class NodeLines:
+    """One stderr line per node event; with `quiet`, only failures."""
+
+    def __init__(self, stream: TextIO, *, quiet: bool = False):
+        self.stream, self.quiet = stream, quiet
+
+    def __call__(self, e: Event) -> None:
+        line = self._line(e)
+        if line is not None:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def _line(self, e: Event) -> str | None:
+        d = e.data
+        if e.kind == "node_failed":
+            return f"  failed   {e.node}: {d['error']}"
+        if self.quiet:
+            return None
+        if e.kind == "node_started":
+            return f"  started  {e.node} ({d['provider']}:{d['model']})"
+        if e.kind == "retry":
+            return f"  retry    {e.node}: attempt {d.get('attempt')} failed ({d.get('error')}), waiting {d.get('delay_s', 0):.1f}s"
+        if e.kind == "node_finished" and d["status"] == "ok":
+            return (f"  done     {e.node}: {d['usage']['completion_tokens']} tokens in {d['latency_s']:.2f}s")
+        if e.kind == "node_finished":
+            u = d["usage"]
+            return f"  cached   {e.node} ({u['prompt_tokens'] + u['completion_tokens']} tokens saved)"
+        if e.kind == "node_skipped":
+            return f"  skipped  {e.node}: {d['reason']}"
+        return None
+
+
+def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
+    from ..run import arun
+
+    out = sys.stdout
+    streamed: list[str] = []
+
+    def on_token(text: str) -> None:
+        streamed.append(text)
+        if not args.json:
+            out.write(text)
+            out.flush()
+
+    result = asyncio.run(arun(pipe, query, **_options(args), on_event=NodeLines(sys.stderr, quiet=args.quiet),
+                              trace=args.trace, on_token=on_token, **_verbose(args)))
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+    elif result.output is not None:
+        if not streamed:  # a provider that could not stream: print the whole answer now
+            out.write(result.output)
+        out.write("\n" if not result.output.endswith("\n") else "")
+        out.flush()
+    elif streamed:
+        out.write("\n")
+    if result.status != "ok":
+        node = result.nodes.get(result.output_node)
+        why = node.error if node is not None and node.error else "no answer"
+        print(f"moa run: the output node '{result.output_node}' {node.status if node else 'did not run'}: {why}",
+              file=sys.stderr)
+    if not args.quiet:
+        print(f"moa: {result.summary()}", file=sys.stderr)
+    return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
+
+
+def _verbose(args: argparse.Namespace) -> dict[str, Any]:
+    return {"verbose": True} if args.verbose else {}
+
+
+# --- a batch -----------------------------------------------------------------------------------
+
+def _read_items(path: str) -> list[dict[str, Any]]:
+    items = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or not any(k in item for k in ("instruction", "query", "turns")):
+            raise ConfigError(f"{path}:{lineno}: expected an object with 'instruction', 'query' or 'turns'")
+        turns = item.get("turns")
+        if "instruction" not in item and "query" not in item and (
+                not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns)):
+            raise ConfigError(f"{path}:{lineno}: 'turns' must be a non-empty list of strings")
+        items.append(item)
+    if not items:
+        raise ConfigError(f"{path}: no queries in it")
+    return items
+
+
+async def run_item(session: Any, item: dict[str, Any], on_event: Any = None) -> dict[str, Any]:
+    """One batch item through a shared session: its query, or its turns as one conversation."""
+    if "instruction" in item or "query" in item:
+        result = await session.run(item["instruction"] if "instruction" in item else item["query"],
+                                   on_event=on_event)
+        return {"output": result.output, "status": result.status, "error": _error(result),
+                "usage": result.usage.to_json(), "elapsed_s": round(result.elapsed_s, 6)}
+    conversation: list[dict[str, str]] = []
+    outputs: list[str | None] = []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0}
+    elapsed, status, error = 0.0, "ok", None
+    for turn in item["turns"]:
+        conversation.append({"role": "user", "content": turn})
+        result = await session.run(list(conversation), on_event=on_event)
+        elapsed += result.elapsed_s
+        for k, v in result.usage.to_json().items():
+            usage[k] += v
+        outputs.append(result.output)
+        if result.status != "ok":  # later turns need this answer: stop here
+            status, error = "failed", _error(result)
+            break
+        conversation.append({"role": "assistant", "content": result.output})
+    outputs += [None] * (len(item["turns"]) - len(outputs))
+    return {"output": outputs[-1], "outputs": outputs, "status": status, "error": error, "usage": usage,
+            "elapsed_s": round(elapsed, 6)}
+
+
+def _error(result: Any) -> str | None:
+    if result.status == "ok":
+        return None
+    node = result.nodes.get(result.output_node)
+    return node.error if node is not None else "the output node did not run"
+
+
+class Progress:
+    """A bar on a terminal; elsewhere, a line every 10%."""
+
+    def __init__(self, total: int, stream: TextIO, *, quiet: bool):
+        self.total, self.done, self.failed, self.stream, self.quiet = total, 0, 0, stream, quiet
+        self.tty = stream.isatty()
+        self._next_line = 0
+
+    def step(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += not ok
+        if self.quiet:
+            return
+        if self.tty:
+            filled = 30 * self.done // self.total
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
+                              + (f" ({self.failed} failed)" if self.failed else ""))
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif self.done * 10 >= self._next_line * self.total or self.done == self.total:
+            self.stream.write(f"{self.done}/{self.total} done" + (f", {self.failed} failed" if self.failed else "") + "\n")
+            self._next_line = self.done * 10 // self.total + 1
+        self.stream.flush()
+
+
+def _batch(pipe: Any, args: argparse.Namespace) -> int:
+    if args.json or args.dry_run:
+        return _usage("--json and --dry-run take a single query, not --input")
+    items = _read_items(args.input)
+    rows = asyncio.run(_abatch(pipe, items, args))
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    failed = sum(row["status"] != "ok" for row in rows)
+    if not args.quiet:
+        calls = sum(row["usage"]["calls"] for row in rows)
+        hits = sum(row["usage"]["cache_hits"] for row in rows)
+        tokens = sum(row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"] for row in rows)
+        print(f"moa: {len(rows) - failed}/{len(rows)} ok: {calls} calls, {hits} cache hits, {tokens} tokens",
+              file=sys.stderr)
+    return EXIT_OK if not failed else EXIT_RUN_FAILED
+
+
+async def _abatch(pipe: Any, items: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from ..run import Session
+
+    progress = Progress(len(items), sys.stderr, quiet=args.quiet)
+    writer = TraceWriter(args.trace) if args.trace else None
+    try:
+        async with Session(pipe, **_options(args), **_verbose(args)) as session:
+            async def one(i: int, item: dict[str, Any]) -> dict[str, Any]:
+                on_event = (lambda e: writer.write(e, item=i)) if writer is not None else None
+                row = await run_item(session, item, on_event)
+                progress.step(row["status"] == "ok")
+                return {**item, **row, "generator": pipe.name}
+
+            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+    finally:
+        if writer is not None:
+            writer.close()
