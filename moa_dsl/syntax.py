@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 
 @dataclass(frozen=True, order=True)
@@ -13,3 +14,187 @@ class Span:
     column: int
     end_line: int
     end_column: int
+
+    def end(self) -> "Span":
+        """A zero-width span just after this one (where a missing token would go)."""
+        return Span(self.file, self.end_line, self.end_column, self.end_line, self.end_column)
+
+    def to(self, other: "Span") -> "Span":
+        """From the start of this span to the end of `other`."""
+        return Span(self.file, self.line, self.column, other.end_line, other.end_column)
+
+
+# ---- values --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Str:
+    value: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Num:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class Bool:
+    value: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class Env:
+    """`env("NAME")`: read when a run starts, never here."""
+
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class NameValue:
+    """A bare name used as a value: a prompt NAME for `system`/`prompt`, an error elsewhere."""
+
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class ListValue:
+    items: tuple["Value", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str
+    key_span: Span
+    value: "Value"
+    span: Span
+
+
+@dataclass(frozen=True)
+class MapValue:
+    pairs: tuple[Pair, ...]
+    span: Span
+
+
+Value = Union[Str, Num, Bool, Env, NameValue, ListValue, MapValue]
+
+
+# ---- references ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Name:
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A declared model's NAME (`name` set), or an inline `PROVIDER:"MODEL-ID"` (both others set)."""
+
+    span: Span
+    name: Name | None = None
+    provider: Name | None = None
+    model_id: Str | None = None
+
+    @property
+    def is_inline(self) -> bool:
+        return self.name is None
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An input or output reference: `a`, `L`, `L.big`, `L.name.2`."""
+
+    text: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Member:
+    """One layer member: `MODELREF`, `MODELREF * N`, or `NAME = MODELREF [* N]`."""
+
+    model: ModelRef
+    span: Span
+    name: Name | None = None
+    count: Num | None = None
+
+
+# ---- statements ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProviderDecl:
+    name: Name
+    kind: Name
+    options: MapValue | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class ModelDecl:
+    name: Name
+    ref: ModelRef
+    params: MapValue | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class PromptDecl:
+    name: Name
+    text: Str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Defaults:
+    params: MapValue
+    span: Span
+
+
+@dataclass(frozen=True)
+class NodeDecl:
+    name: Name
+    role: Name
+    model: ModelRef
+    inputs: tuple[Ref, ...]
+    arrow: Span | None          # the `<- ...` part, for E204
+    params: MapValue | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class LayerDecl:
+    name: Name
+    role: Name
+    members: tuple[Member, ...]
+    inputs: tuple[Ref, ...]
+    arrow: Span | None
+    params: MapValue | None
+    span: Span
+
+
+@dataclass(frozen=True)
+class Output:
+    ref: Ref
+    span: Span
+
+
+@dataclass(frozen=True)
+class Include:
+    path: Str
+    span: Span
+
+
+Statement = Union[ProviderDecl, ModelDecl, PromptDecl, Defaults, NodeDecl, LayerDecl, Output, Include]
+
+
+@dataclass(frozen=True)
+class Module:
+    """One parsed file."""
+
+    file: str
+    statements: tuple[Statement, ...]
+    end: Span                   # just after the last token: where a missing statement would go

@@ -1,0 +1,298 @@
+"""Syntax tree (all files, includes spliced in order) -> `nx.DiGraph`, names resolved.
+
+One graph node per LLM call, attributes exactly as docs/architecture.md fixes them. Building
+resolves every name, so the diagnostics of name resolution (E201, E202), of values (E205, E206)
+and of roles (E204, E209) come out of here, each reported once; `validate.check_graph` does
+the whole-graph checks afterwards. On bad input the graph is still built, as far as it goes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import networkx as nx
+
+from . import syntax as ast
+from . import validate as v
+from .config import BUILTIN_PARAMS, REFERENCE_PROMPT, ProviderConfig, builtin_providers
+from .errors import Diagnostic
+from .syntax import Span
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+_MAX_HINTS = 50   # did-you-mean is linear in the names known: bound it on pathological files
+
+
+def sanitize(model_id: str) -> str:
+    """An inline model id as a member name: every character outside [A-Za-z0-9_] becomes `_`."""
+    return _UNSAFE.sub("_", model_id)
+
+
+@dataclass
+class _Model:
+    provider: str
+    model_id: str
+    model_name: str | None
+    params: dict[str, tuple[Any, Span]] = field(default_factory=dict)
+
+
+@dataclass
+class Built:
+    graph: nx.DiGraph
+    diagnostics: list[Diagnostic]
+    output: ast.Output | None
+
+
+class _Builder:
+    def __init__(self, statements: Sequence[ast.Statement]):
+        self.statements = statements
+        self.diags: list[Diagnostic] = []
+        self.hints_left = _MAX_HINTS
+        self.graph = nx.DiGraph()
+
+    # -- helpers
+    def unknown(self, what: str, name: str, span: Span, known: Iterable[str]) -> None:
+        hint = None
+        if self.hints_left > 0:
+            self.hints_left -= 1
+            hint = v.did_you_mean(name, known)
+        self.diags.append(v.error("E201", f"unknown {what} '{name}'", span, hint))
+
+    def define(self, table: dict[str, Any], what: str, name: ast.Name, value: Any) -> bool:
+        if name.text in table:
+            first = table[name.text]
+            self.diags.append(v.error("E202", f"{what} '{name.text}' is defined twice "
+                                              f"(first at {v.where(first.name.span)})", name.span))
+            return False
+        table[name.text] = value
+        return True
+
+    # -- passes
+    def build(self) -> Built:
+        decls = self.collect()
+        self.providers = self.provider_configs()
+        self.prompts = {name: d.text.value for name, d in self.prompt_decls.items()}
+        self.defaults: dict[str, tuple[Any, Span]] = {}
+        for d in self.defaults_decls:
+            self.defaults.update(v.convert_params(d.params, self.prompts, where="defaults", diags=self.diags))
+        self.models = {name: self.model(d) for name, d in self.model_decls.items()}
+        self.members: dict[str, list[str]] = {}
+        for decl in decls:
+            self.add_nodes(decl)
+        for decl in decls:
+            self.connect(decl)
+        used = {p for _, p in self.graph.nodes(data="provider") if p in self.providers}
+        self.graph.graph["providers"] = {p: self.providers[p] for p in sorted(used)}
+        return Built(self.graph, self.diags, self.outputs[0] if self.outputs else None)
+
+    def collect(self) -> list[ast.NodeDecl | ast.LayerDecl]:
+        self.provider_decls: dict[str, ast.ProviderDecl] = {}
+        self.model_decls: dict[str, ast.ModelDecl] = {}
+        self.prompt_decls: dict[str, ast.PromptDecl] = {}
+        self.defaults_decls: list[ast.Defaults] = []
+        self.outputs: list[ast.Output] = []
+        table: dict[str, ast.NodeDecl | ast.LayerDecl] = {}
+        for s in self.statements:
+            if isinstance(s, ast.ProviderDecl):
+                self.define(self.provider_decls, "provider", s.name, s)
+            elif isinstance(s, ast.ModelDecl):
+                self.define(self.model_decls, "model", s.name, s)
+            elif isinstance(s, ast.PromptDecl):
+                self.define(self.prompt_decls, "prompt", s.name, s)
+            elif isinstance(s, ast.Defaults):
+                self.defaults_decls.append(s)
+            elif isinstance(s, (ast.NodeDecl, ast.LayerDecl)):
+                self.define(table, "node" if isinstance(s, ast.NodeDecl) else "layer", s.name, s)
+            elif isinstance(s, ast.Output):
+                if self.outputs:
+                    self.diags.append(v.error("E202", f"the output is set twice (first at "
+                                                      f"{v.where(self.outputs[0].span)})", s.span))
+                else:
+                    self.outputs.append(s)
+        return list(table.values())
+
+    def provider_configs(self) -> dict[str, ProviderConfig]:
+        builtins = builtin_providers()
+        configs = dict(builtins)
+        for name, decl in self.provider_decls.items():
+            options = v.convert_options(decl, self.diags)
+            kind = decl.kind.text
+            # Start from the built-in of the same name (if it is the same kind), else the kind's own.
+            base = builtins.get(name) if builtins.get(name, None) and builtins[name].kind == kind \
+                else builtins.get(kind, ProviderConfig(name, kind))
+            configs[name] = ProviderConfig(
+                name=name, kind=kind,
+                base_url=options.get("base_url", base.base_url),
+                api_key=options.get("api_key", base.api_key),
+                headers=dict(options.get("headers", base.headers)),
+                max_concurrency=options.get("max_concurrency", base.max_concurrency),
+                timeout=float(options.get("timeout", base.timeout)),
+                retries=int(options.get("retries", base.retries)))
+        return configs
+
+    def model(self, decl: ast.ModelDecl) -> _Model:
+        ref = decl.ref
+        self.check_provider(ref)
+        params = v.convert_params(decl.params, self.prompts, where="model", diags=self.diags)
+        return _Model(ref.provider.text, ref.model_id.value, decl.name.text, params)  # type: ignore[union-attr]
+
+    def check_provider(self, ref: ast.ModelRef) -> None:
+        if ref.provider is not None and ref.provider.text not in self.providers:
+            self.unknown("provider", ref.provider.text, ref.provider.span, self.providers)
+
+    def resolve_model(self, ref: ast.ModelRef) -> _Model | None:
+        if ref.name is not None:
+            model = self.models.get(ref.name.text)
+            if model is None:
+                self.unknown("model", ref.name.text, ref.name.span, self.models)
+            return model
+        self.check_provider(ref)
+        return _Model(ref.provider.text, ref.model_id.value, None)  # type: ignore[union-attr]
+
+    # -- nodes
+    def add_nodes(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:
+        self.diags.extend(v.check_role(decl))
+        where = "node" if isinstance(decl, ast.NodeDecl) else "layer"
+        own = v.convert_params(decl.params, self.prompts, where=where, diags=self.diags)
+        if decl.role.text == "propose":
+            for key in v.AGGREGATOR_ONLY:
+                if key in own:
+                    self.diags.append(v.error("E205", f"'{key}' applies to aggregators only, and {where} "
+                                                      f"'{decl.name.text}' is a proposer", own[key][1]))
+        if isinstance(decl, ast.NodeDecl):
+            model = self.resolve_model(decl.model)
+            self.add_node(decl.name.text, decl, model, own, span=decl.span)
+            return
+        names = []
+        for full, member, sample in self.expand(decl):
+            self.add_node(full, decl, self.resolve_model(member.model), own, span=member.span,
+                          sample=sample, layer=decl.name.text)
+            names.append(full)
+        self.members[decl.name.text] = names
+
+    def expand(self, layer: ast.LayerDecl) -> list[tuple[str, ast.Member, int | None]]:
+        """Member node names: `L.name`, or `L.name.1..k` where a name occurs k > 1 times."""
+        bases, counts = [], []
+        explicit: dict[str, ast.Name] = {}
+        for m in layer.members:
+            if m.name is not None:
+                if m.name.text in explicit:
+                    self.diags.append(v.error("E202", f"member '{m.name.text}' is defined twice in layer "
+                                                      f"'{layer.name.text}'", m.name.span))
+                explicit[m.name.text] = m.name
+                base = m.name.text
+            elif m.model.name is not None:
+                base = m.model.name.text
+            else:
+                base = sanitize(m.model.model_id.value)  # type: ignore[union-attr]
+            bases.append(base)
+            counts.append(v.sample_count(m, self.diags))
+        totals: dict[str, int] = {}
+        for base, n in zip(bases, counts):
+            totals[base] = totals.get(base, 0) + n
+        seen: dict[str, int] = {}
+        out = []
+        for m, base, n in zip(layer.members, bases, counts):
+            for _ in range(n):
+                if totals[base] == 1:
+                    out.append((f"{layer.name.text}.{base}", m, None))
+                else:
+                    seen[base] = seen.get(base, 0) + 1
+                    out.append((f"{layer.name.text}.{base}.{seen[base]}", m, seen[base]))
+        return out
+
+    def add_node(self, name: str, decl: ast.NodeDecl | ast.LayerDecl, model: _Model | None,
+                 own: dict[str, tuple[Any, Span]], *, span: Span, sample: int | None = None,
+                 layer: str | None = None) -> None:
+        if name in self.graph:  # a member name that collides with another layer's member
+            self.diags.append(v.error("E202", f"node '{name}' is defined twice "
+                                              f"(first at {v.where(self.graph.nodes[name]['span'])})", span))
+            return
+        provider = model.provider if model else None
+        config = self.providers.get(provider) if provider else None
+        aggregate = decl.role.text == "aggregate"
+        params: dict[str, Any] = {k: BUILTIN_PARAMS[k] for k in ("temperature", "max_tokens", "cache")}
+        params["timeout"] = config.timeout if config else 120.0
+        params["retries"] = config.retries if config else 3
+        spans: dict[str, Span] = {}
+        if aggregate:
+            params["prompt"], params["min_inputs"] = REFERENCE_PROMPT, BUILTIN_PARAMS["min_inputs"]
+        for level in (self.defaults, model.params if model else {}, own):
+            for key, (value, vspan) in level.items():
+                if key in v.AGGREGATOR_ONLY and not aggregate:
+                    continue
+                params[key], spans[key] = value, vspan
+        if sample is not None and "seed" in params:
+            params["seed"] = params["seed"] + sample - 1
+        self.graph.add_node(
+            name, role=decl.role.text, provider=provider or "?", model=model.model_id if model else "?",
+            model_name=model.model_name if model else None, sample=sample, layer=layer, inputs=(),
+            params=params, span=span)
+        # Where min_inputs was set, for E209 once the inputs are known; removed in connect().
+        self.graph.nodes[name]["_min_inputs_span"] = spans.get("min_inputs")
+
+    def connect(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:
+        inputs: list[str] = []
+        spans: list[Span] = []
+        for ref in decl.inputs:
+            names = self.resolve_ref(ref)
+            inputs += names
+            spans += [ref.span] * len(names)
+        targets = [decl.name.text] if isinstance(decl, ast.NodeDecl) else self.members.get(decl.name.text, [])
+        reported: set[Span] = set()
+        for target in targets:
+            if target not in self.graph:
+                continue
+            attrs = self.graph.nodes[target]
+            min_span = attrs.pop("_min_inputs_span", None)
+            if decl.role.text != "aggregate":
+                continue
+            attrs["inputs"] = tuple(inputs)
+            for source, span in zip(inputs, spans):
+                self.graph.add_edge(source, target, span=span)
+            wanted = attrs["params"]["min_inputs"]
+            if decl.inputs and wanted > len(inputs) and min_span not in reported:
+                reported.add(min_span)
+                self.diags.append(v.error("E209", f"min_inputs = {wanted}, but '{target}' has only "
+                                                  f"{len(inputs)} input{'s' if len(inputs) != 1 else ''}",
+                                          min_span or decl.span))
+
+    def resolve_ref(self, ref: ast.Ref) -> list[str]:
+        if ref.text in self.members:
+            return list(self.members[ref.text])
+        if ref.text in self.graph:
+            return [ref.text]
+        what = "node or layer member" if "." in ref.text else "node or layer"
+        known = list(self.members) + list(self.graph) if self.hints_left > 0 else []
+        self.unknown(what, ref.text, ref.span, known)
+        return []
+
+
+def build(statements: Sequence[ast.Statement]) -> Built:
+    """Every statement of every file, includes spliced in order."""
+    return _Builder(statements).build()
+
+
+def resolve_output(built: Built, end: Span) -> tuple[str | None, list[Diagnostic]]:
+    """The `output` node, or the single sink; E201/E207 otherwise. `end`: where E207 points."""
+    graph = built.graph
+    if built.output is not None:
+        ref = built.output.ref
+        if ref.text in graph:
+            return ref.text, []
+        layer_members = [n for n, layer in graph.nodes(data="layer") if layer == ref.text]
+        if layer_members:
+            return None, [v.error("E201", f"the output must be one node, and '{ref.text}' is a layer",
+                                  ref.span, f"name one member, or aggregate the layer: {v.listing(layer_members)}")]
+        return None, [v.error("E201", f"unknown node '{ref.text}'", ref.span,
+                              v.did_you_mean(ref.text, graph) if len(graph) < 20000 else None)]
+    if not len(graph):
+        return None, [v.error("E207", "no output: the topology has no nodes", end,
+                              "declare a node, e.g. `node a = propose openai:\"gpt-4o-mini\"`")]
+    ends = v.sinks(graph)
+    if len(ends) == 1:
+        return ends[0], []
+    if not ends:  # every node sits on a cycle: E203 says it
+        return None, []
+    return None, [v.error("E207", f"no output: {len(ends)} nodes read by no one ({v.listing(ends)}) and "
+                                  "no `output` statement", end, f"add `output NAME`, e.g. `output {ends[-1]}`")]

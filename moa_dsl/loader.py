@@ -1,0 +1,220 @@
+"""Files in, a validated `Pipeline` out: parse, splice includes, build, check, raise once.
+
+    load(path)                       a file; its includes are relative to it
+    loads(text, filename="<string>") text; includes are relative to the current directory
+    apply_overrides(pipe, sets)      `--set KEY=VALUE` / `--set NODE.KEY=VALUE`, a new Pipeline
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import graph as graphs
+from . import syntax as ast
+from . import validate
+from .errors import ConfigError, Diagnostic, MoaError
+from .parser import parse, parse_value
+from .pipeline import Pipeline
+from .syntax import Span
+
+
+def load(path: str | os.PathLike) -> Pipeline:
+    """Parse and validate a file. A missing or unreadable file is a ConfigError (exit 2 in the CLI)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {os.fspath(path)}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {os.fspath(path)}: {exc.strerror or exc}") from exc
+    return _compile(text, os.fspath(path), p.resolve(), name=p.stem)
+
+
+def loads(text: str, filename: str = "<string>") -> Pipeline:
+    """Parse and validate text. Includes resolve against `filename`'s directory, else the cwd."""
+    real = None if filename.startswith("<") else Path(filename).resolve()
+    return _compile(text, filename, real, name=None)
+
+
+# ---- includes ------------------------------------------------------------------------------
+
+class _Sources:
+    """Every file read, by display name; includes spliced in place, each file once."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, str] = {}
+        self.done: set[Path] = set()
+        self.diags: list[Diagnostic] = []
+
+    def expand(self, module: ast.Module, real: Path | None, base: Path,
+               stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
+        out: list[ast.Statement] = []
+        for s in module.statements:
+            if isinstance(s, ast.Include):
+                out += self.include(s, module.file, base, stack)
+            else:
+                out.append(s)
+        return out
+
+    def include(self, inc: ast.Include, display_from: str, base: Path,
+                stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
+        rel = inc.path.value
+        target = (base / rel).resolve() if rel else None
+        display = os.path.normpath(os.path.join(os.path.dirname(display_from) if not display_from.startswith("<")
+                                                else "", rel)) if rel else rel
+        chain = [d for p, d in stack] + [display]
+        if target is not None and target in [p for p, _ in stack]:
+            self.error(f"include cycle: {' -> '.join(chain)}", inc.path.span, "a file cannot include itself")
+            return []
+        if target is None or not target.is_file():
+            self.error(f"cannot include '{rel}': no such file", inc.path.span,
+                       f"the path is relative to {display_from}'s directory" if rel else None)
+            return []
+        if target in self.done:  # a diamond: the file's statements are already in
+            return []
+        try:
+            text = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.error(f"cannot include '{rel}': {getattr(exc, 'strerror', None) or exc}", inc.path.span)
+            return []
+        self.done.add(target)
+        module = self.parse(text, display)
+        if module is None:
+            return []
+        return self.expand(module, target, target.parent, stack + ((target, display),))
+
+    def parse(self, text: str, display: str) -> ast.Module | None:
+        self.texts[display] = text
+        module, errors = parse(text, display)
+        self.diags += errors
+        return module if not errors else None
+
+    def error(self, message: str, span: Span, hint: str | None = None) -> None:
+        self.diags.append(validate.error("E208", message, span, hint))
+
+
+# ---- compile -------------------------------------------------------------------------------
+
+def _compile(text: str, display: str, real: Path | None, *, name: str | None) -> Pipeline:
+    src = _Sources()
+    if real is not None:
+        src.done.add(real)
+    module = src.parse(text, display)
+    base = real.parent if real is not None else Path.cwd()
+    statements = src.expand(module, real, base, ((real, display),)) if module else []
+    diags = list(src.diags)
+    if any(d.is_error for d in diags):
+        raise MoaError(diagnostics=_ordered(diags, src.texts), sources=src.texts)
+    built = graphs.build(statements)
+    diags += built.diagnostics
+    end = module.end if module else Span(display, 1, 1, 1, 1)
+    output, found = graphs.resolve_output(built, end)
+    diags += found
+    cycles = validate.check_cycles(built.graph)
+    diags += cycles
+    dead: frozenset[str] = frozenset()
+    if output is not None and not cycles:
+        dead = validate.dead_nodes(built.graph, output)
+        diags += validate.check_dead(built.graph, output, dead)
+    built.graph.graph["output"] = output
+    built.graph.graph["dead"] = dead
+    sources = _mask_secrets(src.texts, validate.secret_spans(diags))
+    diags = _ordered(diags, sources)
+    if any(d.is_error for d in diags):
+        raise MoaError(diagnostics=diags, sources=sources)
+    return Pipeline(graph=built.graph, sources=sources, warnings=tuple(diags), name=name)
+
+
+def _ordered(diags: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
+    """By file (in the order read), then position; stable for equal positions."""
+    order = {f: i for i, f in enumerate(sources)}
+    return sorted(diags, key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.column)
+                  if d.span else (len(order) + 1, 0, 0))
+
+
+def _mask_secrets(texts: dict[str, str], spans: list[Span]) -> dict[str, str]:
+    """A literal api_key must not reach a rendered diagnostic: star it out, same width, same lines."""
+    out = dict(texts)
+    for span in spans:
+        if span.file not in out or span.line != span.end_line:
+            continue
+        lines = out[span.file].split("\n")
+        line = lines[span.line - 1]
+        a, b = span.column, span.end_column - 2          # inside the quotes
+        lines[span.line - 1] = line[:a] + "*" * max(0, b - a) + line[b:]
+        out[span.file] = "\n".join(lines)
+    return out
+
+
+# ---- --set ---------------------------------------------------------------------------------
+
+_BARE = re.compile(r"^[^\"\[{]")
+
+
+def apply_overrides(pipe: Pipeline, sets: Sequence[str]) -> Pipeline:
+    """A new Pipeline (graph copied) with `KEY=VALUE` on every node or `NODE.KEY=VALUE` on one
+    node (or every member of a layer). Raises ConfigError with a did-you-mean on a bad item."""
+    graph = pipe.graph.copy()
+    for _, attrs in graph.nodes(data=True):
+        attrs["params"] = dict(attrs["params"])
+    for item in sets:
+        _apply_one(graph, item)
+    return Pipeline(graph=graph, sources=pipe.sources, warnings=pipe.warnings, name=pipe.name)
+
+
+def _apply_one(graph: Any, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE or NODE.KEY=VALUE")
+    target, _, param = key.rpartition(".")
+    nodes = _targets(graph, target, item)
+    if param not in validate.PARAM_SCHEMA:
+        hint = validate.did_you_mean(param, validate.PARAM_SCHEMA)
+        raise ConfigError(f"--set {item!r}: unknown parameter '{param}'" + (f"; {hint}" if hint else ""))
+    value = _literal(raw.strip(), item)
+    span = Span("--set", 1, 1, 1, len(item) + 1)
+    try:
+        converted = validate.convert_param(ast.Pair(param, span, value, span), {}, where="--set")
+    except validate.Invalid as exc:
+        raise ConfigError(f"--set {item!r}: {exc.diagnostic.message}") from None
+    for name in nodes:
+        attrs = graph.nodes[name]
+        if param in validate.AGGREGATOR_ONLY and attrs["role"] != "aggregate":
+            if target:
+                raise ConfigError(f"--set {item!r}: '{param}' applies to aggregators only, and '{name}' is a proposer")
+            continue
+        if param == "min_inputs" and converted > len(attrs["inputs"]):
+            raise ConfigError(f"--set {item!r}: '{name}' has only {len(attrs['inputs'])} inputs")
+        if param == "seed" and attrs["sample"] is not None:
+            attrs["params"][param] = converted + attrs["sample"] - 1
+        else:
+            attrs["params"][param] = converted
+
+
+def _targets(graph: Any, target: str, item: str) -> list[str]:
+    if not target:
+        return list(graph)
+    if target in graph:
+        return [target]
+    members = [n for n, layer in graph.nodes(data="layer") if layer == target]
+    if members:
+        return members
+    layers = {layer for _, layer in graph.nodes(data="layer") if layer}
+    hint = validate.did_you_mean(target, list(graph) + sorted(layers))
+    raise ConfigError(f"--set {item!r}: unknown node or layer '{target}'" + (f"; {hint}" if hint else ""))
+
+
+def _literal(raw: str, item: str) -> ast.Value:
+    """A .moa literal; a bare word (or any text that is not one) is a string."""
+    value, errors = parse_value(raw, "--set") if raw else (None, [])
+    span = Span("--set", 1, 1, 1, 1)
+    if value is None:
+        if raw and not _BARE.match(raw):
+            raise ConfigError(f"--set {item!r}: {errors[0].message if errors else 'not a value'}")
+        return ast.Str(raw, span)
+    if isinstance(value, ast.NameValue):
+        return ast.Str(value.name, value.span)
+    return value

@@ -1,0 +1,301 @@
+"""Text -> syntax tree (`syntax.Module`). lark's errors become E101 diagnostics, in words.
+
+`parse(text, filename)` never raises on bad input: it returns the module (None after a syntax
+error) and the diagnostics. Names, types and ranges are the validator's business.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from . import syntax as ast
+from .errors import Diagnostic
+from .syntax import Span
+
+KEYWORDS = ("provider", "model", "prompt", "defaults", "node", "layer", "output", "include",
+            "propose", "aggregate", "true", "false", "env")
+_STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE")
+_PUNCTUATION = {"EQUAL": "=", "COLON": ":", "COMMA": ",", "DOT": ".", "STAR": "*", "ARROW": "<-",
+                "LPAR": "(", "RPAR": ")", "LBRACK": "[", "RBRACK": "]", "LBRACE": "{", "RBRACE": "}"}
+_WORDS = {"NAME": "a name", "MEMBER_PART": "a member name", "NUMBER": "a number",
+          "STRING": "a string", "TRIPLE_STRING": "a string", "$END": "end of input"}
+
+
+def _grammar_path() -> Path:
+    """Installed from a wheel the grammar sits in the package; in a source tree, beside it."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "grammar" / "moa.lark", here.parent / "grammar" / "moa.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("moa.lark not found next to moa_dsl: the installation is broken")
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark.open(str(_grammar_path()), parser="lalr", propagate_positions=True,
+                     maybe_placeholders=True)
+
+
+def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, list[Diagnostic]]:
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as exc:
+        return None, [_syntax_error(exc, text, filename)]
+    builder = _Builder(filename)
+    statements = tuple(builder.statement(child) for child in tree.children)
+    end = statements[-1].span.end() if statements else Span(filename, 1, 1, 1, 1)
+    return ast.Module(filename, statements, end), builder.errors
+
+
+def parse_value(text: str, filename: str = "<string>") -> tuple[ast.Value | None, list[Diagnostic]]:
+    """One literal (for `--set KEY=VALUE`), parsed by the same grammar."""
+    module, errors = parse(f"defaults {{ x = {text}\n}}", filename)
+    if module is None or errors:
+        return None, errors
+    if len(module.statements) != 1 or len(module.statements[0].params.pairs) != 1:  # text that closed the block
+        return None, [Diagnostic("error", "E101", "not a single value", None)]
+    return module.statements[0].params.pairs[0].value, []
+
+
+# ---- syntax errors in words ---------------------------------------------------------------
+
+def describe(terminal: str) -> str:
+    if terminal in _WORDS:
+        return _WORDS[terminal]
+    if terminal in _PUNCTUATION:
+        return f"'{_PUNCTUATION[terminal]}'"
+    if terminal.lower() in KEYWORDS:
+        return f"'{terminal.lower()}'"
+    return terminal
+
+
+def _expected_words(expected: Any) -> str:
+    names = set(expected)
+    words: list[str] = []
+    if set(_STATEMENT_KEYWORDS) <= names:
+        names -= set(_STATEMENT_KEYWORDS)
+        words.append("a statement (provider, model, prompt, defaults, node, layer, output, include)")
+    words += sorted({describe(n) for n in names if not n.startswith("__")})
+    words = [w for w in words if w != "end of input"] + (["end of input"] if "end of input" in words else [])
+    if not words:
+        return "something else"
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
+    if isinstance(exc, UnexpectedToken):
+        return _unexpected_token(exc, filename)
+    if isinstance(exc, UnexpectedCharacters):
+        return _unexpected_char(exc, text, filename)
+    line, col = getattr(exc, "line", 1) or 1, getattr(exc, "column", 1) or 1
+    return Diagnostic("error", "E101", "syntax error", Span(filename, line, col, line, col + 1))
+
+
+def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
+    tok = exc.token
+    expected = _expected_words(exc.expected)
+    if tok.type == "$END":
+        # lark's end token borrows the last token's position: the caret goes just after it.
+        line, col = (tok.end_line or 1, tok.end_column or 1) if tok.end_line else (1, 1)
+        return Diagnostic("error", "E101", f"unexpected end of input: expected {expected}",
+                          Span(filename, line, col, line, col))
+    span = Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
+    hint = None
+    if str(tok).lower() in KEYWORDS and tok.type != "NAME":
+        what = f"keyword '{tok}'"
+        if "NAME" in exc.expected:
+            hint = f"'{tok}' is a reserved keyword and cannot be used as a name"
+    else:
+        what = describe(tok.type) if tok.type in _PUNCTUATION else f"{_token_kind(tok)} {_show(tok)}"
+    return Diagnostic("error", "E101", f"unexpected {what}: expected {expected}", span, hint)
+
+
+def _token_kind(tok: Token) -> str:
+    return {"NAME": "name", "MEMBER_PART": "name", "NUMBER": "number",
+            "STRING": "string", "TRIPLE_STRING": "string"}.get(tok.type, "token")
+
+
+def _show(tok: Token) -> str:
+    value = str(tok)
+    if tok.type in ("STRING", "TRIPLE_STRING"):
+        return value if len(value) <= 30 and "\n" not in value else value[:3] + "..."
+    return f"'{value}'" if len(value) <= 30 else f"'{value[:27]}...'"
+
+
+def _unexpected_char(exc: UnexpectedCharacters, text: str, filename: str) -> Diagnostic:
+    pos, line, col = exc.pos_in_stream, exc.line, exc.column
+    char = text[pos] if 0 <= pos < len(text) else ""
+    if char == '"':
+        if text[max(0, pos - 2):pos] == '""':  # the lexer took `""` as an empty string
+            col -= 2
+            return Diagnostic("error", "E101", "unterminated triple-quoted string",
+                              Span(filename, line, col, line, col + 3), 'close it with """')
+        return Diagnostic("error", "E101", "unterminated string", Span(filename, line, col, line, col + 1),
+                          'close it with " on the same line, or use """...""" for several lines')
+    shown = repr(char) if char.isprintable() and char != "'" else ascii(char)
+    expected = _expected_words(exc.allowed or ())
+    return Diagnostic("error", "E101", f"unexpected character {shown}: expected {expected}",
+                      Span(filename, line, col, line, col + 1))
+
+
+# ---- tree -> syntax tree ------------------------------------------------------------------
+
+class _Builder:
+    """Builds only; the one thing it checks is what a lark token cannot: string escapes."""
+
+    def __init__(self, filename: str):
+        self.file = filename
+        self.errors: list[Diagnostic] = []
+
+    def span(self, node: Tree | Token) -> Span:
+        if isinstance(node, Token):
+            return Span(self.file, node.line, node.column, node.end_line, node.end_column)
+        m = node.meta
+        return Span(self.file, m.line, m.column, m.end_line, m.end_column)
+
+    def name(self, tok: Token) -> ast.Name:
+        # The contextual lexer reads a keyword as a NAME where only a name fits: reserve it here.
+        if str(tok) in KEYWORDS:
+            self.errors.append(Diagnostic("error", "E101", f"unexpected keyword '{tok}': expected a name",
+                                          self.span(tok), f"'{tok}' is a reserved keyword and cannot be a name"))
+        return ast.Name(str(tok), self.span(tok))
+
+    def role(self, t: Tree) -> ast.Name:
+        tok = t.children[0]
+        return ast.Name(str(tok), self.span(tok))
+
+    def statement(self, tree: Tree) -> ast.Statement:
+        handler: Callable[[Tree, list[Any]], ast.Statement] = getattr(self, f"_{tree.data}")
+        return handler(tree, tree.children)
+
+    def _provider_stmt(self, t: Tree, c: list[Any]) -> ast.ProviderDecl:
+        return ast.ProviderDecl(self.name(c[1]), self.name(c[3]), self.opt_map(c[4]), self.span(t))
+
+    def _model_stmt(self, t: Tree, c: list[Any]) -> ast.ModelDecl:
+        return ast.ModelDecl(self.name(c[1]), self.modelref(c[3]), self.opt_map(c[4]), self.span(t))
+
+    def _prompt_stmt(self, t: Tree, c: list[Any]) -> ast.PromptDecl:
+        return ast.PromptDecl(self.name(c[1]), self.string(c[3]), self.span(t))
+
+    def _defaults_stmt(self, t: Tree, c: list[Any]) -> ast.Defaults:
+        return ast.Defaults(self.map(c[1]), self.span(t))
+
+    def _node_stmt(self, t: Tree, c: list[Any]) -> ast.NodeDecl:
+        inputs, arrow = self.inputs(c[5])
+        return ast.NodeDecl(self.name(c[1]), self.role(c[3]), self.modelref(c[4]),
+                            inputs, arrow, self.opt_map(c[6]), self.span(t))
+
+    def _layer_stmt(self, t: Tree, c: list[Any]) -> ast.LayerDecl:
+        members = tuple(self.member(m) for m in c[5].children if isinstance(m, Tree))
+        inputs, arrow = self.inputs(c[7])
+        return ast.LayerDecl(self.name(c[1]), self.role(c[3]), members, inputs, arrow,
+                             self.opt_map(c[8]), self.span(t))
+
+    def _output_stmt(self, t: Tree, c: list[Any]) -> ast.Output:
+        return ast.Output(self.ref(c[1]), self.span(t))
+
+    def _include_stmt(self, t: Tree, c: list[Any]) -> ast.Include:
+        return ast.Include(self.string(c[1]), self.span(t))
+
+    # -- parts
+    def modelref(self, t: Tree) -> ast.ModelRef:
+        if t.data == "model_name":
+            return ast.ModelRef(self.span(t), name=self.name(t.children[0]))
+        provider, _, model_id = t.children
+        return ast.ModelRef(self.span(t), provider=self.name(provider), model_id=self.string(model_id))
+
+    def member(self, t: Tree) -> ast.Member:
+        c = t.children
+        if t.data == "named_member":
+            name, ref, count = self.name(c[0]), c[2], c[3]
+        else:
+            name, ref, count = None, c[0], c[1]
+        num = None
+        if count is not None:
+            tok = count.children[1]
+            num = ast.Num(_number(str(tok)), self.span(tok))
+        return ast.Member(self.modelref(ref), self.span(t), name=name, count=num)
+
+    def inputs(self, t: Tree | None) -> tuple[tuple[ast.Ref, ...], Span | None]:
+        if t is None:
+            return (), None
+        return tuple(self.ref(r) for r in t.children if isinstance(r, Tree)), self.span(t)
+
+    def ref(self, t: Tree) -> ast.Ref:
+        self.name(t.children[0])  # reserved-keyword check
+        return ast.Ref("".join(str(tok) for tok in t.children), self.span(t))
+
+    def opt_map(self, t: Tree | None) -> ast.MapValue | None:
+        return None if t is None else self.map(t)
+
+    def map(self, t: Tree) -> ast.MapValue:
+        pairs = []
+        for p in t.children:
+            if not isinstance(p, Tree):
+                continue
+            key, _, value = p.children
+            if isinstance(key, Tree):
+                k = self.string(key)
+                key_text, key_span = k.value, k.span
+            else:
+                key_text, key_span = str(key), self.span(key)
+            pairs.append(ast.Pair(key_text, key_span, self.value(value), self.span(p)))
+        return ast.MapValue(tuple(pairs), self.span(t))
+
+    def value(self, t: Tree) -> ast.Value:
+        kind, span = t.data, self.span(t)
+        if kind == "string":
+            return self.string(t)
+        if kind == "number":
+            return ast.Num(_number(str(t.children[0])), span)
+        if kind in ("true", "false"):
+            return ast.Bool(kind == "true", span)
+        if kind == "name_value":
+            return ast.NameValue(str(t.children[0]), span)
+        if kind == "list":
+            return ast.ListValue(tuple(self.value(v) for v in t.children if isinstance(v, Tree)), span)
+        if kind == "map":
+            return self.map(t)
+        if kind == "env":
+            return ast.Env(self.string(t.children[2]).value, span)
+        raise AssertionError(f"unknown value node {kind}")  # a grammar/builder mismatch, a bug
+
+    def string(self, t: Tree) -> ast.Str:
+        tok = t.children[0]
+        span = self.span(tok)
+        if tok.type == "TRIPLE_STRING":
+            return ast.Str(dedent_triple(str(tok)[3:-3]), span)
+        try:
+            return ast.Str(json.loads(str(tok), strict=False), span)
+        except ValueError as exc:
+            self.errors.append(Diagnostic("error", "E101", f"invalid escape in string: {_json_reason(exc)}",
+                                          span, r'JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX'))
+            return ast.Str(str(tok)[1:-1], span)
+
+
+def dedent_triple(body: str) -> str:
+    """A newline right after the opening quotes is dropped, then the common indentation."""
+    if body.startswith("\r\n"):
+        body = body[2:]
+    elif body.startswith("\n"):
+        body = body[1:]
+    return textwrap.dedent(body)
+
+
+def _number(text: str) -> int | float:
+    if any(ch in text for ch in ".eE"):
+        return float(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts; out of every range anyway
+        return float(text)
+
+
+def _json_reason(exc: ValueError) -> str:
+    return str(exc).split(":")[0]

@@ -1,0 +1,312 @@
+"""The checks: the parameter and provider-option schema, and the passes over the built graph.
+
+Everything here returns Diagnostics; nothing raises on bad input. `graph.build` converts values
+through `convert_param` / `convert_option` (one diagnostic per bad value, however many nodes use
+it); `check_graph` then looks at the whole graph: cycles, the output, dead nodes.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import networkx as nx
+
+from . import syntax as ast
+from .config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
+from .errors import Diagnostic
+from .syntax import Span
+
+MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
+_LIST_SHOWN = 8             # names listed in one message before "and N more"
+
+
+class Invalid(Exception):
+    """A value that does not fit; carried to a Diagnostic by the caller."""
+
+    def __init__(self, code: str, message: str, span: Span, hint: str | None = None):
+        super().__init__(message)
+        self.diagnostic = Diagnostic("error", code, message, span, hint)
+
+
+def error(code: str, message: str, span: Span | None, hint: str | None = None) -> Diagnostic:
+    return Diagnostic("error", code, message, span, hint)
+
+
+def warning(code: str, message: str, span: Span | None, hint: str | None = None) -> Diagnostic:
+    return Diagnostic("warning", code, message, span, hint)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def listing(names: Iterable[str]) -> str:
+    names = list(names)
+    shown = ", ".join(names[:_LIST_SHOWN])
+    return shown + (f" and {len(names) - _LIST_SHOWN} more" if len(names) > _LIST_SHOWN else "")
+
+
+# ---- values --------------------------------------------------------------------------------
+
+def describe_value(v: ast.Value) -> str:
+    if isinstance(v, ast.Bool):
+        return "a boolean"
+    if isinstance(v, ast.Num):
+        return "an integer" if isinstance(v.value, int) else "a number"
+    return {ast.Str: "a string", ast.Env: "env(...)", ast.NameValue: f"the name '{getattr(v, 'name', '')}'",
+            ast.ListValue: "a list", ast.MapValue: "a map"}.get(type(v), "a value")
+
+
+def _number(key: str, v: ast.Value, *, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, integer: bool = False) -> int | float:
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(v, ast.Num) and (isinstance(v.value, int) or not integer)
+    if not ok_type or not math.isfinite(v.value):  # type: ignore[union-attr]
+        got = "an infinite number" if isinstance(v, ast.Num) and not integer else describe_value(v)
+        raise Invalid("E206", f"'{key}' must be {kind}{_range(lo, hi, lo_open)}, not {got}", v.span)
+    x = v.value  # type: ignore[union-attr]
+    if (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and x > hi):
+        raise Invalid("E206", f"'{key}' = {x} is out of range: it must be {kind}{_range(lo, hi, lo_open)}", v.span)
+    return float(x) if not integer else int(x)
+
+
+def _range(lo: float | None, hi: float | None, lo_open: bool) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo:g} to {hi:g}"
+    if lo is not None:
+        return f" {'>' if lo_open else '>='} {lo:g}"
+    return ""
+
+
+def _bool(key: str, v: ast.Value) -> bool:
+    if not isinstance(v, ast.Bool):
+        raise Invalid("E206", f"'{key}' must be true or false, not {describe_value(v)}", v.span)
+    return v.value
+
+
+def _str(key: str, v: ast.Value) -> str:
+    if not isinstance(v, ast.Str):
+        raise Invalid("E206", f"'{key}' must be a string, not {describe_value(v)}", v.span)
+    return v.value
+
+
+def _stop(key: str, v: ast.Value) -> str | list[str]:
+    if isinstance(v, ast.ListValue):
+        return [_str(key, item) for item in v.items]
+    if isinstance(v, ast.Str):
+        return v.value
+    raise Invalid("E206", f"'{key}' must be a string or a list of strings, not {describe_value(v)}", v.span)
+
+
+def _text(key: str, v: ast.Value, prompts: Mapping[str, str]) -> str:
+    """A string, or a prompt NAME resolved to its text."""
+    if isinstance(v, ast.NameValue):
+        if v.name not in prompts:
+            raise Invalid("E201", f"unknown prompt '{v.name}'", v.span, did_you_mean(v.name, prompts))
+        return prompts[v.name]
+    if not isinstance(v, ast.Str):
+        raise Invalid("E206", f"'{key}' must be a string or a prompt name, not {describe_value(v)}", v.span)
+    return v.value
+
+
+def _price(key: str, v: ast.Value) -> list[float]:
+    if not isinstance(v, ast.ListValue) or len(v.items) != 2:
+        raise Invalid("E206", f"'{key}' must be a list of 2 numbers (USD per million prompt and "
+                              f"completion tokens), not {describe_value(v)}", v.span)
+    return [float(_number(key, item, lo=0)) for item in v.items]
+
+
+_Checker = Callable[[str, ast.Value, Mapping[str, str]], Any]
+PARAM_SCHEMA: dict[str, _Checker] = {
+    "temperature": lambda k, v, p: float(_number(k, v, lo=0, hi=2)),
+    "top_p": lambda k, v, p: float(_number(k, v, lo=0, hi=1)),
+    "max_tokens": lambda k, v, p: _number(k, v, lo=1, integer=True),
+    "seed": lambda k, v, p: _number(k, v, integer=True),
+    "stop": lambda k, v, p: _stop(k, v),
+    "system": _text,
+    "prompt": _text,
+    "min_inputs": lambda k, v, p: _number(k, v, lo=1, integer=True),
+    "timeout": lambda k, v, p: float(_number(k, v, lo=0, lo_open=True)),
+    "retries": lambda k, v, p: _number(k, v, lo=0, integer=True),
+    "cache": lambda k, v, p: _bool(k, v),
+    "price": lambda k, v, p: _price(k, v),
+}
+assert set(PARAM_SCHEMA) == set(PARAM_KEYS), "config.PARAM_KEYS and the schema must agree"
+
+AGGREGATOR_ONLY = ("prompt", "min_inputs")
+
+
+def convert_param(pair: ast.Pair, prompts: Mapping[str, str], *, where: str) -> Any:
+    """The Python value of one `key = value`; raises Invalid. `where`: defaults/model/node/layer/set."""
+    key = pair.key
+    if key not in PARAM_SCHEMA:
+        raise Invalid("E205", f"unknown parameter '{key}'", pair.key_span,
+                      did_you_mean(key, PARAM_SCHEMA) or f"parameters: {', '.join(PARAM_KEYS)}")
+    if key == "price" and where != "model":
+        raise Invalid("E205", f"'price' belongs to a model, it cannot be set on a {where}", pair.key_span,
+                      "move it to the `model` statement")
+    return PARAM_SCHEMA[key](key, pair.value, prompts)
+
+
+def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, where: str,
+                   diags: list[Diagnostic]) -> dict[str, tuple[Any, Span]]:
+    """Every valid `key = value` of a block, with the span of its value; the rest become diags."""
+    out: dict[str, tuple[Any, Span]] = {}
+    if params is None:
+        return out
+    seen: dict[str, Span] = {}
+    for pair in params.pairs:
+        if pair.key in seen:
+            diags.append(error("E202", f"'{pair.key}' is set twice in this block "
+                                       f"(first at {_where(seen[pair.key])})", pair.key_span))
+            continue
+        seen[pair.key] = pair.key_span
+        try:
+            out[pair.key] = (convert_param(pair, prompts, where=where), pair.value.span)
+        except Invalid as exc:
+            diags.append(exc.diagnostic)
+    return out
+
+
+def _where(span: Span) -> str:
+    return f"{span.file}:{span.line}:{span.column}"
+
+
+def where(span: Span) -> str:
+    return _where(span)
+
+
+# ---- provider options -----------------------------------------------------------------------
+
+_SECRET_HEADER_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret")
+
+
+def _str_or_env(key: str, v: ast.Value) -> str | EnvRef:
+    if isinstance(v, ast.Env):
+        return EnvRef(v.name)
+    if isinstance(v, ast.Str):
+        return v.value
+    raise Invalid("E206", f"'{key}' must be a string or env(\"NAME\"), not {describe_value(v)}", v.span)
+
+
+def _headers(key: str, v: ast.Value) -> dict[str, str | EnvRef]:
+    if not isinstance(v, ast.MapValue):
+        raise Invalid("E206", f"'{key}' must be a map {{ \"Header\" = \"value\", ... }}, not {describe_value(v)}",
+                      v.span)
+    return {p.key: _str_or_env(f"{key}.{p.key}", p.value) for p in v.pairs}
+
+
+OPTION_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {
+    "base_url": _str_or_env,
+    "api_key": _str_or_env,
+    "headers": _headers,
+    "max_concurrency": lambda k, v: _number(k, v, lo=1, integer=True),
+    "timeout": lambda k, v: float(_number(k, v, lo=0, lo_open=True)),
+    "retries": lambda k, v: _number(k, v, lo=0, integer=True),
+}
+assert set(OPTION_SCHEMA) == set(PROVIDER_OPTIONS)
+
+
+def convert_options(decl: ast.ProviderDecl, diags: list[Diagnostic]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if decl.kind.text not in PROVIDER_KINDS:
+        diags.append(error("E206", f"unknown provider kind '{decl.kind.text}'", decl.kind.span,
+                           did_you_mean(decl.kind.text, PROVIDER_KINDS) or f"kinds: {', '.join(PROVIDER_KINDS)}"))
+    for pair in decl.options.pairs if decl.options else ():
+        if pair.key not in OPTION_SCHEMA:
+            diags.append(error("E205", f"unknown provider option '{pair.key}'", pair.key_span,
+                               did_you_mean(pair.key, OPTION_SCHEMA) or f"options: {', '.join(PROVIDER_OPTIONS)}"))
+            continue
+        if pair.key in out:
+            diags.append(error("E202", f"'{pair.key}' is set twice in this block", pair.key_span))
+            continue
+        try:
+            out[pair.key] = OPTION_SCHEMA[pair.key](pair.key, pair.value)
+        except Invalid as exc:
+            diags.append(exc.diagnostic)
+            continue
+        diags.extend(_secret_warnings(decl, pair))
+    return out
+
+
+def _secret_warnings(decl: ast.ProviderDecl, pair: ast.Pair) -> list[Diagnostic]:
+    hint = 'read it from the environment: api_key = env("MY_PROVIDER_KEY")'
+    if pair.key == "api_key" and isinstance(pair.value, ast.Str):
+        return [warning("W302", f"literal secret in source: the api_key of provider '{decl.name.text}'",
+                        pair.value.span, hint)]
+    if pair.key == "headers" and isinstance(pair.value, ast.MapValue):
+        return [warning("W302", f"literal secret in source: header '{p.key}' of provider '{decl.name.text}'",
+                        p.value.span, f'use env("NAME") for the value of \'{p.key}\'')
+                for p in pair.value.pairs
+                if isinstance(p.value, ast.Str) and any(w in p.key.lower() for w in _SECRET_HEADER_WORDS)]
+    return []
+
+
+def secret_spans(diags: Iterable[Diagnostic]) -> list[Span]:
+    """Where literal secrets sit in the source, so the loader can mask them before rendering."""
+    return [d.span for d in diags if d.code == "W302" and d.span is not None]
+
+
+# ---- roles and samples ----------------------------------------------------------------------
+
+def check_role(decl: ast.NodeDecl | ast.LayerDecl) -> list[Diagnostic]:
+    kind = "node" if isinstance(decl, ast.NodeDecl) else "layer"
+    if decl.role.text == "propose" and decl.inputs:
+        return [error("E204", f"'propose' takes no inputs, but {kind} '{decl.name.text}' has some",
+                      decl.arrow, "a proposer sees only the query: use 'aggregate' to read other answers")]
+    if decl.role.text == "aggregate" and not decl.inputs:
+        return [error("E204", f"'aggregate' needs at least one input: {kind} '{decl.name.text}' has none",
+                      decl.role.span, "name what it reads: `<- NODE, LAYER, ...`; or use 'propose'")]
+    return []
+
+
+def sample_count(member: ast.Member, diags: list[Diagnostic] | None = None) -> int:
+    """`* N`, checked: 1..MAX_SAMPLES; anything else counts as 1 (and is an error if diags given)."""
+    if member.count is None:
+        return 1
+    n = member.count.value
+    if isinstance(n, int) and 1 <= n <= MAX_SAMPLES:
+        return n
+    if diags is not None:
+        diags.append(error("E206", f"the number of samples must be an integer from 1 to {MAX_SAMPLES}, not {n}",
+                           member.count.span))
+    return 1
+
+
+# ---- graph-level passes --------------------------------------------------------------------
+
+def check_cycles(graph: nx.DiGraph) -> list[Diagnostic]:
+    """One E203 per strongly connected knot, listing one cycle through it, `a -> b -> a`."""
+    if nx.is_directed_acyclic_graph(graph):
+        return []
+    diags = []
+    for component in nx.strongly_connected_components(graph):
+        first = next(iter(component))
+        if len(component) == 1 and not graph.has_edge(first, first):
+            continue
+        edges = nx.find_cycle(graph.subgraph(component), source=min(component))
+        path = [u for u, _ in edges] + [edges[0][0]]
+        closing = graph.edges[edges[-1]].get("span") or graph.nodes[edges[-1][1]].get("span")
+        diags.append(error("E203", f"cycle: {' -> '.join(path)}", closing,
+                           "a node cannot read its own answer, directly or through others"))
+    return sorted(diags, key=lambda d: (d.span is None, d.span))
+
+
+def sinks(graph: nx.DiGraph) -> list[str]:
+    return [n for n, degree in graph.out_degree() if degree == 0]
+
+
+def dead_nodes(graph: nx.DiGraph, output: str) -> frozenset[str]:
+    """One reverse BFS from the output: whatever it does not reach is dead."""
+    alive = nx.ancestors(graph, output)
+    alive.add(output)
+    return frozenset(n for n in graph if n not in alive)
+
+
+def check_dead(graph: nx.DiGraph, output: str, dead: frozenset[str]) -> list[Diagnostic]:
+    return [warning("W301", f"node '{n}' does not reach the output '{output}': it will not run",
+                    graph.nodes[n].get("span"), f"read it from an aggregator, or remove it")
+            for n in graph if n in dead]
