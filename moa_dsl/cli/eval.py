@@ -1,0 +1,107 @@
+"""`moa eval A.moa B.moa ... --input DATA.jsonl`: compare topologies on quality, cost and latency.
+
+Every topology answers every item; an LLM judge compares each one's answers with the baseline's
+(the first file unless --baseline), each pair in both orders. Results go to --out (per topology
+NAME/model_outputs.json in AlpacaEval's format, summary.json, summary.md, summary.svg) and the
+table is printed. Every call goes through the response cache: an interrupted evaluation resumes,
+a rerun calls nothing. Exit codes: 0 done (failed items are reported, not fatal), 1 a topology file
+has errors, 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
+from ..config import DEFAULT_CONCURRENCY
+from ..errors import ConfigError, MoaError
+
+HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
+
+
+def register(sub: Any) -> None:
+    from ..evaluate import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_OUT
+
+    p = sub.add_parser("eval", help=HELP, description=__doc__.split("\n\n")[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", metavar="FILE", nargs="+", help=".moa topologies; each is named by its file's stem")
+    p.add_argument("--input", required=True, metavar="DATA.jsonl",
+                   help="one JSON object a line: instruction, query or turns (MT-Bench)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
+    p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="MODELREF",
+                   help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})')
+    p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS, metavar="N",
+                   help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})")
+    p.add_argument("--baseline", metavar="NAME", help="the topology the others are judged against (default: the first)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where results go (default {DEFAULT_OUT}/)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"global bound on calls in flight, all topologies and items together (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (no resuming)")
+    p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
+    p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
+    p.set_defaults(func=main)
+
+
+def _usage(message: str) -> int:
+    print(f"moa eval: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(args: argparse.Namespace) -> int:
+    problem = _check_args(args)
+    if problem:
+        return _usage(problem)
+    pipes = _load(args.files)
+    if isinstance(pipes, int):
+        return pipes
+    from ..evaluate import evaluate
+
+    try:
+        report = evaluate(pipes, args.input, limit=args.limit, judge=args.judge, baseline=args.baseline,
+                          out=args.out, concurrency=args.concurrency, cache=not args.no_cache,
+                          cache_dir=args.cache_dir, refresh=args.refresh, judge_max_tokens=args.judge_max_tokens,
+                          progress=None if args.quiet else sys.stderr, verbose=args.verbose)
+    except ConfigError as exc:
+        return _usage(str(exc))
+    except OSError as exc:  # --out not writable
+        return _usage(f"cannot write {exc.filename or args.out}: {exc.strerror or exc}")
+    sys.stdout.write(report.to_markdown())
+    failed = sum(len(row["failed_items"]) for row in report.summary["topologies"])
+    if failed:
+        print(f"moa eval: {failed} item runs failed (listed in {Path(args.out) / 'summary.json'})", file=sys.stderr)
+    print(f"moa eval: results in {args.out}/", file=sys.stderr)
+    return EXIT_OK
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    if args.concurrency < 1:
+        return f"--concurrency must be >= 1, not {args.concurrency}"
+    if args.limit is not None and args.limit < 1:
+        return f"--limit must be >= 1, not {args.limit}"
+    if args.judge_max_tokens < 1:
+        return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
+    if args.no_cache and args.refresh:
+        return "--no-cache and --refresh contradict each other"
+    for f in [*args.files, args.input]:
+        if not Path(f).is_file():
+            return f"no such file: {f}"
+    return None
+
+
+def _load(files: list[str]) -> list[Any] | int:
+    """Every file, every diagnostic printed, before anything is called."""
+    from .. import load
+
+    pipes, bad = [], False
+    for f in files:
+        try:
+            pipes.append(load(f))
+        except MoaError as exc:
+            bad = True
+            print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa eval: error: {exc}",
+                  file=sys.stderr)
+    return EXIT_INVALID if bad else pipes
