@@ -1,0 +1,155 @@
+"""A validated graph as JSON (INTERFACES.md's shape), Mermaid, Graphviz dot, or a standalone SVG.
+
+None of them needs a network or an external renderer. An `env("X")` value is shown as such,
+never resolved.
+"""
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+import networkx as nx
+
+from .config import EnvRef
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe, and never an environment value: EnvRef shows as `env("X")`."""
+    if isinstance(value, EnvRef):
+        return f'env("{value.name}")'
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def to_json(graph: nx.DiGraph) -> dict[str, Any]:
+    nodes = [{"name": name, "role": a["role"], "provider": a["provider"], "model": a["model"],
+              "sample": a["sample"], "inputs": list(a["inputs"]), "params": _plain(a["params"])}
+             for name, a in graph.nodes(data=True)]
+    return {"output": graph.graph.get("output"), "nodes": nodes, "edges": [[u, v] for u, v in graph.edges]}
+
+
+def to_json_text(graph: nx.DiGraph) -> str:
+    return json.dumps(to_json(graph), indent=2, ensure_ascii=False)
+
+
+def _label(name: str, attrs: dict[str, Any]) -> tuple[str, str]:
+    model = str(attrs.get("model_name") or attrs.get("model", ""))
+    return name, f"{attrs.get('provider', '')}:{model}" if attrs.get("model_name") is None else model
+
+
+# ---- mermaid -------------------------------------------------------------------------------
+
+def _mermaid_text(text: str) -> str:
+    return escape(text, quote=False).replace('"', "#quot;")
+
+
+def to_mermaid(graph: nx.DiGraph) -> str:
+    ids = {name: f"n{i}" for i, name in enumerate(graph)}
+    out = ["flowchart LR"]
+    by_layer: dict[str | None, list[str]] = {}
+    for name, layer in graph.nodes(data="layer"):
+        by_layer.setdefault(layer, []).append(name)
+    for i, (layer, names) in enumerate(by_layer.items()):
+        indent = "  " if layer is None else "    "
+        if layer is not None:
+            out.append(f'  subgraph L{i}["{_mermaid_text(layer)}"]')
+        for name in names:
+            title, model = _label(name, graph.nodes[name])
+            out.append(f'{indent}{ids[name]}["{_mermaid_text(title)}<br/><small>{_mermaid_text(model)}</small>"]')
+        if layer is not None:
+            out.append("  end")
+    out += [f"  {ids[u]} --> {ids[v]}" for u, v in graph.edges]
+    output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
+    if output in ids:
+        out += ["  classDef output stroke-width:3px", f"  class {ids[output]} output"]
+    if dead:
+        out += ["  classDef dead stroke-dasharray:4 3,color:#888",
+                f"  class {','.join(ids[n] for n in graph if n in dead)} dead"]
+    return "\n".join(out) + "\n"
+
+
+# ---- dot -----------------------------------------------------------------------------------
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def to_dot(graph: nx.DiGraph) -> str:
+    out = ["digraph moa {", "  rankdir=LR;", '  node [shape=box, style=rounded, fontname="Helvetica"];']
+    output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
+    layers: dict[str, list[str]] = {}
+    for name, attrs in graph.nodes(data=True):
+        title, model = _label(name, attrs)
+        extra = ", penwidth=2.5" if name == output else ', style="rounded,dashed", fontcolor=gray50' if name in dead else ""
+        out.append(f"  {_dot_quote(name)} [label={_dot_quote(title + chr(10) + model)}{extra}];")
+        if attrs.get("layer"):
+            layers.setdefault(attrs["layer"], []).append(name)
+    for i, (layer, names) in enumerate(layers.items()):
+        out.append(f"  subgraph cluster_{i} {{ label={_dot_quote(layer)}; style=dotted; "
+                   + " ".join(_dot_quote(n) + ";" for n in names) + " }")
+    out += [f"  {_dot_quote(u)} -> {_dot_quote(v)};" for u, v in graph.edges]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# ---- svg -----------------------------------------------------------------------------------
+
+_BOX_W, _BOX_H, _GAP_X, _GAP_Y, _MARGIN = 190, 46, 70, 18, 20
+
+
+def depths(graph: nx.DiGraph) -> dict[str, int]:
+    """Longest-path depth from the sources: a node's column in a left-to-right drawing."""
+    if not nx.is_directed_acyclic_graph(graph):
+        return {n: 0 for n in graph}
+    depth: dict[str, int] = {}
+    for n in nx.topological_sort(graph):
+        depth[n] = max((depth[p] + 1 for p in graph.predecessors(n)), default=0)
+    return depth
+
+
+def _short(text: str, limit: int = 26) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def to_svg(graph: nx.DiGraph) -> str:
+    depth = depths(graph)
+    columns: dict[int, list[str]] = {}
+    for n in graph:
+        columns.setdefault(depth[n], []).append(n)
+    pos = {n: (_MARGIN + d * (_BOX_W + _GAP_X), _MARGIN + row * (_BOX_H + _GAP_Y))
+           for d, names in columns.items() for row, n in enumerate(names)}
+    width = _MARGIN * 2 + (max(columns, default=0) + 1) * (_BOX_W + _GAP_X) - _GAP_X
+    height = _MARGIN * 2 + max((len(c) for c in columns.values()), default=1) * (_BOX_H + _GAP_Y) - _GAP_Y
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="Helvetica,Arial,sans-serif" font-size="12">',
+           '<defs><marker id="moa-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+           'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#667"/></marker></defs>']
+    for u, v in graph.edges:
+        (x1, y1), (x2, y2) = pos[u], pos[v]
+        x1, y1, y2 = x1 + _BOX_W, y1 + _BOX_H / 2, y2 + _BOX_H / 2
+        mid = (x1 + x2) / 2
+        out.append(f'<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" stroke="#889" '
+                   'stroke-width="1.2" marker-end="url(#moa-arrow)"/>')
+    output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
+    for n, (x, y) in pos.items():
+        title, model = _label(n, graph.nodes[n])
+        role = graph.nodes[n].get("role")
+        fill = "#eef4ff" if role == "propose" else "#fff4e6"
+        stroke = "#222" if n == output else "#999" if n in dead else "#668"
+        extra = ' stroke-dasharray="4 3"' if n in dead else ""
+        out.append(f'<g><title>{escape(n)} ({escape(str(role))}: {escape(str(graph.nodes[n].get("model")))})</title>'
+                   f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="7" fill="{fill}" '
+                   f'stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}/>'
+                   f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(_short(title))}</text>'
+                   f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+FORMATS = {"mermaid": to_mermaid, "dot": to_dot, "json": lambda g: to_json_text(g) + "\n", "svg": to_svg}
