@@ -1,0 +1,150 @@
+"""`moa run` end to end, in-process, against the FakeLLMServer on 127.0.0.1."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from moa_dsl.cli import main
+from moa_dsl.testing import FakeLLMServer
+
+from conftest import DATA
+
+KEY = "sk-cli-test-key-0000"
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer(api_key=KEY) as s:
+        yield s
+
+
+@pytest.fixture
+def moa_file(server, tmp_path, monkeypatch, cache_dir):
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    monkeypatch.setenv("MOA_CACHE_DIR", str(cache_dir))
+    path = tmp_path / "t.moa"
+    path.write_text(f"""
+provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY") }}
+layer first = propose [fake:"a", fake:"b"]
+node final = aggregate fake:"agg" <- first
+""")
+    return str(path)
+
+
+def test_streams_the_answer_to_stdout_and_node_lines_to_stderr(moa_file, server, capsys):
+    assert main(["run", moa_file, "Why is the sky blue?"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("agg on 'Why is the sky blue?'") and out.endswith("\n")
+    assert "started  first.a (fake:a)" in err and "done     final:" in err
+    assert "moa: ok: 3 calls, 0 cache hits" in err
+    assert main(["run", moa_file, "-q", "Why is the sky blue?"]) == 0
+    out2, err2 = capsys.readouterr()
+    assert out2 == out and "cached   final" in err2 and "0 calls, 3 cache hits" in err2
+
+
+def test_stdin_query_and_quiet(moa_file, server, capsys, monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin"))
+    assert main(["run", moa_file, "-", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "from stdin" in out and err == ""
+
+
+def test_json_output(moa_file, capsys):
+    assert main(["run", moa_file, "-q", "hi", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["status"] == "ok" and data["output_node"] == "final" and data["usage"]["calls"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "no query"),
+    (["QUERY", "-q", "x"], "give the query once"),
+    (["-q", "x", "--concurrency", "0"], "--concurrency must be >= 1"),
+    (["-q", "x", "--no-cache", "--refresh"], "contradict"),
+    (["-q", "   "], "empty"),
+])
+def test_usage_errors_exit_2(moa_file, server, capsys, argv, message):
+    assert main(["run", moa_file, *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert server.requests == []
+
+
+def test_missing_file_and_invalid_file(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.moa"), "q"]) == 2
+    bad = tmp_path / "bad.moa"
+    bad.write_text('node final = aggregate openai:"x"\n')
+    assert main(["run", str(bad), "q"]) == 1
+    assert "error[" in capsys.readouterr().err
+
+
+def test_missing_key_exit_2(moa_file, server, monkeypatch, capsys):
+    monkeypatch.delenv("FAKE_KEY")
+    assert main(["run", moa_file, "q"]) == 2
+    assert "FAKE_KEY" in capsys.readouterr().err and server.requests == []
+
+
+def test_failed_output_exit_3(moa_file, server, capsys):
+    server.inject("agg", "400", message="refused")
+    assert main(["run", moa_file, "q"]) == 3
+    err = capsys.readouterr().err
+    assert "failed   final" in err and "refused" in err
+
+
+def test_set_overrides_reach_the_request(moa_file, server, capsys):
+    assert main(["run", moa_file, "q", "--set", "temperature=0", "--set", "final.max_tokens=7"]) == 0
+    bodies = {r.model: r.body for r in server.requests}
+    assert bodies["a"]["temperature"] == 0 and bodies["agg"]["max_tokens"] == 7 and bodies["a"]["max_tokens"] == 512
+
+
+def test_dry_run_calls_nothing(moa_file, server, capsys):
+    assert main(["run", moa_file, "q", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "first.a" in out and "cache=unknown" in out and "2 calls (+ up to 1" in out
+    assert server.requests == []
+
+
+def test_trace_and_no_cache(moa_file, server, tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    assert main(["run", moa_file, "q", "--trace", str(trace), "--no-cache"]) == 0
+    assert main(["run", moa_file, "q", "--no-cache"]) == 0
+    assert len(server.requests) == 6
+    text = trace.read_text()
+    assert KEY not in text and {json.loads(x)["kind"] for x in text.splitlines()} >= {"node_started", "request_sent"}
+
+
+def test_batch_alpaca_and_mt_bench_in_input_order(moa_file, server, tmp_path, capsys):
+    lines = []
+    with open(DATA / "alpaca_eval_instructions.jsonl") as f:
+        lines += list(itertools.islice(f, 3))
+    with open(DATA / "mt_bench_questions.jsonl") as f:
+        lines += list(itertools.islice(f, 2))
+    lines.append(json.dumps({"query": [{"role": "user", "content": "conv"}]}) + "\n")
+    inp, outp = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(lines))
+    assert main(["run", moa_file, "--input", str(inp), "--output", str(outp), "--concurrency", "4"]) == 0
+    rows = [json.loads(x) for x in outp.read_text().splitlines()]
+    items = [json.loads(x) for x in lines]
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    for row, item in zip(rows, items):
+        assert {k: row[k] for k in item} == item  # input order, input fields kept
+    assert rows[0]["output"].startswith(f"agg on {' '.join(items[0]['instruction'].split()[:8])!r}")
+    # MT-Bench: turn 2 is sent as a real conversation with turn 1's answer in between
+    mt = rows[3]
+    assert len(mt["outputs"]) == 2 and mt["output"] == mt["outputs"][1]
+    t1, t2 = mt["turns"]
+    second = [r.body["messages"] for r in server.requests_for("a") if r.body["messages"][-1]["content"] == t2]
+    assert second == [[{"role": "user", "content": t1}, {"role": "assistant", "content": mt["outputs"][0]},
+                       {"role": "user", "content": t2}]]
+    assert server.max_in_flight <= 4
+    err = capsys.readouterr().err
+    assert "6/6 done" in err and "6/6 ok" in err
+
+
+def test_batch_bad_input_exit_2(moa_file, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"instruction": "ok"}\n{"nope": 1}\n')
+    assert main(["run", moa_file, "--input", str(inp)]) == 2
+    assert "in.jsonl:2" in capsys.readouterr().err
