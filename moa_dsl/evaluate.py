@@ -89,6 +89,13 @@ def pair_score(baseline_first: float, candidate_first: float) -> float:
     return baseline_first if baseline_first == candidate_first else 0.5
 
 
+def unjudged_score(*, candidate_ok: bool, baseline_ok: bool) -> float:
+    """An item where a run failed has nothing to judge: a failed answer loses to a real one, two tie."""
+    if candidate_ok == baseline_ok:
+        return 0.5
+    return 1.0 if candidate_ok else 0.0
+
+
 def win_rate(scores: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and its standard error (sample standard deviation / sqrt(n)); None where undefined."""
     n = len(scores)
@@ -305,6 +312,10 @@ class LatencyLedger:
             except Exception:  # an unusable directory only costs us cached latencies
                 self._db = None
 
+    @property
+    def enabled(self) -> bool:
+        return self._db is not None
+
     def get(self, key: str) -> float | None:
         return None if self._db is None else self._db.get(key)
 
@@ -364,6 +375,8 @@ def _node_latency(session: Any, conversation: list[dict[str, str]], result: Any,
                   ledger: LatencyLedger) -> float | None:
     if node.status == "failed":
         return node.latency_s or 0.0
+    if not ledger.enabled:
+        return node.latency_s if node.status == "ok" else None
     key = _cache_key(session, conversation, result, name)
     if node.status == "ok":
         if key is not None:
@@ -699,8 +712,7 @@ class _Evaluation:
     async def _compare(self, name: str, i: int, base: ItemRun) -> None:
         run, report = self.runs[name][i], self.reports[name]
         if run.status != "ok" or base.status != "ok":
-            # No answer to judge: a failed answer loses to a real one; two failures tie.
-            report.scores[i] = 0.5 if run.status == base.status else (1.0 if run.status == "ok" else 0.0)
+            report.scores[i] = unjudged_score(candidate_ok=run.status == "ok", baseline_ok=base.status == "ok")
             self.progress.unit()
             self.progress.unit()
             return

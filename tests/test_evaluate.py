@@ -197,3 +197,11 @@ def test_written_files(tmp_path):
     ET.fromstring((tmp_path / "out" / "summary.svg").read_text())
     html = report._repr_html_()
     assert "<table>" in html and "<svg" in html and "<td>moa</td>" in html
+
+
+def test_an_item_without_two_answers_is_scored_without_a_judge():
+    from moa_dsl.evaluate import unjudged_score
+
+    assert unjudged_score(candidate_ok=False, baseline_ok=True) == 0.0
+    assert unjudged_score(candidate_ok=True, baseline_ok=False) == 1.0
+    assert unjudged_score(candidate_ok=False, baseline_ok=False) == 0.5
