@@ -20,6 +20,7 @@ than printing) marks the cell as failed, so "Run all" stops there.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import queue
@@ -122,7 +123,7 @@ class MoaMagics(Magics):
         if cell is None:
             return self._line(tokens)
         args = self.moa.parser.parse_args(tokens)
-        pipe = load_cell(cell)
+        pipe = load_cell(cell, name=args.name)
         self.shell.user_ns[args.name] = pipe
         show_pipeline(pipe)
         if args.query is not None or args.dry_run:
@@ -168,15 +169,16 @@ class MoaMagics(Magics):
 
 # -- loading and showing ----------------------------------------------------------------------------
 
-def load_cell(cell: str) -> "Pipeline":
+def load_cell(cell: str, *, name: str | None = None) -> "Pipeline":
     """Parse and validate the cell body. The leading newline makes diagnostics' line numbers those
-    of the cell, whose first line is the `%%moa` line."""
+    of the cell, whose first line is the `%%moa` line. The pipeline is named after the variable it
+    is bound to, as a file's is after its stem (reports such as `moa_dsl.evaluate` use the name)."""
     from .loader import loads
 
     pipe = loads("\n" + cell, filename=CELL_FILENAME)
     if pipe.warnings:
         _print_warnings(pipe)
-    return pipe
+    return dataclasses.replace(pipe, name=name) if name else pipe
 
 
 def _print_warnings(pipe: "Pipeline") -> None:
@@ -255,9 +257,12 @@ def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = Non
     _drain(events, panel)
     try:
         result = future.result()
-    except BaseException:       # a missing key, a bad query: no run_finished event will come
-        panel.state.status = "error"
-        panel.close()
+    except BaseException:       # a missing key, a bad query, a bug: no run_finished event will come
+        if panel.state.status == "waiting":
+            panel.discard()
+        else:
+            panel.state.status = "error"
+            panel.close()
         raise
     panel.close()
     return result

@@ -217,6 +217,9 @@ class TextView:
         self._end_line()
         print(self.state.totals_line(), file=self.out)
 
+    def discard(self) -> None:
+        self._end_line()
+
 
 class WidgetView:
     """ipywidgets: a header, one HTML row per node, the output's stream, the totals."""
@@ -262,6 +265,9 @@ class WidgetView:
         self.render(self.state.rows, None)
         self.stream.value = ""  # the final answer is displayed as Markdown below the panel
         self.totals.value = f"<b>{html.escape(self.state.totals_line())}</b>"
+
+    def discard(self) -> None:
+        self.box.close()
 
     def _header_html(self) -> str:
         s = self.state
@@ -345,3 +351,8 @@ class RunPanel:
     def close(self) -> None:
         with self._lock:
             self.view.close()
+
+    def discard(self) -> None:
+        """The run never started (a missing key, a bad query): the error says it all, hide the panel."""
+        with self._lock:
+            self.view.discard()

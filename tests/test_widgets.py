@@ -144,3 +144,55 @@ def test_an_unannounced_node_gets_a_row():
 
 def test_no_frontend_outside_a_kernel():
     assert has_frontend() is False
+
+
+# -- a real run: the panel fed by the runner, against a loopback server -------------------------------
+
+TOPOLOGY = """
+provider fake = openai {{ base_url = "{url}", api_key = env("MOA_WIDGET_TEST_KEY"), retries = 0 }}
+node a     = propose fake:"ma"
+node b     = propose fake:"mb"
+node both  = aggregate fake:"mc" <- a, b {{ min_inputs = 2 }}
+node final = aggregate fake:"md" <- a, both
+"""
+
+
+class SpyPanel(RunPanel):
+    """Records every row's state after each batch the driver hands over."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[dict[str, str]] = []
+
+    def handle_many(self, events):
+        super().handle_many(events)
+        self.seen.append({n: r.state for n, r in self.state.rows.items()})
+
+
+def test_panel_after_a_run_with_a_failed_and_a_skipped_node(monkeypatch):
+    from moa_dsl import loads
+    from moa_dsl.notebook import run_with_panel
+    from moa_dsl.testing import FakeLLMServer
+
+    monkeypatch.setenv("MOA_WIDGET_TEST_KEY", "sk-widget")
+    with FakeLLMServer(latency={"ma": 0.4, "md": 0.2}, token_delay=0.01) as server:
+        server.inject("mb", "400", message="bad request for mb")
+        pipe = loads(TOPOLOGY.format(url=server.url))
+        panel = SpyPanel.for_pipeline(pipe, widgets=True)
+        result = run_with_panel(pipe, "Why is the sky blue?", panel=panel, cache=False)
+
+    states = {n: r.state for n, r in panel.state.rows.items()}
+    assert states == {"a": "done", "b": "failed", "both": "skipped", "final": "done"}
+    assert {n: r.status for n, r in result.nodes.items()} == {
+        "a": "ok", "b": "failed", "both": "skipped", "final": "ok"}
+    assert any(s["a"] == "running" for s in panel.seen)        # it was live, not painted at the end
+    assert "bad request for mb" in panel.state.rows["b"].detail
+    assert "min_inputs is 2" in panel.state.rows["both"].detail
+    view = panel.view
+    assert ">failed<" in view.rows["b"].value and ">skipped<" in view.rows["both"].value
+    a = panel.state.rows["a"]
+    assert a.completion_tokens == result.nodes["a"].completion_tokens > 0
+    assert a.elapsed(None) == pytest.approx(result.nodes["a"].latency_s, abs=1e-3)
+    assert panel.state.text == result.output                   # the output node streamed in
+    assert panel.state.usage == result.usage.to_json()
+    assert "ok: 3 calls, 0 cache hits" in view.totals.value
