@@ -234,8 +234,10 @@ class _Builder:
     def connect(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:
         inputs: list[str] = []
         spans: list[Span] = []
+        complete = True  # an unknown input is E201 already; do not count it again as E209
         for ref in decl.inputs:
             names = self.resolve_ref(ref)
+            complete = complete and bool(names)
             inputs += names
             spans += [ref.span] * len(names)
         targets = [decl.name.text] if isinstance(decl, ast.NodeDecl) else self.members.get(decl.name.text, [])
@@ -251,7 +253,7 @@ class _Builder:
             for source, span in zip(inputs, spans):
                 self.graph.add_edge(source, target, span=span)
             wanted = attrs["params"]["min_inputs"]
-            if decl.inputs and wanted > len(inputs) and min_span not in reported:
+            if decl.inputs and complete and wanted > len(inputs) and min_span not in reported:
                 reported.add(min_span)
                 self.diags.append(v.error("E209", f"min_inputs = {wanted}, but '{target}' has only "
                                                   f"{len(inputs)} input{'s' if len(inputs) != 1 else ''}",

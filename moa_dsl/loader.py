@@ -115,7 +115,7 @@ def _compile(text: str, display: str, real: Path | None, *, name: str | None) ->
     cycles = validate.check_cycles(built.graph)
     diags += cycles
     dead: frozenset[str] = frozenset()
-    if output is not None and not cycles:
+    if output is not None:  # ancestors() is a reverse BFS: cycles do not bother it
         dead = validate.dead_nodes(built.graph, output)
         diags += validate.check_dead(built.graph, output, dead)
     built.graph.graph["output"] = output

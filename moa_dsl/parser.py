@@ -273,9 +273,13 @@ class _Builder:
             return ast.Str(dedent_triple(str(tok)[3:-3]), span)
         try:
             return ast.Str(json.loads(str(tok), strict=False), span)
-        except ValueError as exc:
-            self.errors.append(Diagnostic("error", "E101", f"invalid escape in string: {_json_reason(exc)}",
-                                          span, r'JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX'))
+        except json.JSONDecodeError as exc:
+            # The token never spans lines, so the column of the bad escape is start + offset.
+            bad = str(tok)[exc.pos:exc.pos + 2]
+            col = tok.column + exc.pos
+            self.errors.append(Diagnostic("error", "E101", f"invalid escape '{bad}' in string",
+                                          Span(self.file, tok.line, col, tok.line, col + len(bad)),
+                                          r'JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX'))
             return ast.Str(str(tok)[1:-1], span)
 
 
@@ -295,7 +299,3 @@ def _number(text: str) -> int | float:
         return int(text)
     except ValueError:  # more digits than Python converts; out of every range anyway
         return float(text)
-
-
-def _json_reason(exc: ValueError) -> str:
-    return str(exc).split(":")[0]

@@ -57,7 +57,7 @@ def describe_value(v: ast.Value) -> str:
     if isinstance(v, ast.Num):
         return "an integer" if isinstance(v.value, int) else "a number"
     return {ast.Str: "a string", ast.Env: "env(...)", ast.NameValue: f"the name '{getattr(v, 'name', '')}'",
-            ast.ListValue: "a list", ast.MapValue: "a map"}.get(type(v), "a value")
+            ast.ListValue: f"a list of {len(getattr(v, 'items', ()))}", ast.MapValue: "a map"}.get(type(v), "a value")
 
 
 def _number(key: str, v: ast.Value, *, lo: float | None = None, hi: float | None = None,
@@ -146,7 +146,8 @@ def convert_param(pair: ast.Pair, prompts: Mapping[str, str], *, where: str) -> 
         raise Invalid("E205", f"unknown parameter '{key}'", pair.key_span,
                       did_you_mean(key, PARAM_SCHEMA) or f"parameters: {', '.join(PARAM_KEYS)}")
     if key == "price" and where != "model":
-        raise Invalid("E205", f"'price' belongs to a model, it cannot be set on a {where}", pair.key_span,
+        place = {"defaults": "in defaults", "--set": "with --set"}.get(where, f"on a {where}")
+        raise Invalid("E205", f"'price' can be set on a model only, not {place}", pair.key_span,
                       "move it to the `model` statement")
     return PARAM_SCHEMA[key](key, pair.value, prompts)
 

@@ -1,0 +1,172 @@
+"""Golden diagnostics: every fixture beside its expected rendering, plus the structured list.
+
+Each fixture's first line, written by hand, says which diagnostics it must produce:
+`# expect: CODE@LINE:COL, CODE@other/file.moa:LINE:COL, ...` (files relative to the fixture).
+The rendered text is compared with FIXTURE.expected; regenerate those with
+`MOA_REGEN_EXPECTED=1 pytest tests/test_validate.py` and review the diff by eye.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import moa_dsl
+from moa_dsl import MoaError
+from moa_dsl.config import REFERENCE_PROMPT
+from moa_dsl.render import render_diagnostics
+
+from conftest import FIXTURES
+
+REGEN = os.environ.get("MOA_REGEN_EXPECTED") == "1"
+INVALID = sorted((FIXTURES / "invalid").glob("*.moa"))
+VALID = sorted((FIXTURES / "valid").glob("*.moa"))
+ALL_CODES = {f"E{n}" for n in (101, 201, 202, 203, 204, 205, 206, 207, 208, 209)} | {"W301", "W302"}
+
+
+def _expectations(path: Path) -> list[tuple[str, str, int, int]]:
+    header = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    assert header.startswith("# expect:"), f"{path.name} lacks its '# expect:' line"
+    out = []
+    for item in filter(None, (s.strip() for s in header[len("# expect:"):].split(","))):
+        code, loc = item.split("@")
+        parts = loc.split(":")
+        file = parts[0] if len(parts) == 3 else path.name
+        out.append((code, os.path.normpath(os.path.join(path.parent.name, file)), int(parts[-2]), int(parts[-1])))
+    return out
+
+
+def _diagnose(path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(FIXTURES)  # file names in the output stay short and machine-independent
+    rel = str(path.relative_to(FIXTURES))
+    try:
+        pipe = moa_dsl.load(rel)
+    except MoaError as exc:
+        return exc.diagnostics, exc.render(), True
+    return list(pipe.warnings), render_diagnostics(pipe.warnings, pipe.sources), False
+
+
+@pytest.mark.parametrize("path", INVALID + VALID, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_golden(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    diags, text, raised = _diagnose(path, monkeypatch)
+    got = [(d.code, os.path.normpath(d.span.file), d.span.line, d.span.column) for d in diags]
+    assert sorted(got) == sorted(_expectations(path))
+    assert raised == (path in INVALID)
+    assert raised == any(d.is_error for d in diags)
+    expected = path.with_suffix(".expected")
+    if REGEN:
+        expected.write_text(text + "\n", encoding="utf-8")
+    assert text + "\n" == expected.read_text(encoding="utf-8")
+
+
+def test_the_fixtures_cover_every_code() -> None:
+    seen = {code for p in INVALID + VALID for code, *_ in _expectations(p)}
+    assert ALL_CODES <= seen
+
+
+def test_a_file_reports_several_errors_at_once() -> None:
+    codes = {code for code, *_ in _expectations(FIXTURES / "invalid" / "several_at_once.moa")}
+    assert len(codes) >= 6
+
+
+def _errors(text: str) -> list:
+    with pytest.raises(MoaError) as info:
+        moa_dsl.loads(text)
+    return info.value.diagnostics
+
+
+def test_did_you_mean_names_the_closest_model() -> None:
+    [d] = _errors('model qwen = together:"Q"\nnode a = propose qwn\n')
+    assert (d.code, d.message, d.hint) == ("E201", "unknown model 'qwn'", "did you mean 'qwen'?")
+
+
+def test_unknown_member_hint_uses_full_member_names() -> None:
+    diags = _errors('layer L = propose [openai:"gpt-4o-mini" * 2]\nnode f = aggregate openai:"x" <- L.gpt_4o_mini.3\n')
+    assert diags[0].code == "E201"
+    assert diags[0].hint in ("did you mean 'L.gpt_4o_mini.1'?", "did you mean 'L.gpt_4o_mini.2'?")
+
+
+def test_cycle_message_lists_the_cycle() -> None:
+    diags = _errors('node a = aggregate openai:"m" <- b\nnode b = aggregate openai:"m" <- a\n')
+    assert [d.message for d in diags if d.code == "E203"] == ["cycle: a -> b -> a"]
+
+
+def test_self_loop_is_a_cycle() -> None:
+    diags = _errors('node a = aggregate openai:"m" <- a\n')
+    assert [d.message for d in diags] == ["cycle: a -> a"]
+
+
+def test_e202_gives_the_first_definition() -> None:
+    [d] = _errors('prompt p = "a"\nprompt p = "b"\nnode n = propose openai:"m"\n')
+    assert d.code == "E202" and "first at <string>:1:8" in d.message
+
+
+def test_e207_lists_the_sinks() -> None:
+    [d] = _errors('node a = propose openai:"m"\nnode b = propose openai:"m"\n')
+    assert d.code == "E207" and "(a, b)" in d.message and d.hint == "add `output NAME`, e.g. `output b`"
+
+
+def test_empty_file_has_no_output() -> None:
+    [d] = _errors("# nothing here\n")
+    assert d.code == "E207" and (d.span.line, d.span.column) == (1, 1)
+
+
+def test_output_naming_a_layer_is_rejected_with_its_members() -> None:
+    [d] = _errors('layer L = propose [openai:"a", openai:"b"]\noutput L\n')
+    assert d.code == "E201" and "L.a, L.b" in d.hint
+
+
+@pytest.mark.parametrize("params, code", [
+    ("temperature = 2.01", "E206"), ("top_p = 1.5", "E206"), ("max_tokens = 1.0", "E206"),
+    ("seed = true", "E206"), ("stop = [\"a\", 1]", "E206"), ("timeout = 0", "E206"),
+    ("retries = -1", "E206"), ("cache = 1", "E206"), ("system = 3", "E206"),
+    ("temperature = 1e999", "E206"), ("temperature = env(\"T\")", "E206"), ("temperature = x", "E206"),
+    ("temp = 1", "E205"), ("price = [1, 2]", "E205"), ("system = nope", "E201"),
+])
+def test_parameter_types_and_ranges(params: str, code: str) -> None:
+    diags = _errors(f'node a = propose openai:"m" {{ {params} }}\n')
+    assert [d.code for d in diags] == [code]
+
+
+@pytest.mark.parametrize("option, code", [
+    ("max_concurrency = 0", "E206"), ("headers = [1]", "E206"), ("base_url = 3", "E206"),
+    ("retry = 1", "E205"), ("timeout = -2", "E206"),
+])
+def test_provider_options(option: str, code: str) -> None:
+    diags = _errors(f'provider p = openai {{ {option} }}\nnode a = propose p:"m"\n')
+    assert [d.code for d in diags] == [code]
+
+
+def test_min_inputs_from_defaults_counts_against_each_aggregator() -> None:
+    diags = _errors('defaults { min_inputs = 2 }\nnode a = propose openai:"m"\n'
+                    'node f = aggregate openai:"m" <- a\n')
+    assert [(d.code, d.span.line) for d in diags] == [("E209", 1)]
+
+
+def test_valid_params_pass_and_prompt_defaults_to_the_reference() -> None:
+    pipe = moa_dsl.loads('node a = propose openai:"m" { top_p = 1, stop = "x", timeout = 5, retries = 0 }\n'
+                         'node f = aggregate openai:"m" <- a { min_inputs = 1 }\n')
+    assert pipe.graph.nodes["f"]["params"]["prompt"] == REFERENCE_PROMPT
+    assert pipe.graph.nodes["a"]["params"]["retries"] == 0
+    assert pipe.warnings == ()
+
+
+def test_warnings_alone_do_not_raise() -> None:
+    pipe = moa_dsl.loads('provider p = openai { api_key = "sk-1" }\nnode a = propose p:"m"\n')
+    assert [w.code for w in pipe.warnings] == ["W302"]
+
+
+def test_literal_secret_is_masked_in_rendered_diagnostics() -> None:
+    secret = "sk-live-SECRETSECRET"
+    pipe = moa_dsl.loads(f'provider p = openai {{ api_key = "{secret}" }}\nnode a = propose p:"m"\n')
+    assert secret not in render_diagnostics(pipe.warnings, pipe.sources)
+    with pytest.raises(MoaError) as info:
+        moa_dsl.loads(f'provider p = openai {{ api_key = "{secret}" }}\nnode a = propose p:"m" {{ x = 1 }}\n')
+    assert secret not in str(info.value) and secret not in info.value.render()
+
+
+def test_huge_sample_count_is_rejected_not_expanded() -> None:
+    [d] = _errors('layer L = propose [openai:"m" * 100000000]\n')
+    assert d.code == "E206"
