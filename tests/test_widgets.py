@@ -146,6 +146,21 @@ def test_no_frontend_outside_a_kernel():
     assert has_frontend() is False
 
 
+def test_widgets_in_a_kernel_and_text_without_ipywidgets(monkeypatch):
+    import sys
+    import types
+
+    import IPython
+
+    kernel_shell = types.SimpleNamespace(kernel=object())
+    monkeypatch.setattr(IPython, "get_ipython", lambda: kernel_shell)
+    assert has_frontend() is True
+    assert RunPanel(PanelState.from_graph(_graph())).is_widget
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)   # as if it were not installed
+    assert has_frontend() is False
+    assert not RunPanel(PanelState.from_graph(_graph())).is_widget
+
+
 # -- a real run: the panel fed by the runner, against a loopback server -------------------------------
 
 TOPOLOGY = """
