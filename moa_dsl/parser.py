@@ -48,7 +48,11 @@ def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, lis
     except UnexpectedInput as exc:
         return None, [_syntax_error(exc, text, filename)]
     builder = _Builder(filename)
-    statements = tuple(builder.statement(child) for child in tree.children)
+    try:
+        statements = tuple(builder.statement(child) for child in tree.children)
+    except _TooDeep as exc:
+        return None, [Diagnostic("error", "E101", f"values nested too deeply (more than {MAX_DEPTH} levels)",
+                                 exc.span)]
     end = statements[-1].span.end() if statements else Span(filename, 1, 1, 1, 1)
     return ast.Module(filename, statements, end), builder.errors
 
@@ -146,6 +150,14 @@ def _unexpected_char(exc: UnexpectedCharacters, text: str, filename: str) -> Dia
 
 # ---- tree -> syntax tree ------------------------------------------------------------------
 
+MAX_DEPTH = 64  # nested lists/maps; far beyond any real use, far below Python's recursion limit
+
+
+class _TooDeep(Exception):
+    def __init__(self, span: Span):
+        self.span = span
+
+
 class _Builder:
     """Builds only; the one thing it checks is what a lark token cannot: string escapes."""
 
@@ -234,7 +246,7 @@ class _Builder:
     def opt_map(self, t: Tree | None) -> ast.MapValue | None:
         return None if t is None else self.map(t)
 
-    def map(self, t: Tree) -> ast.MapValue:
+    def map(self, t: Tree, depth: int = 0) -> ast.MapValue:
         pairs = []
         for p in t.children:
             if not isinstance(p, Tree):
@@ -245,11 +257,13 @@ class _Builder:
                 key_text, key_span = k.value, k.span
             else:
                 key_text, key_span = str(key), self.span(key)
-            pairs.append(ast.Pair(key_text, key_span, self.value(value), self.span(p)))
+            pairs.append(ast.Pair(key_text, key_span, self.value(value, depth), self.span(p)))
         return ast.MapValue(tuple(pairs), self.span(t))
 
-    def value(self, t: Tree) -> ast.Value:
+    def value(self, t: Tree, depth: int = 0) -> ast.Value:
         kind, span = t.data, self.span(t)
+        if depth > MAX_DEPTH:
+            raise _TooDeep(span)
         if kind == "string":
             return self.string(t)
         if kind == "number":
@@ -259,9 +273,9 @@ class _Builder:
         if kind == "name_value":
             return ast.NameValue(str(t.children[0]), span)
         if kind == "list":
-            return ast.ListValue(tuple(self.value(v) for v in t.children if isinstance(v, Tree)), span)
+            return ast.ListValue(tuple(self.value(v, depth + 1) for v in t.children if isinstance(v, Tree)), span)
         if kind == "map":
-            return self.map(t)
+            return self.map(t, depth + 1)
         if kind == "env":
             return ast.Env(self.string(t.children[2]).value, span)
         raise AssertionError(f"unknown value node {kind}")  # a grammar/builder mismatch, a bug
