@@ -39,12 +39,12 @@ def _grammar_path() -> Path:
 @functools.cache
 def _lark() -> Lark:
     return Lark.open(str(_grammar_path()), parser="lalr", propagate_positions=True,
-                     maybe_placeholders=True)
+                     maybe_placeholders=True, start=["start", "value"])
 
 
 def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, list[Diagnostic]]:
     try:
-        tree = _lark().parse(text)
+        tree = _lark().parse(text, start="start")
     except UnexpectedInput as exc:
         return None, [_syntax_error(exc, text, filename)]
     builder = _Builder(filename)
@@ -58,13 +58,17 @@ def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, lis
 
 
 def parse_value(text: str, filename: str = "<string>") -> tuple[ast.Value | None, list[Diagnostic]]:
-    """One literal (for `--set KEY=VALUE`), parsed by the same grammar."""
-    module, errors = parse(f"defaults {{ x = {text}\n}}", filename)
-    if module is None or errors:
-        return None, errors
-    if len(module.statements) != 1 or len(module.statements[0].params.pairs) != 1:  # text that closed the block
-        return None, [Diagnostic("error", "E101", "not a single value", None)]
-    return module.statements[0].params.pairs[0].value, []
+    """One literal (for `--set KEY=VALUE`), by the same grammar."""
+    try:
+        tree = _lark().parse(text, start="value")
+    except UnexpectedInput as exc:
+        return None, [_syntax_error(exc, text, filename)]
+    builder = _Builder(filename)
+    try:
+        value = builder.value(tree)
+    except _TooDeep as exc:
+        return None, [Diagnostic("error", "E101", "values nested too deeply", exc.span)]
+    return (None if builder.errors else value), builder.errors
 
 
 # ---- syntax errors in words ---------------------------------------------------------------

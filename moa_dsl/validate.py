@@ -39,7 +39,9 @@ def warning(code: str, message: str, span: Span | None, hint: str | None = None)
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    candidates = list(candidates)
+    folded = [c for c in candidates if c.lower() == word.lower()]
+    close = folded or difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None
 
 
