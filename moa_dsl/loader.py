@@ -61,14 +61,14 @@ class _Sources:
     def include(self, inc: ast.Include, display_from: str, base: Path,
                 stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
         rel = inc.path.value
-        target = (base / rel).resolve() if rel else None
+        target = _resolve(base, rel)
         display = os.path.normpath(os.path.join(os.path.dirname(display_from) if not display_from.startswith("<")
                                                 else "", rel)) if rel else rel
         chain = [d for p, d in stack] + [display]
         if target is not None and target in [p for p, _ in stack]:
             self.error(f"include cycle: {' -> '.join(chain)}", inc.path.span, "a file cannot include itself")
             return []
-        if target is None or not target.is_file():
+        if target is None or not _is_file(target):
             self.error(f"cannot include '{rel}': no such file", inc.path.span,
                        f"the path is relative to {display_from}'s directory" if rel else None)
             return []
@@ -93,6 +93,20 @@ class _Sources:
 
     def error(self, message: str, span: Span, hint: str | None = None) -> None:
         self.diags.append(validate.error("E208", message, span, hint))
+
+
+def _resolve(base: Path, rel: str) -> Path | None:
+    try:
+        return (base / rel).resolve() if rel else None
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, symlink loops: not a file we can read
+        return None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # e.g. a name too long
+        return False
 
 
 # ---- compile -------------------------------------------------------------------------------
