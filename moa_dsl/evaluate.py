@@ -353,8 +353,11 @@ def _account(run: ItemRun, session: Any, conversation: list[dict[str, str]], res
     for name in session.order:
         node = result.nodes[name]
         attrs = graph.nodes[name]
+        # A node starts when its last input has finished, failed or been skipped.
+        waits = [finish[i] for i in attrs["inputs"]]
+        ready = None if None in waits else max(waits, default=0.0)
         if node.status == "skipped":
-            finish[name] = None
+            finish[name] = ready
             continue
         run.calls += 1
         run.prompt_tokens += node.prompt_tokens
@@ -365,8 +368,7 @@ def _account(run: ItemRun, session: Any, conversation: list[dict[str, str]], res
         else:
             run.cost_usd += (node.prompt_tokens * price[0] + node.completion_tokens * price[1]) / 1e6
         latency = _node_latency(session, conversation, result, name, node, ledger)
-        waits = [finish[i] for i in attrs["inputs"] if i in finish and result.nodes[i].succeeded]
-        finish[name] = None if latency is None or None in waits else latency + max(waits, default=0.0)
+        finish[name] = None if latency is None or ready is None else ready + latency
     out = finish.get(result.output_node)
     run.latency_s = None if out is None or run.latency_s is None else run.latency_s + out
 

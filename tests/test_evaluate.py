@@ -205,3 +205,27 @@ def test_an_item_without_two_answers_is_scored_without_a_judge():
     assert unjudged_score(candidate_ok=False, baseline_ok=True) == 0.0
     assert unjudged_score(candidate_ok=True, baseline_ok=False) == 1.0
     assert unjudged_score(candidate_ok=False, baseline_ok=False) == 0.5
+
+
+def test_item_latency_is_the_critical_path_and_cost_follows_price():
+    from types import SimpleNamespace
+
+    from run_helpers import make_pipe, node
+
+    from moa_dsl.evaluate import LatencyLedger, _account
+    from moa_dsl.result import NodeResult
+
+    pipe = make_pipe({"a": node("propose", price=[1.0, 2.0]), "b": node("propose", price=[1.0, 2.0]),
+                      "c": node("aggregate", ["a"], price=[1.0, 2.0]),
+                      "f": node("aggregate", ["c", "b"], price=[1.0, 2.0])}, "f")
+    session = SimpleNamespace(graph=pipe.graph, order=["a", "b", "c", "f"], providers={})
+    nodes = {"a": NodeResult("ok", "m", "fake", "x", 10, 20, latency_s=0.5),
+             "b": NodeResult("failed", "m", "fake", None, latency_s=2.0, error="boom"),
+             "c": NodeResult("ok", "m", "fake", "y", 10, 20, latency_s=1.0),
+             "f": NodeResult("ok", "m", "fake", "z", 10, 20, latency_s=0.25)}
+    result = SimpleNamespace(nodes=nodes, output_node="f")
+    run = ItemRun("ok", None)
+    _account(run, session, [{"role": "user", "content": "q"}], result, LatencyLedger(None))
+    assert run.latency_s == pytest.approx(2.25)      # f waits for the failed b (2.0), not a -> c (1.5)
+    assert run.calls == 4 and run.prompt_tokens == 30 and run.completion_tokens == 60
+    assert run.cost_usd == pytest.approx((30 * 1.0 + 60 * 2.0) / 1e6)
