@@ -250,8 +250,7 @@ class _Builder:
             if decl.role.text != "aggregate":
                 continue
             attrs["inputs"] = tuple(inputs)
-            for source, span in zip(inputs, spans):
-                self.graph.add_edge(source, target, span=span)
+            self.graph.add_edges_from((source, target, {"span": span}) for source, span in zip(inputs, spans))
             wanted = attrs["params"]["min_inputs"]
             if decl.inputs and complete and wanted > len(inputs) and min_span not in reported:
                 reported.add(min_span)

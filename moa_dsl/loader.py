@@ -6,10 +6,12 @@
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import graph as graphs
 from . import syntax as ast
@@ -111,7 +113,25 @@ def _is_file(path: Path) -> bool:
 
 # ---- compile -------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Compiling allocates many small objects and frees none, which makes CPython's collector
+    rescan an ever larger heap (a third of the time at 30,000 nodes); nothing here needs it."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _compile(text: str, display: str, real: Path | None, *, name: str | None) -> Pipeline:
+    with _gc_paused():
+        return _compile_unpaused(text, display, real, name=name)
+
+
+def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None) -> Pipeline:
     src = _Sources()
     if real is not None:
         src.done.add(real)
