@@ -39,8 +39,10 @@ def to_json_text(graph: nx.DiGraph) -> str:
 
 
 def _label(name: str, attrs: dict[str, Any]) -> tuple[str, str]:
-    model = str(attrs.get("model_name") or attrs.get("model", ""))
-    return name, f"{attrs.get('provider', '')}:{model}" if attrs.get("model_name") is None else model
+    """(title, subtitle): the node name, and the declared model NAME or `provider:id` for an inline one."""
+    if attrs.get("model_name"):
+        return name, str(attrs["model_name"])
+    return name, f"{attrs.get('provider', '')}:{attrs.get('model', '')}"
 
 
 # ---- mermaid -------------------------------------------------------------------------------

@@ -118,8 +118,8 @@ class _Builder:
             options = v.convert_options(decl, self.diags)
             kind = decl.kind.text
             # Start from the built-in of the same name (if it is the same kind), else the kind's own.
-            base = builtins.get(name) if builtins.get(name, None) and builtins[name].kind == kind \
-                else builtins.get(kind, ProviderConfig(name, kind))
+            same = builtins.get(name)
+            base = same if same is not None and same.kind == kind else builtins.get(kind, ProviderConfig(name, kind))
             configs[name] = ProviderConfig(
                 name=name, kind=kind,
                 base_url=options.get("base_url", base.base_url),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import networkx as nx
@@ -311,5 +310,5 @@ def dead_nodes(graph: nx.DiGraph, output: str) -> frozenset[str]:
 
 def check_dead(graph: nx.DiGraph, output: str, dead: frozenset[str]) -> list[Diagnostic]:
     return [warning("W301", f"node '{n}' does not reach the output '{output}': it will not run",
-                    graph.nodes[n].get("span"), f"read it from an aggregator, or remove it")
+                    graph.nodes[n].get("span"), "read it from an aggregator, or remove it")
             for n in graph if n in dead]

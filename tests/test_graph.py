@@ -23,7 +23,7 @@ def test_paper_example_has_the_papers_shape() -> None:
     assert g.in_degree("second.wizard") == 6 and g.nodes["second.wizard"]["role"] == "aggregate"
     assert set(g.graph["providers"]) == {"together"}
     for _, attrs in g.nodes(data=True):
-        assert ATTRS <= set(attrs)
+        assert set(attrs) == ATTRS
 
 
 def test_member_naming_rules() -> None:
