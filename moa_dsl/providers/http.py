@@ -1,0 +1,298 @@
+"""What every HTTP provider shares: one pooled client, the retry loop, and error translation.
+
+A subclass says how to build a request body and how to read a response or a stream; this module
+decides what is retried, how long to wait, and what the user reads when a call fails for good.
+
+Retryable (LANGUAGE.md, "Built-in providers"): connection errors, timeouts, HTTP 408, 409, 429 and
+5xx, and a broken stream that has not emitted a token yet (a retry after a token would duplicate
+text). A 200 whose body is not what the API promises is not retried: it usually means a wrong
+`base_url`, and failing fast says so. `Retry-After` / `retry-after-ms` are honoured in full, up to
+`Backoff.max_retry_after_s`; a server asking for more is not retried.
+
+Errors are `moa_dsl.errors.ProviderError`s naming node, provider, model and HTTP status. Every secret
+the provider holds (API key, header values) is masked out of every message, whatever the server echoes.
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..config import REQUEST_PARAMS
+from ..errors import (
+    ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError, ProviderResponseError,
+    ProviderTimeout,
+)
+from .base import CallRequest, Completion, Emit, OnToken
+
+RETRYABLE_STATUS = frozenset({408, 409, 429})
+MAX_CONNECTIONS = 512          # high-fanout topologies and benchmarks run hundreds of calls at once
+_MESSAGE_LIMIT = 300           # characters of a server's error text kept in our message
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits between half and all of base * 2**(n-1), capped."""
+
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    max_retry_after_s: float = 300.0   # a longer Retry-After (a spent daily quota) fails instead of stalling
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None and retry_after > 0:
+            return retry_after         # the server knows best; "at least" what it asks
+        full = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
+        return full * (0.5 + random.random() / 2)
+
+
+DEFAULT_BACKOFF = Backoff()            # read when a provider is built, so tests can monkeypatch it
+
+
+class Failure(Exception):
+    """One failed attempt, before we know whether it is the last. `complete` turns it into a ProviderError."""
+
+    def __init__(self, error: type[ProviderError], detail: str, *, status: int | None = None,
+                 retryable: bool = False, retry_after: float | None = None):
+        super().__init__(detail)
+        self.error, self.detail, self.status = error, detail, status
+        self.retryable, self.retry_after = retryable, retry_after
+
+
+class _TokenGate:
+    """Passes deltas on and remembers whether any went out (then a retry would duplicate text)."""
+
+    __slots__ = ("on_token", "emitted")
+
+    def __init__(self, on_token: OnToken | None):
+        self.on_token, self.emitted = on_token, False
+
+    def __call__(self, text: str) -> None:
+        self.emitted = True
+        if self.on_token is not None:
+            self.on_token(text)
+
+
+class HTTPProvider:
+    """Base of the OpenAI and Anthropic providers. Subclasses set `kind`, `path` and the four hooks."""
+
+    kind = "http"
+    path = ""
+
+    def __init__(self, *, name: str, base_url: str, api_key: str | None = None,
+                 headers: Mapping[str, str] | None = None, max_concurrency: int | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None, endpoint: str | None = None,
+                 backoff: Backoff | None = None):
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
+        if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
+            raise ConfigError(f"provider {name}: base_url must be an http(s) URL, not {base_url!r}")
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = endpoint or self.base_url
+        self.max_concurrency = max_concurrency
+        self.url = self.base_url + self.path
+        extra = dict(headers or {})
+        self._secrets = tuple(s for s in (api_key, *extra.values()) if s and len(s) >= 6)
+        self._backoff = backoff or DEFAULT_BACKOFF
+        self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._timeouts: dict[float, httpx.Timeout] = {}
+        self._client = httpx.AsyncClient(
+            headers={**self.auth_headers(api_key), **extra},
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS),
+            transport=transport,
+            # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
+            trust_env=urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS,
+        )
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        raise NotImplementedError
+
+    def build_body(self, req: CallRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse_body(self, data: Any) -> Completion:
+        """A parsed 200 body -> Completion; raise Failure (or KeyError/TypeError/...) if malformed."""
+        raise NotImplementedError
+
+    async def read_stream(self, response: httpx.Response, gate: _TokenGate) -> Completion:
+        raise NotImplementedError
+
+    # -- the call ---------------------------------------------------------------------------------
+    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
+                       emit: Emit | None = None) -> Completion:
+        gate = _TokenGate(on_token)
+        retries = max(0, req.retries)
+        attempt = 0
+        while True:
+            attempt += 1
+            if emit is not None:
+                emit("request_sent", {"attempt": attempt})
+            try:
+                if self._semaphore is None:
+                    completion = await self._attempt(req, gate)
+                else:
+                    async with self._semaphore:
+                        completion = await self._attempt(req, gate)
+            except Failure as failure:
+                if (not failure.retryable or attempt > retries or gate.emitted
+                        or (failure.retry_after or 0) > self._backoff.max_retry_after_s):
+                    raise self._error(req, failure, attempt) from failure.__cause__
+                delay = self._backoff.delay(attempt, failure.retry_after)
+                if emit is not None:
+                    emit("retry", {"attempt": attempt, "error": self._redact(failure.detail),
+                                   "delay_s": round(delay, 3)})
+                await asyncio.sleep(delay)
+                continue
+            if attempt > 1:
+                completion = Completion(completion.text, completion.prompt_tokens, completion.completion_tokens,
+                                        attempt, completion.finish_reason, completion.extra)
+            return completion
+
+    async def _attempt(self, req: CallRequest, gate: _TokenGate) -> Completion:
+        body = self.build_body(req)
+        timeout = self._timeout(req.timeout)
+        try:
+            if req.stream:
+                async with self._client.stream("POST", self.url, json=body, timeout=timeout) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise self._status_failure(response)
+                    try:
+                        return await self.read_stream(response, gate)
+                    except (KeyError, IndexError, TypeError, AttributeError) as exc:   # a chunk of the wrong shape
+                        raise Failure(ProviderResponseError, f"unexpected stream chunk ({_describe(exc)})",
+                                      status=response.status_code) from exc
+            response = await self._client.post(self.url, json=body, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise Failure(ProviderTimeout, f"timed out after {req.timeout:g} s ({type(exc).__name__})",
+                          retryable=True) from exc
+        except httpx.TransportError as exc:
+            raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}", retryable=True) from exc
+        except httpx.HTTPError as exc:   # e.g. a body that cannot be decoded
+            raise Failure(ProviderResponseError, f"unreadable response: {_describe(exc)}") from exc
+        if response.status_code >= 400:
+            raise self._status_failure(response)
+        return self._parse(response)
+
+    def _parse(self, response: httpx.Response) -> Completion:
+        try:
+            data = json.loads(response.content)
+        except ValueError as exc:
+            kind = response.headers.get("content-type", "no content-type")
+            raise Failure(ProviderResponseError, f"response is not JSON (HTTP {response.status_code}, {kind}): "
+                          f"{_snippet(response.text)!r}", status=response.status_code) from exc
+        try:
+            return self.parse_body(data)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise Failure(ProviderResponseError, f"unexpected response shape ({type(exc).__name__}: {exc}): "
+                          f"{_snippet(response.text)!r}", status=response.status_code) from exc
+
+    def _status_failure(self, response: httpx.Response) -> Failure:
+        status = response.status_code
+        retryable = status in RETRYABLE_STATUS or status >= 500
+        detail = f"HTTP {status} {response.reason_phrase}".rstrip()
+        message = _error_message(response)
+        if message:
+            detail += f": {message}"
+        return Failure(ProviderHTTPError, detail, status=status, retryable=retryable,
+                       retry_after=_retry_after(response.headers) if retryable else None)
+
+    def _error(self, req: CallRequest, failure: Failure, attempts: int) -> ProviderError:
+        text = f"{req.node}: provider {self.name}, model {req.model!r}: {failure.detail}"
+        if attempts > 1:
+            text += f" (gave up after {attempts} attempts)"
+        elif failure.retry_after and failure.retry_after > self._backoff.max_retry_after_s:
+            text += f" (the server asks to wait {failure.retry_after:g} s; not retried)"
+        error = failure.error(self._redact(text), node=req.node, provider=self.name, status=failure.status,
+                              retryable=failure.retryable)
+        error.attempts = attempts   # the runner reports it on failed nodes too
+        return error
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def _timeout(self, seconds: float) -> httpx.Timeout:
+        timeout = self._timeouts.get(seconds)
+        if timeout is None:
+            timeout = self._timeouts[seconds] = httpx.Timeout(seconds)
+        return timeout
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def __repr__(self) -> str:   # never the key
+        return f"{type(self).__name__}(name={self.name!r}, endpoint={self.endpoint!r})"
+
+
+def request_params(req: CallRequest) -> dict[str, Any]:
+    """The parameters that reach the request body: REQUEST_PARAMS that are set, nothing else."""
+    params = req.params
+    return {key: params[key] for key in REQUEST_PARAMS if params.get(key) is not None}
+
+
+def sse_data(line: str) -> str | None:
+    """The payload of an SSE `data:` line, else None (comments, `event:` lines, blank separators)."""
+    if line.startswith("data:"):
+        return line[5:].strip()
+    return None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds a server asks us to wait: `retry-after-ms`, else `Retry-After` as seconds or an HTTP-date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The provider's own words: `{"error": {"message"}}` (OpenAI and Anthropic), else the text."""
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        return _snippet(response.text)
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return _snippet(str(error["message"]))
+        if isinstance(error, str):
+            return _snippet(error)
+        if data.get("message"):
+            return _snippet(str(data["message"]))
+    return _snippet(response.text)
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "..."
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,79 @@
+"""Any OpenAI-compatible `POST {base_url}/chat/completions`: OpenAI, Together, Groq, OpenRouter,
+Ollama, llama.cpp's server (the embedded runtime), vLLM.
+
+Streams are SSE: `data: {chunk}` lines, then `data: [DONE]`. We ask for usage in the last chunk
+(`stream_options.include_usage`) and read it from any chunk that carries it, as servers differ.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from ..errors import ProviderResponseError
+from .base import CallRequest, Completion
+from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data
+
+
+class OpenAIProvider(HTTPProvider):
+    kind = "openai"
+    path = "/chat/completions"
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def build_body(self, req: CallRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": req.model, "messages": req.messages, **request_params(req)}
+        if req.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def parse_body(self, data: Any) -> Completion:
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError(f"choices[0].message.content is {type(text).__name__}, not text")
+        usage = data.get("usage") or {}
+        return Completion(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                          finish_reason=choice.get("finish_reason"))
+
+    async def read_stream(self, response: httpx.Response, gate: _TokenGate) -> Completion:
+        parts: list[str] = []
+        usage: dict[str, Any] = {}
+        finish_reason = None
+        async for line in response.aiter_lines():
+            payload = sse_data(line)
+            if payload is None or not payload:
+                continue
+            if payload == "[DONE]":
+                return Completion("".join(parts), usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                                  finish_reason=finish_reason)
+            chunk = _chunk(payload, gate)
+            for choice in chunk.get("choices") or ():
+                delta = (choice.get("delta") or {}).get("content")
+                if delta:
+                    parts.append(delta)
+                    gate(delta)
+                finish_reason = choice.get("finish_reason") or finish_reason
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+        raise Failure(ProviderResponseError, "the stream ended before `data: [DONE]`", status=response.status_code,
+                      retryable=not gate.emitted)
+
+
+def _chunk(payload: str, gate: _TokenGate) -> dict[str, Any]:
+    try:
+        chunk = json.loads(payload)
+    except ValueError as exc:
+        raise Failure(ProviderResponseError, f"a stream chunk is not JSON: {payload[:200]!r}",
+                      retryable=not gate.emitted) from exc
+    if not isinstance(chunk, dict):
+        raise Failure(ProviderResponseError, f"a stream chunk is not an object: {payload[:200]!r}")
+    error = chunk.get("error")
+    if error:   # some servers report a failure mid-stream as a chunk
+        message = error.get("message") if isinstance(error, dict) else error
+        raise Failure(ProviderResponseError, f"the server reported an error mid-stream: {message}",
+                      retryable=not gate.emitted)
+    return chunk
