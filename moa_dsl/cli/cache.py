@@ -1,0 +1,65 @@
+"""`moa cache stats|clear [--cache-dir DIR]`: inspect or empty the response cache."""
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from .. import config
+from ..errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("cache", help="inspect or empty the response cache",
+                            description="Show how many responses are cached and how much disk they use, "
+                                        "or remove them all.")
+    parser.add_argument("action", choices=("stats", "clear"), help="stats: entries and size; clear: remove all")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="the cache directory (default: $MOA_CACHE_DIR, else ~/.cache/moa-dsl)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    directory = config.cache_dir(args.cache_dir)
+    if not directory.exists():   # nothing cached yet: report it without creating the directory
+        if args.action == "stats":
+            _print_stats({"directory": str(directory), "entries": 0, "size_bytes": 0})
+        else:
+            print(f"nothing to clear: {directory} does not exist")
+        return 0
+    cache = _open(directory)
+    try:
+        if args.action == "stats":
+            _print_stats(cache.stats())
+        else:
+            removed = cache.clear()
+            print(f"removed {removed} cached response{'' if removed == 1 else 's'} from {directory}")
+    finally:
+        cache.close()
+    return 0
+
+
+def _open(directory: Path):
+    from ..cache import CacheWarning, ResponseCache
+
+    with warnings.catch_warnings(record=True) as caught:   # here an unusable cache is the error itself
+        warnings.simplefilter("always", CacheWarning)
+        cache = ResponseCache(directory)
+    if not cache.enabled:
+        reason = str(caught[0].message) if caught else f"{directory} cannot be opened"
+        raise ConfigError(reason)
+    return cache
+
+
+def _print_stats(stats: dict) -> None:
+    print(f"directory: {stats['directory']}")
+    print(f"entries:   {stats['entries']}")
+    print(f"size:      {_human(stats['size_bytes'])}")
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
