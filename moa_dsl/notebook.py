@@ -313,12 +313,16 @@ def _node_label(attrs: dict) -> str:
 
 def pipeline_text(pipe: "Pipeline") -> str:
     g = pipe.graph
-    lines = [f"Pipeline {pipe.name or ''}".rstrip() + f": {g.number_of_nodes()} nodes, output {pipe.output}"]
+    lines = [f"Pipeline {pipe.name or ''}".rstrip() + f": {_nodes(g.number_of_nodes())}, output {pipe.output}"]
     for name in _ordered(g):
         a = g.nodes[name]
         ins = f" <- {', '.join(a.get('inputs', ()))}" if a.get("inputs") else ""
         lines.append(f"  {name} = {a.get('role', '?')} {_node_label(a)}{ins}")
     return "\n".join(lines)
+
+
+def _nodes(n: int) -> str:
+    return f"{n} node" if n == 1 else f"{n} nodes"
 
 
 def _ordered(g: Any) -> list[str]:
@@ -338,7 +342,7 @@ def pipeline_html(pipe: "Pipeline") -> str:
         for n in _ordered(g))
     svg = _graph_svg(pipe)
     title = html.escape(pipe.name or "pipeline")
-    parts = [f"<div><b>{title}</b>: {g.number_of_nodes()} nodes, output "
+    parts = [f"<div><b>{title}</b>: {_nodes(g.number_of_nodes())}, output "
              f"<code>{html.escape(str(pipe.output))}</code></div>"]
     if svg:
         parts.append(f"<div style='max-width:100%;overflow:auto'>{svg}</div>")
