@@ -36,8 +36,11 @@ def test_close_drops_hanging_requests():
 
     thread = threading.Thread(target=client)
     thread.start()
-    while not server.requests:
+    for _ in range(1000):   # wait (bounded) until the server holds the request
+        if server.requests:
+            break
         threading.Event().wait(0.01)
+    assert server.requests
     server.close()
     thread.join(timeout=10)
     assert not thread.is_alive() and errors
@@ -151,3 +154,13 @@ def test_sustains_many_concurrent_keep_alive_connections():
 
         assert sum(asyncio.run(main())) == 1024
         assert server.max_in_flight > 64
+
+
+def test_stream_token_delay_spaces_the_tokens():
+    with FakeLLMServer(token_delay=0.02) as server:
+        with httpx.stream("POST", server.url + "/chat/completions", json={**BODY, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        (record,) = server.requests
+    assert lines[-1] == "data: [DONE]"
+    events = len(lines)
+    assert record.finished - record.started >= 0.02 * (events - 1)
