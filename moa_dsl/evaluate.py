@@ -304,6 +304,7 @@ class LatencyLedger:
 
     def __init__(self, directory: Path | None):
         self._db = None
+        self._fresh: set[str] = set()       # keys measured by this evaluation
         if directory is not None:
             try:
                 import diskcache
@@ -319,8 +320,11 @@ class LatencyLedger:
     def get(self, key: str) -> float | None:
         return None if self._db is None else self._db.get(key)
 
-    def set(self, key: str, latency_s: float) -> None:
-        if self._db is not None:
+    def measured(self, key: str, latency_s: float) -> None:
+        """A call was just made. Its first measurement in an evaluation is kept (two topologies can
+        make the same call), so a rerun served from the cache reports exactly what this one did."""
+        if self._db is not None and key not in self._fresh:
+            self._fresh.add(key)
             self._db.set(key, latency_s)
 
     def close(self) -> None:
@@ -381,10 +385,8 @@ def _node_latency(session: Any, conversation: list[dict[str, str]], result: Any,
         return node.latency_s if node.status == "ok" else None
     key = _cache_key(session, conversation, result, name)
     if node.status == "ok":
-        if key is not None:
-            ledger.set(key, node.latency_s)
-        return node.latency_s
-    return ledger.get(key) if key is not None else None
+        ledger.measured(key, node.latency_s)
+    return ledger.get(key)
 
 
 def _cache_key(session: Any, conversation: list[dict[str, str]], result: Any, name: str) -> str | None:
