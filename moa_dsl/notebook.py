@@ -25,6 +25,7 @@ import functools
 import html
 import queue
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
 from IPython.core.error import UsageError
@@ -207,7 +208,9 @@ def _failure_message(result: "RunResult", var: str) -> str:
 def show_plan(pipe: "Pipeline", query: Any, *, cache: bool, cache_dir: Any) -> None:
     from .run import format_plan, plan
 
-    rows = plan(pipe, query, cache=cache, cache_dir=cache_dir)
+    # On a thread without a running loop: plan() closes its provider pool with asyncio.run.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-plan") as pool:
+        rows = pool.submit(plan, pipe, query, cache=cache, cache_dir=cache_dir).result()
     head = "<tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th>calls</th><th>cache</th></tr>"
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (

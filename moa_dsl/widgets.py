@@ -11,6 +11,7 @@ thread; the notebook driver calls it from the kernel's main thread in batches (s
 """
 from __future__ import annotations
 
+import functools
 import html
 import sys
 import threading
@@ -233,7 +234,8 @@ class WidgetView:
         self.rows_box = w.VBox(list(self.rows.values()))
         self.stream = w.HTML("")
         self.totals = w.HTML("")
-        self.box = w.VBox([self.header, self.rows_box, self.stream, self.totals])
+        self.box = _panel_box_class()([self.header, self.rows_box, self.stream, self.totals])
+        self.box.summary = f"moa run panel: {len(state.rows)} nodes, output {state.output}"
 
     def show(self) -> None:
         from IPython.display import display
@@ -287,6 +289,22 @@ class WidgetView:
         ]
         return "<div style='display:flex;gap:8px;font-family:monospace'>" + "".join(
             f"<div style='width:{w}'>{c}</div>" for c, w in cells) + "</div>"
+
+
+@functools.cache
+def _panel_box_class() -> type:
+    """Made on first use, so importing this module never needs ipywidgets."""
+    import ipywidgets as w
+
+    class PanelBox(w.VBox):
+        """A VBox whose plain-text form (a saved notebook seen without widgets) is one line."""
+
+        summary = "moa run panel"
+
+        def __repr__(self) -> str:
+            return self.summary
+
+    return PanelBox
 
 
 def has_frontend() -> bool:
