@@ -173,3 +173,14 @@ def test_missing_input_is_usage_and_bad_file_is_1(tmp_path, server, cache_dir, c
     err = capsys.readouterr().err
     assert "no such file" in err and "error[E101]" in err
     assert not server.requests
+
+
+def test_a_longer_run_resumes_from_a_shorter_one(tmp_path, server, cache_dir):
+    files, data = _files(tmp_path, server)
+    assert _eval(files, data, tmp_path, cache_dir, "--limit", "2") == 0
+    sent = len(server.requests)
+    assert _eval(files, data, tmp_path, cache_dir) == 0
+    new = server.requests[sent:]
+    asked = {m["content"] for r in new for m in r.body["messages"] if m["role"] == "user"}
+    assert not any("question number 0?" in q or "question number 1?" in q for q in asked)
+    assert len(new) == sent  # the same work again, for items 2 and 3 only

@@ -229,3 +229,24 @@ def test_item_latency_is_the_critical_path_and_cost_follows_price():
     assert run.latency_s == pytest.approx(2.25)      # f waits for the failed b (2.0), not a -> c (1.5)
     assert run.calls == 4 and run.prompt_tokens == 30 and run.completion_tokens == 60
     assert run.cost_usd == pytest.approx((30 * 1.0 + 60 * 2.0) / 1e6)
+
+
+def test_python_api_on_pipelines_returns_a_displayable_report(tmp_path, monkeypatch):
+    from moa_dsl.evaluate import evaluate
+    from moa_dsl.testing import FakeLLMServer
+
+    monkeypatch.setenv("MOA_TEST_KEY", "k")
+
+    def responder(model, body):
+        return "[[A]]" if model == "judge" else f"{model}: answer"
+
+    with FakeLLMServer(responder=responder) as server:
+        head = f'provider fake = openai {{ base_url = "{server.url}", api_key = env("MOA_TEST_KEY") }}\n'
+        one = moa_dsl.loads(head + 'node a = propose fake:"m1"\n', filename="one.moa")
+        two = moa_dsl.loads(head + 'node a = propose fake:"m2"\n', filename="two.moa")
+        report = evaluate([one, two], [{"instruction": "hi"}, {"instruction": "ho"}], judge='fake:"judge"',
+                          cache_dir=tmp_path / "cache", concurrency=2)
+    # the judge always says A: each answer wins once and loses once -> a split, 0.5
+    assert [r["name"] for r in report.summary["topologies"]] == ["topology1", "topology2"]
+    assert report.summary["topologies"][1]["win_rate"] == 0.5
+    assert report.out is None and "<svg" in report._repr_html_()
