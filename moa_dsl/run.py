@@ -290,18 +290,42 @@ def run_blocking(pipe: Pipeline, query: Any, **options: Any) -> RunResult:
 
 
 def _run_in_thread(make_coro: Callable[[], Any]) -> Any:
-    from anyio.from_thread import start_blocking_portal
+    """Run the coroutine on a fresh loop in a worker thread; this thread only waits for it.
 
-    async def main() -> Any:
-        return await make_coro()
+    On KeyboardInterrupt (Ctrl-C, a kernel interrupt) the task is cancelled on its own loop, which
+    stops the calls in flight, and the interrupt is re-raised once they have unwound.
+    """
+    import threading
 
-    with start_blocking_portal(backend="asyncio") as portal:
-        future = portal.start_task_soon(main)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(make_coro())   # created before the thread starts, so it can always be cancelled
+    outcome: dict[str, Any] = {}
+    finished = threading.Event()  # not Thread.join: an interrupted join can wrongly report the thread done
+
+    def worker() -> None:
         try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()  # cancels the task inside the portal's loop; the portal waits for it on exit
-            raise
+            outcome["result"] = loop.run_until_complete(task)
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+            finally:
+                finished.set()
+
+    threading.Thread(target=worker, name="moa-run", daemon=True).start()
+    try:
+        while not finished.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        loop.call_soon_threadsafe(task.cancel)
+        while not finished.wait(0.1):
+            pass
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 # --- --dry-run ----------------------------------------------------------------------------------

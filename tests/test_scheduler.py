@@ -160,3 +160,34 @@ def test_output_streams_tokens_and_only_the_output_streams():
     assert fake.requests["out"].stream is True and fake.requests["a"].stream is False
     assert "".join(tokens) == "answer of out"
     assert [e.data["text"] for e in result.events if e.kind == "token"] == tokens
+
+
+def test_keyboard_interrupt_inside_a_running_loop_cancels_the_calls():
+    # A notebook: run_blocking is called while a loop runs; Ctrl-C arrives as KeyboardInterrupt in
+    # the waiting thread, and must cancel the calls running on the worker thread's loop.
+    import _thread
+    import threading
+
+    from moa_dsl.run import run_blocking
+
+    nodes = {f"p{i}": node("propose") for i in range(3)}
+    nodes["out"] = node("aggregate", list(nodes))
+    fake = FakeProvider(default_latency=30)
+
+    def interrupt_when_running():
+        while fake.running < 3:
+            threading.Event().wait(0.005)
+        _thread.interrupt_main()
+
+    async def cell():
+        threading.Thread(target=interrupt_when_running, daemon=True).start()
+        return run_blocking(make_pipe(nodes, "out"), "q", cache=False, pool=FakePool(fake))
+
+    # Not asyncio.run: its Runner turns SIGINT into a task cancellation; a kernel's loop does not.
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(cell())
+    finally:
+        loop.close()
+    assert sorted(fake.cancelled) == ["p0", "p1", "p2"] and fake.running == 0
