@@ -392,7 +392,10 @@ def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, 
         refs = [texts[i] for i in attrs["inputs"]]
     from .cache import cache_key
 
-    provider = pool.get(attrs["provider"])
+    try:
+        provider = pool.get(attrs["provider"])
+    except ConfigError:  # a missing key: the run would stop, but a plan can still be shown
+        return PlanRow(**row, calls=1, cache="unknown")
     messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
     key = cache_key(provider.kind, provider.endpoint, attrs["model"], messages, request_params(params),
                     attrs.get("sample"))

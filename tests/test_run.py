@@ -190,3 +190,4 @@ def test_plan_counts_expected_cache_hits(server, cache_dir):
     assert len(server.requests) == 5  # proposers cached, new aggregator request
     assert plan(pipe, "other", cache_dir=cache_dir, environ=ENV)[0].cache == "miss"
     assert server.requests and len(server.requests) == 5  # planning calls nothing
+    assert [r.cache for r in plan(pipe, "q", cache_dir=cache_dir, environ={})] == ["unknown"] * 4
