@@ -25,7 +25,7 @@ def test_each_node_starts_when_its_own_inputs_finish_not_its_layer():
         "e": node("aggregate", ["a", "c"]),
         "out": node("aggregate", ["d", "e"]),
     }, "out")
-    fake = FakeProvider(latency={"a": 0.02, "b": 0.6, "c": 0.05, "d": 0.02, "e": 0.05, "out": 0.01})
+    fake = FakeProvider(latency={"a": 0.02, "b": 1.2, "c": 0.05, "d": 0.02, "e": 0.05, "out": 0.01})
     result = run(pipe, fake)
     assert result.status == "ok"
     s, f = fake.started, fake.finished
@@ -33,7 +33,7 @@ def test_each_node_starts_when_its_own_inputs_finish_not_its_layer():
         inputs = pipe.graph.nodes[name]["inputs"]
         last_input = max(f[i] for i in inputs)
         assert s[name] >= last_input                      # never before its inputs
-        assert s[name] - last_input < 0.25                # and right after them, not after the "layer"
+        assert s[name] - last_input < 0.4   # right after them (generous: a shared machine), not after the "layer"
     # c and e (second and third "generations") both ran while b, of the first, was still running
     assert s["c"] < f["b"] and s["e"] < f["b"]
     assert f["e"] < f["b"]
