@@ -48,6 +48,7 @@ class _Builder:
         self.statements = statements
         self.diags: list[Diagnostic] = []
         self.hints_left = _MAX_HINTS
+        self.e209_at: set[Span] = set()
         self.graph = nx.DiGraph()
 
     # -- helpers
@@ -241,7 +242,6 @@ class _Builder:
             inputs += names
             spans += [ref.span] * len(names)
         targets = [decl.name.text] if isinstance(decl, ast.NodeDecl) else self.members.get(decl.name.text, [])
-        reported: set[Span] = set()
         for target in targets:
             if target not in self.graph:
                 continue
@@ -252,8 +252,9 @@ class _Builder:
             attrs["inputs"] = tuple(inputs)
             self.graph.add_edges_from((source, target, {"span": span}) for source, span in zip(inputs, spans))
             wanted = attrs["params"]["min_inputs"]
-            if decl.inputs and complete and wanted > len(inputs) and min_span not in reported:
-                reported.add(min_span)
+            # One E209 per place min_inputs was set (defaults apply to many nodes), naming the first.
+            if decl.inputs and complete and wanted > len(inputs) and (min_span or decl.span) not in self.e209_at:
+                self.e209_at.add(min_span or decl.span)
                 self.diags.append(v.error("E209", f"min_inputs = {wanted}, but '{target}' has only "
                                                   f"{len(inputs)} input{'s' if len(inputs) != 1 else ''}",
                                           min_span or decl.span))

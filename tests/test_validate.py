@@ -141,8 +141,10 @@ def test_provider_options(option: str, code: str) -> None:
 
 def test_min_inputs_from_defaults_counts_against_each_aggregator() -> None:
     diags = _errors('defaults { min_inputs = 2 }\nnode a = propose openai:"m"\n'
-                    'node f = aggregate openai:"m" <- a\n')
-    assert [(d.code, d.span.line) for d in diags] == [("E209", 1)]
+                    'node f = aggregate openai:"m" <- a\nnode g = aggregate openai:"m" <- a\n'
+                    'node h = aggregate openai:"m" <- f, g\n')
+    assert [(d.code, d.span.line) for d in diags] == [("E209", 1)]  # once, where it was set
+    assert "'f' has only 1 input" in diags[0].message
 
 
 def test_valid_params_pass_and_prompt_defaults_to_the_reference() -> None:
