@@ -165,8 +165,11 @@ class _Builder:
             self.add_node(decl.name.text, decl, model, own, span=decl.span)
             return
         names = []
+        resolved: dict[int, _Model | None] = {}  # once per member, not per sample: one E201 each
         for full, member, sample in self.expand(decl):
-            self.add_node(full, decl, self.resolve_model(member.model), own, span=member.span,
+            if id(member) not in resolved:
+                resolved[id(member)] = self.resolve_model(member.model)
+            self.add_node(full, decl, resolved[id(member)], own, span=member.span,
                           sample=sample, layer=decl.name.text)
             names.append(full)
         self.members[decl.name.text] = names

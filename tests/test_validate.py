@@ -172,3 +172,9 @@ def test_literal_secret_is_masked_in_rendered_diagnostics() -> None:
 def test_huge_sample_count_is_rejected_not_expanded() -> None:
     [d] = _errors('layer L = propose [openai:"m" * 100000000]\n')
     assert d.code == "E206"
+
+
+def test_an_unknown_model_in_a_sampled_member_is_reported_once() -> None:
+    diags = _errors('layer L = propose [nope * 3, bad:"m" * 2]\nnode f = aggregate openai:"x" <- L\n')
+    assert [(d.code, d.message) for d in diags] == [("E201", "unknown model 'nope'"),
+                                                    ("E201", "unknown provider 'bad'")]
