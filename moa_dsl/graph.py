@@ -49,6 +49,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
         self.hints_left = _MAX_HINTS
         self.e209_at: set[Span] = set()
+        self.min_inputs_at: dict[str, Span | None] = {}
         self.graph = nx.DiGraph()
 
     # -- helpers
@@ -232,8 +233,7 @@ class _Builder:
             name, role=decl.role.text, provider=provider or "?", model=model.model_id if model else "?",
             model_name=model.model_name if model else None, sample=sample, layer=layer, inputs=(),
             params=params, span=span)
-        # Where min_inputs was set, for E209 once the inputs are known; removed in connect().
-        self.graph.nodes[name]["_min_inputs_span"] = spans.get("min_inputs")
+        self.min_inputs_at[name] = spans.get("min_inputs")  # for E209, once the inputs are known
 
     def connect(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:
         inputs: list[str] = []
@@ -249,7 +249,7 @@ class _Builder:
             if target not in self.graph:
                 continue
             attrs = self.graph.nodes[target]
-            min_span = attrs.pop("_min_inputs_span", None)
+            min_span = self.min_inputs_at.get(target)
             if decl.role.text != "aggregate":
                 continue
             attrs["inputs"] = tuple(inputs)
