@@ -120,7 +120,7 @@ def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
         if "NAME" in exc.expected:
             hint = f"'{tok}' is a reserved keyword and cannot be used as a name"
     else:
-        what = describe(tok.type) if tok.type in _PUNCTUATION else f"{_token_kind(tok)} {_show(tok)}"
+        what = describe(tok.type) if tok.type in _PUNCTUATION else f"{_token_kind(tok)} {_show(tok)}".rstrip()
     return Diagnostic("error", "E101", f"unexpected {what}: expected {expected}", span, hint)
 
 
@@ -130,9 +130,10 @@ def _token_kind(tok: Token) -> str:
 
 
 def _show(tok: Token) -> str:
-    value = str(tok)
+    """A string's content is never echoed: it may be a key pasted in the wrong place."""
     if tok.type in ("STRING", "TRIPLE_STRING"):
-        return value if len(value) <= 30 and "\n" not in value else value[:3] + "..."
+        return ""
+    value = str(tok)
     return f"'{value}'" if len(value) <= 30 else f"'{value[:27]}...'"
 
 

@@ -113,6 +113,7 @@ def test_propose_with_inputs_is_not_a_syntax_error() -> None:
     ("node a = propose m { x = @ }", 1, 26, "unexpected character '@': expected '[', 'env', "
                                             "'false', 'true', '{', a name, a number or a string"),
     ('prompt p = "a\\qb"', 1, 14, "invalid escape '\\q' in string"),
+    ('provider p = openai { api_key "sk-secret" }', 1, 31, "unexpected string: expected '='"),
 ])
 def test_syntax_errors_in_words(text: str, line, col, message) -> None:
     if message is None:
