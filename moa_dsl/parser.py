@@ -105,9 +105,18 @@ def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
     return Diagnostic("error", "E101", "syntax error", Span(filename, line, col, line, col + 1))
 
 
+def _accepted(exc: UnexpectedToken) -> Any:
+    """What the parser would really take here. `exc.expected` comes from an LALR state that may be
+    shared by several contexts (a list's `]` in a map); feeding each candidate tells them apart."""
+    try:
+        return exc.interactive_parser.accepts() or exc.expected
+    except Exception:  # noqa: BLE001 - only a better message is at stake; fall back to lark's
+        return exc.expected
+
+
 def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
     tok = exc.token
-    expected = _expected_words(exc.expected)
+    expected = _expected_words(_accepted(exc))
     if tok.type == "$END":
         # lark's end token borrows the last token's position: the caret goes just after it.
         line, col = (tok.end_line or 1, tok.end_column or 1) if tok.end_line else (1, 1)
@@ -117,7 +126,7 @@ def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
     hint = None
     if str(tok).lower() in KEYWORDS and tok.type != "NAME":
         what = f"keyword '{tok}'"
-        if "NAME" in exc.expected:
+        if "NAME" in _accepted(exc):
             hint = f"'{tok}' is a reserved keyword and cannot be used as a name"
     else:
         what = describe(tok.type) if tok.type in _PUNCTUATION else f"{_token_kind(tok)} {_show(tok)}".rstrip()
