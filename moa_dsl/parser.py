@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any, Callable
@@ -156,10 +157,17 @@ def _unexpected_char(exc: UnexpectedCharacters, text: str, filename: str) -> Dia
                               Span(filename, line, col, line, col + 3), 'close it with """')
         return Diagnostic("error", "E101", "unterminated string", Span(filename, line, col, line, col + 1),
                           'close it with " on the same line, or use """...""" for several lines')
-    shown = repr(char) if char.isprintable() and char != "'" else ascii(char)
     expected = _expected_words(exc.allowed or ())
-    return Diagnostic("error", "E101", f"unexpected character {shown}: expected {expected}",
-                      Span(filename, line, col, line, col + 1))
+    word = _WORD.match(text, pos)
+    if word:  # where only keywords fit, a name is not even a token: still call it a name
+        what, width = f"name '{word.group()[:30]}'", len(word.group())
+    else:
+        what, width = "character " + (repr(char) if char.isprintable() and char != "'" else ascii(char)), 1
+    return Diagnostic("error", "E101", f"unexpected {what}: expected {expected}",
+                      Span(filename, line, col, line, col + width))
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # ---- tree -> syntax tree ------------------------------------------------------------------

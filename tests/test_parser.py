@@ -105,6 +105,7 @@ def test_propose_with_inputs_is_not_a_syntax_error() -> None:
     ("node a =\n\n", 1, 9, "unexpected end of input: expected 'aggregate' or 'propose'"),
     ("", None, None, None),
     ("node a = propose m {", 1, 21, "unexpected end of input: expected '}', a name or a string"),
+    ("node a = propose_x m", 1, 10, "unexpected name 'propose_x': expected 'aggregate' or 'propose'"),
     ("node a propose m", 1, 8, "unexpected keyword 'propose': expected '='"),
     ("model m = openai:gpt", 1, 18, "unexpected name 'gpt': expected a string"),
     ("nodes a = x", 1, 1, "unexpected name 'nodes': expected a statement (provider, model, prompt, "
