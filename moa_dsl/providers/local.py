@@ -1,0 +1,230 @@
+"""The `local` provider: built-in or user GGUF models on llama.cpp, through the OpenAI code path.
+
+Each model gets one llama.cpp server (xllamacpp) listening on a free loopback port. Servers are
+process-wide: started on first use, reused by every later run in the process (a notebook keeps them
+warm between cells), and stopped at exit. Requests go through `OpenAIProvider`, exactly as a remote
+model's would; only starting the server and naming the model are local.
+
+Note: constructing `xllamacpp.Server` holds the GIL while the weights load (about 1-5 s per model
+here). It runs in a worker thread anyway, so the event loop resumes as soon as the load is done and
+other threads are never starved for longer than one load.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib.util
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from .. import models
+from ..errors import ConfigError, LocalModelError, ProviderHTTPError
+from .base import CallRequest, Completion, Emit, OnToken
+
+N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
+N_CTX = 16384         # tokens of KV cache per server, shared by its slots (unified), so one long
+#                       aggregator prompt may use all of it while short proposer calls share it
+GGUF_MAGIC = b"GGUF"
+_CONTEXT_ERROR = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
+
+
+def verbose() -> bool:
+    """llama.cpp's own log is shown only on request (`--verbose` sets MOA_VERBOSE=1)."""
+    return os.environ.get("MOA_VERBOSE", "") not in ("", "0")
+
+
+def require_runtime() -> None:
+    if importlib.util.find_spec("xllamacpp") is None:
+        raise ConfigError("local models need the embedded llama.cpp runtime: pip install 'moa-dsl[local]'")
+
+
+# -- resolving a model id to a file -----------------------------------------------------------------
+
+_pull_lock = threading.Lock()     # two nodes needing the same missing model download it once
+
+
+def resolve(model: str) -> Path:
+    """A built-in name (pulled first if missing, saying so on stderr) or a path to a GGUF file."""
+    if model in models.BUILTINS:
+        with _pull_lock:
+            if not models.is_present(models.BUILTINS[model]):
+                say = models.stderr_progress()
+                say(f"local model {model} is not downloaded yet: pulling it once "
+                    f"({models.BUILTINS[model].size / 1e6:.0f} MB) into {models.model_path(model).parent}")
+                models.pull([model], progress=say)
+        return models.model_path(model)
+    if not _looks_like_path(model):
+        models.lookup(model)          # raises ConfigError: unknown name, did you mean ...
+    return check_gguf(Path(model).expanduser())
+
+
+def _looks_like_path(model: str) -> bool:
+    return "/" in model or os.sep in model or model.lower().endswith(".gguf") or model.startswith(("~", "."))
+
+
+def check_gguf(path: Path) -> Path:
+    path = path.resolve()
+    if not path.is_file():
+        raise LocalModelError(f"no such model file: {path}" + ("" if path.exists() else
+                              f" (built-in models: {', '.join(models.BUILTINS)})"))
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise LocalModelError(f"{path} is not a GGUF model file (llama.cpp reads only GGUF)")
+    return path
+
+
+def endpoint_for(model: str) -> str:
+    """Cache-key endpoint for one model: the weights' identity, so new weights never hit old answers.
+
+    Built-ins are pinned by SHA-256. A file is identified by its absolute path, size and mtime (two
+    different files at one path never share entries; hashing gigabytes per run would be too slow).
+    """
+    builtin = models.BUILTINS.get(model)
+    if builtin is not None:
+        return f"local:sha256:{builtin.sha256}"
+    path = Path(model).expanduser().resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        return f"local:file:{path}"
+    return f"local:file:{path}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# -- the process-wide servers ----------------------------------------------------------------------
+
+class _Slot:
+    """One model's server; `lock` makes concurrent first calls start it once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server: Any = None
+        self.url: str | None = None
+
+
+_servers: dict[Path, _Slot] = {}
+_servers_lock = threading.Lock()
+
+
+def serve(path: Path) -> str:
+    """Blocking: the base URL (`http://127.0.0.1:PORT/v1`) of the server for `path`, started if needed."""
+    with _servers_lock:
+        slot = _servers.setdefault(path, _Slot())
+    with slot.lock:
+        if slot.server is None:
+            slot.server = _start(path)
+            slot.url = str(slot.server.listening_address).rstrip("/") + "/v1"
+        return slot.url   # type: ignore[return-value]
+
+
+def _start(path: Path) -> Any:
+    require_runtime()
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(path)
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0                           # a free port, read back from listening_address
+    params.n_parallel = N_PARALLEL
+    params.n_ctx = N_CTX
+    params.kv_unified = True
+    threads = os.cpu_count() or 1
+    params.cpuparams.n_threads = threads
+    params.cpuparams_batch.n_threads = threads
+    params.verbosity = 3 if verbose() else 0  # 0: llama.cpp prints nothing at all
+    try:
+        return xllamacpp.Server(params)
+    except Exception as exc:
+        hint = "" if verbose() else " (set MOA_VERBOSE=1 to see llama.cpp's log)"
+        raise LocalModelError(f"llama.cpp could not load {path}: {exc}{hint}") from exc
+
+
+def running() -> dict[Path, str]:
+    """The servers alive in this process: model file -> base URL."""
+    with _servers_lock:
+        return {p: s.url for p, s in _servers.items() if s.url}
+
+
+def shutdown() -> None:
+    """Stop every server. Released explicitly here: a server still alive at interpreter teardown hangs it."""
+    with _servers_lock:
+        slots = list(_servers.values())
+        _servers.clear()
+    for slot in slots:
+        with slot.lock:
+            slot.server = slot.url = None
+
+
+atexit.register(shutdown)
+
+
+# -- the provider ----------------------------------------------------------------------------------
+
+class LocalProvider:
+    """`local` models. One OpenAIProvider per model server, owned by this (per-run) provider."""
+
+    kind = "local"
+
+    def __init__(self, *, name: str = "local", max_concurrency: int | None = None):
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
+        require_runtime()
+        self.name = name
+        self.endpoint = "local"
+        self.max_concurrency = max_concurrency
+        self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        self._clients: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def endpoint_for(self, model: str) -> str:
+        return endpoint_for(model)
+
+    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
+                       emit: Emit | None = None) -> Completion:
+        if self._semaphore is None:
+            return await self._complete(req, on_token, emit)
+        async with self._semaphore:
+            return await self._complete(req, on_token, emit)
+
+    async def _complete(self, req: CallRequest, on_token: OnToken | None, emit: Emit | None) -> Completion:
+        client = await self._client(req.model)
+        try:
+            return await client.complete(req, on_token=on_token, emit=emit)
+        except ProviderHTTPError as exc:
+            raise _explain_context(exc, req) or exc
+
+    async def _client(self, model: str) -> Any:
+        # One client per model even when a layer's samples all start at once; other models don't wait.
+        async with self._locks.setdefault(model, asyncio.Lock()):
+            client = self._clients.get(model)
+            if client is None:
+                url = await asyncio.to_thread(lambda: serve(resolve(model)))
+                from .openai import OpenAIProvider
+
+                client = self._clients[model] = OpenAIProvider(
+                    name=self.name, base_url=url, endpoint=endpoint_for(model))
+            return client
+
+    async def aclose(self) -> None:
+        """Closes this run's HTTP clients; the servers stay warm for the next run (see `shutdown`)."""
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def __repr__(self) -> str:
+        return f"LocalProvider(name={self.name!r})"
+
+
+def _explain_context(exc: ProviderHTTPError, req: CallRequest) -> ProviderHTTPError | None:
+    """llama.cpp's 400 for an over-long prompt, said in terms the user can act on."""
+    match = _CONTEXT_ERROR.search(str(exc))
+    if exc.status != 400 or match is None:
+        return None
+    tokens, limit = match.groups()
+    return ProviderHTTPError(
+        f"{req.node}: the prompt is too long for local model {req.model!r}: {tokens} tokens, but its "
+        f"context holds {limit} (shared by {N_PARALLEL} parallel requests). Nothing was truncated; "
+        "lower max_tokens on this node's inputs, give it fewer inputs, or shorten the query.",
+        node=req.node, provider=exc.provider, status=400)
