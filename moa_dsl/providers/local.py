@@ -31,9 +31,12 @@ GGUF_MAGIC = b"GGUF"
 _CONTEXT_ERROR = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 
+_verbose_requested = False   # set by LocalProvider(verbose=True), i.e. `moa run --verbose`
+
+
 def verbose() -> bool:
-    """llama.cpp's own log is shown only on request (`--verbose` sets MOA_VERBOSE=1)."""
-    return os.environ.get("MOA_VERBOSE", "") not in ("", "0")
+    """llama.cpp's own log is shown only on request: `--verbose`, or MOA_VERBOSE=1."""
+    return _verbose_requested or os.environ.get("MOA_VERBOSE", "") not in ("", "0")
 
 
 def require_runtime() -> None:
@@ -167,10 +170,12 @@ class LocalProvider:
 
     kind = "local"
 
-    def __init__(self, *, name: str = "local", max_concurrency: int | None = None):
+    def __init__(self, *, name: str = "local", max_concurrency: int | None = None, verbose: bool = False):
+        global _verbose_requested
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
         require_runtime()
+        _verbose_requested = _verbose_requested or verbose   # for servers started from now on
         self.name = name
         self.endpoint = "local"
         self.max_concurrency = max_concurrency
