@@ -39,3 +39,8 @@ class Pipeline:
         from .run import run_blocking
 
         return run_blocking(self, query, **options)
+
+    def _repr_html_(self) -> str:  # the graph as inline SVG and a node table; no network
+        from .notebook import pipeline_html
+
+        return pipeline_html(self)

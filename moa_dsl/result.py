@@ -92,9 +92,15 @@ class RunResult:
                 + (f" ({saved} saved by the cache)" if saved else "")
                 + f", {self.elapsed_s:.2f}s")
 
+    def _repr_html_(self) -> str:  # only IPython calls these, so IPython is there
+        from .notebook import result_html
+
+        return result_html(self)
+
     def _repr_markdown_(self) -> str:
-        head = f"**{self.output_node}** ({self.summary()})"
-        return f"{head}\n\n{self.output}" if self.output is not None else head
+        from .notebook import result_markdown
+
+        return result_markdown(self)
 
     def raise_for_status(self) -> "RunResult":
         """Raise RunFailed when the output node failed or was skipped; return self otherwise."""

@@ -408,9 +408,10 @@ def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, 
 
 def _close_pool_sync(pool: Any) -> None:
     try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         asyncio.run(pool.aclose())
-    except RuntimeError:  # already inside a loop (a notebook): nothing was opened by get() alone
-        pass
+    # else: inside a running loop (a notebook), where get() alone opened nothing that needs closing
 
 
 def format_plan(rows: Iterable[PlanRow]) -> str:
