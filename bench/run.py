@@ -214,12 +214,17 @@ def _answer_tokens(text: str | None) -> int:
 # --- 2. ours over raw httpx ------------------------------------------------------------------------
 
 ONE_CALL = 'node final = propose fake:"m"\n'
-WIDE = 'layer wide = propose [fake:"m" * {n}]\nnode final = aggregate fake:"agg" <- wide\n'
+
+
+def wide(n: int) -> str:
+    """A layer of n proposers (samples are capped at 1,000 a member: m0, m1, ... share them out)."""
+    members = ", ".join(f'fake:"m{i}" * {min(1000, n - i * 1000)}' for i in range(-(-n // 1000)))
+    return f"layer wide = propose [{members}]\nnode final = aggregate fake:\"agg\" <- wide\n"
 
 
 async def ours_wide(url: str, n: int, bound: int) -> float:
     """N calls through us: one run of a layer of N - 1 proposers and the aggregator reading them all."""
-    pipe = fake_pipe(url, WIDE.format(n=n - 1))
+    pipe = fake_pipe(url, wide(n - 1))
     result = await arun(pipe, "Why is the sky blue?", concurrency=bound, cache=False, environ=ENV)
     if result.status != "ok" or result.usage.calls != n:
         raise RuntimeError(f"the wide run failed: {result.summary()}")
@@ -236,7 +241,7 @@ async def raw_wide(url: str, n: int, bound: int) -> float:
     conversation = [{"role": "user", "content": "Why is the sky blue?"}]
 
     async def propose(i: int) -> str:
-        body = {"model": "m", "messages": conversation, "temperature": 0.7, "max_tokens": 512}
+        body = {"model": f"m{i // 1000}", "messages": conversation, "temperature": 0.7, "max_tokens": 512}
         async with sem:
             response = await client.post(target, json=body, timeout=timeout)
         response.raise_for_status()
