@@ -9,6 +9,7 @@ benchmarks and trying a topology without keys or network.
         ...                                         # run a topology against it
         server.requests[-1].body["messages"]        # what was sent
         server.max_in_flight                        # the most requests it ever served at once
+        server.connections                          # TCP connections accepted (keep-alive reuse shows here)
 
 It is a real HTTP/1.1 server (keep-alive, Content-Length bodies, chunked SSE streams) on its own
 asyncio loop in a background thread, so clients see sockets, timeouts and resets as they would in
@@ -136,6 +137,7 @@ class FakeLLMServer:
         self.port: int | None = None
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0       # accepted since start or reset_stats(): a client that reuses keeps it low
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._faults: dict[str, Deque[_Fault]] = collections.defaultdict(collections.deque)
@@ -201,6 +203,7 @@ class FakeLLMServer:
         with self._lock:
             self._requests.clear()
             self.max_in_flight = self.in_flight
+            self.connections = 0
 
     # -- the server loop --------------------------------------------------------------------------
     async def _listen(self) -> int:
@@ -220,6 +223,7 @@ class FakeLLMServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
+        self.connections += 1   # only this server's loop thread writes it
         try:
             while await self._one_request(reader, writer):
                 pass

@@ -9,7 +9,7 @@ stop_reason), message_stop; an `error` event fails the attempt.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -60,10 +60,11 @@ class AnthropicProvider(HTTPProvider):
         return Completion("".join(texts), usage.get("input_tokens"), usage.get("output_tokens"),
                           finish_reason=data.get("stop_reason"))
 
-    async def read_stream(self, response: httpx.Response, gate: _TokenGate) -> Completion:
+    async def read_stream(self, response: httpx.Response, lines: AsyncIterator[str],
+                          gate: _TokenGate) -> Completion:
         parts: list[str] = []
         prompt_tokens = completion_tokens = finish_reason = None
-        async for line in response.aiter_lines():
+        async for line in lines:
             payload = sse_data(line)
             if not payload:
                 continue

@@ -20,7 +20,7 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +35,7 @@ from .base import CallRequest, Completion, Emit, OnToken
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MAX_CONNECTIONS = 512          # high-fanout topologies and benchmarks run hundreds of calls at once
 _MESSAGE_LIMIT = 300           # characters of a server's error text kept in our message
+_DRAIN_LIMIT = 64 * 1024       # characters read after a stream's end marker before we give up on its connection
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
@@ -123,7 +124,9 @@ class HTTPProvider:
         """A parsed 200 body -> Completion; raise Failure (or KeyError/TypeError/...) if malformed."""
         raise NotImplementedError
 
-    async def read_stream(self, response: httpx.Response, gate: _TokenGate) -> Completion:
+    async def read_stream(self, response: httpx.Response, lines: AsyncIterator[str], gate: _TokenGate) -> Completion:
+        """Read the answer from `lines` (the body's lines) and return at the stream's end marker;
+        `_attempt` then drains what is left of `lines`, so the connection goes back to the pool."""
         raise NotImplementedError
 
     # -- the call ---------------------------------------------------------------------------------
@@ -166,11 +169,14 @@ class HTTPProvider:
                     if response.status_code >= 400:
                         await response.aread()
                         raise self._status_failure(response)
+                    lines = response.aiter_lines()
                     try:
-                        return await self.read_stream(response, gate)
+                        completion = await self.read_stream(response, lines, gate)
                     except (KeyError, IndexError, TypeError, AttributeError) as exc:   # a chunk of the wrong shape
                         raise Failure(ProviderResponseError, f"unexpected stream chunk ({_describe(exc)})",
                                       status=response.status_code) from exc
+                    await _drain(lines, req.timeout)
+                    return completion
             response = await self._client.post(self.url, json=body, timeout=timeout)
         except httpx.TimeoutException as exc:
             raise Failure(ProviderTimeout, f"timed out after {req.timeout:g} s ({type(exc).__name__})",
@@ -247,6 +253,26 @@ def sse_data(line: str) -> str | None:
     if line.startswith("data:"):
         return line[5:].strip()
     return None
+
+
+async def _drain(lines: AsyncIterator[str], timeout: float) -> None:
+    """Read a stream's body to its end after the answer's end marker (`[DONE]`, `message_stop`).
+
+    httpx returns a connection to the pool only when the body was read to its end; leaving the last
+    chunk (usually just the chunked terminator) unread makes it close the connection, so every
+    streamed call would pay a new TCP (in production, TLS) handshake. A server that keeps sending
+    after its end marker gets `_DRAIN_LIMIT` characters and `timeout` seconds in all, then we give
+    up on the connection (closed when the stream context exits) but keep the complete answer.
+    """
+    left = _DRAIN_LIMIT
+    try:
+        async with asyncio.timeout(timeout):
+            async for line in lines:
+                left -= len(line) + 1
+                if left < 0:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass   # the answer is complete; only the connection is lost
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

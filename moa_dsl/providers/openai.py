@@ -7,7 +7,7 @@ Streams are SSE: `data: {chunk}` lines, then `data: [DONE]`. We ask for usage in
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -39,11 +39,12 @@ class OpenAIProvider(HTTPProvider):
         return Completion(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           finish_reason=choice.get("finish_reason"))
 
-    async def read_stream(self, response: httpx.Response, gate: _TokenGate) -> Completion:
+    async def read_stream(self, response: httpx.Response, lines: AsyncIterator[str],
+                          gate: _TokenGate) -> Completion:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         finish_reason = None
-        async for line in response.aiter_lines():
+        async for line in lines:
             payload = sse_data(line)
             if payload is None or not payload:
                 continue
