@@ -57,6 +57,15 @@ def cache_key(kind: str, endpoint: str, model: str, messages: list[dict[str, Any
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def call_key(provider: Any, model: str, messages: list[dict[str, Any]], params: Mapping[str, Any],
+             sample: int | None) -> str:
+    """The key of one call to `provider`. A provider whose identity depends on the model (the
+    embedded runtime: the weights' hash, or a file's path, size and mtime) says so with `endpoint_for`."""
+    endpoint_for = getattr(provider, "endpoint_for", None)
+    endpoint = endpoint_for(model) if endpoint_for is not None else provider.endpoint
+    return cache_key(provider.kind, endpoint, model, messages, params, sample)
+
+
 def _without_userinfo(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     if parts.username is None and parts.password is None:

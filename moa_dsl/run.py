@@ -65,9 +65,8 @@ class Session:
         if pool is None:
             from .providers.pool import ProviderPool
 
-            extra = {"verbose": True} if verbose and _accepts(ProviderPool, "verbose") else {}
             pool = ProviderPool(self.graph.graph["providers"], environ=os.environ if environ is None else environ,
-                                transport=transport, **extra)
+                                transport=transport, verbose=verbose)
         self.pool = pool
         used = sorted({self.graph.nodes[n]["provider"] for n in self.order})
         pool.check_keys(used)  # one ConfigError naming every missing variable, before any call
@@ -107,13 +106,6 @@ class Session:
         finally:
             if writer is not None:
                 writer.close()
-
-
-def _accepts(cls: Any, name: str) -> bool:
-    """--verbose reaches the pool only once the local runtime takes it (llama.cpp's logs)."""
-    import inspect
-
-    return name in inspect.signature(cls).parameters
 
 
 class _Run:
@@ -176,9 +168,9 @@ class _Run:
         cache = self.s.cache if params.get("cache", True) else None
         key = None
         if cache is not None:
-            from .cache import cache_key
+            from .cache import call_key
 
-            key = cache_key(provider.kind, provider.endpoint, attrs["model"], messages, body, attrs.get("sample"))
+            key = call_key(provider, attrs["model"], messages, body, attrs.get("sample"))
             if not self.s.refresh:
                 hit = cache.get(key)
                 if hit is not None:
@@ -390,15 +382,14 @@ def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, 
         if not all(i in texts for i in attrs["inputs"]):
             return PlanRow(**row, calls=None, cache="unknown")
         refs = [texts[i] for i in attrs["inputs"]]
-    from .cache import cache_key
+    from .cache import call_key
 
     try:
         provider = pool.get(attrs["provider"])
     except ConfigError:  # a missing key: the run would stop, but a plan can still be shown
         return PlanRow(**row, calls=1, cache="unknown")
     messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
-    key = cache_key(provider.kind, provider.endpoint, attrs["model"], messages, request_params(params),
-                    attrs.get("sample"))
+    key = call_key(provider, attrs["model"], messages, request_params(params), attrs.get("sample"))
     hit = store.get(key)
     if hit is None:
         return PlanRow(**row, calls=1, cache="miss")

@@ -152,3 +152,20 @@ def test_two_processes_share_one_directory(tmp_path):
         assert cache.stats()["entries"] == 121
         assert cache.get("a-59")["text"] == "a 59" and cache.get("b-0")["text"] == "b 0"
         assert cache.get("shared")["text"] in ("a", "b")
+
+
+def test_call_key_uses_a_providers_per_model_identity():
+    """The embedded runtime names its weights in the key, so a GGUF replaced at the same path misses."""
+    from types import SimpleNamespace
+
+    from moa_dsl.cache import call_key
+
+    msgs = [{"role": "user", "content": "hi"}]
+    plain = SimpleNamespace(kind="local", endpoint="local")
+    weights = {"m": "local:sha256:aaa"}
+    per_model = SimpleNamespace(kind="local", endpoint="local", endpoint_for=lambda model: weights[model])
+    first = call_key(per_model, "m", msgs, {}, None)
+    assert first != call_key(plain, "m", msgs, {}, None)
+    weights["m"] = "local:sha256:bbb"
+    assert call_key(per_model, "m", msgs, {}, None) != first
+    assert call_key(plain, "m", msgs, {}, None) == cache_key("local", "local", "m", msgs, {}, None)

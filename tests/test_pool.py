@@ -92,8 +92,8 @@ def test_local_kind_is_built_lazily_from_the_local_module(monkeypatch):
     built = []
 
     class FakeLocal:
-        def __init__(self, *, name, max_concurrency):
-            built.append((name, max_concurrency))
+        def __init__(self, *, name, max_concurrency, verbose):
+            built.append((name, max_concurrency, verbose))
 
         async def aclose(self):
             built.append("closed")
@@ -102,9 +102,9 @@ def test_local_kind_is_built_lazily_from_the_local_module(monkeypatch):
     module.LocalProvider = FakeLocal
     monkeypatch.setitem(sys.modules, "moa_dsl.providers.local", module)
     configs = {"local": ProviderConfig("local", "local", max_concurrency=2)}
-    pool = ProviderPool(configs, environ={})
+    pool = ProviderPool(configs, environ={}, verbose=True)
     pool.check_keys(["local"])
     assert built == []   # nothing started until a node needs it
-    assert isinstance(pool.get("local"), FakeLocal) and built == [("local", 2)]
+    assert isinstance(pool.get("local"), FakeLocal) and built == [("local", 2, True)]  # --verbose reaches it
     asyncio.run(pool.aclose())
     assert built[-1] == "closed"

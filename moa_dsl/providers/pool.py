@@ -24,8 +24,10 @@ _HTTP_KINDS = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
 
 class ProviderPool:
     def __init__(self, configs: Mapping[str, ProviderConfig], *, environ: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff: Backoff | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, backoff: Backoff | None = None,
+                 verbose: bool = False):
         self._configs = dict(configs)
+        self._verbose = verbose  # llama.cpp's own logs, for the embedded runtime
         self._environ = os.environ if environ is None else environ
         self._transport = transport
         self._backoff = backoff
@@ -76,11 +78,8 @@ class ProviderPool:
 
     def _build(self, cfg: ProviderConfig) -> Provider:
         if cfg.kind == "local":
-            try:
-                local = importlib.import_module(f"{__package__}.local")
-            except ModuleNotFoundError as exc:
-                raise ConfigError("the embedded local runtime is not available in this installation") from exc
-            return local.LocalProvider(name=cfg.name, max_concurrency=cfg.max_concurrency)
+            local = importlib.import_module(f"{__package__}.local")  # xllamacpp itself is checked on first use
+            return local.LocalProvider(name=cfg.name, max_concurrency=cfg.max_concurrency, verbose=self._verbose)
         cls = _HTTP_KINDS.get(cfg.kind)
         if cls is None:
             raise ConfigError(f"provider {cfg.name}: unknown kind {cfg.kind!r}")
