@@ -36,6 +36,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if str(ROOT) not in sys.path:   # `python bench/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
 from bench import bench_check, bench_run  # noqa: E402
@@ -43,6 +44,7 @@ from moa_dsl import loads  # noqa: E402
 from moa_dsl.config import REFERENCE_PROMPT  # noqa: E402
 from moa_dsl.messages import build_messages, normalize_query, request_params  # noqa: E402
 from moa_dsl.providers.base import CallRequest  # noqa: E402
+from moa_dsl.providers.http import MAX_CONNECTIONS  # noqa: E402
 from moa_dsl.providers.openai import OpenAIProvider  # noqa: E402
 from moa_dsl.providers.pool import ProviderPool  # noqa: E402
 from moa_dsl.run import Session, arun  # noqa: E402
@@ -232,19 +234,44 @@ async def ours_wide(url: str, n: int, bound: int) -> float:
     return result.elapsed_s
 
 
-async def raw_wide(url: str, n: int, bound: int) -> float:
+class _OneClient:
+    """httpx as a plain user writes it: one AsyncClient, all the provider's connections in one pool
+    (the `_Shards` interface, so raw_wide can run on it), for the "one client" comparison row."""
+
+    def __init__(self) -> None:
+        self.clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=MAX_CONNECTIONS,
+                                                               max_keepalive_connections=MAX_CONNECTIONS),
+                                          headers={"authorization": f"Bearer {KEY}"}, trust_env=False)]
+
+    def acquire(self) -> int:
+        return 0
+
+    def release(self, index: int) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await self.clients[0].aclose()
+
+
+async def raw_wide(url: str, n: int, bound: int, *, one_client: bool = False) -> float:
     """The same N requests, dependency for dependency, with httpx and a semaphore, nothing else. The
-    client is built by the provider's own constructor, so limits, keep-alive expiry, trust_env and
-    headers are identical; only the output (the aggregator) streams, as in a run."""
+    clients are the provider's own (its shards of httpx clients: limits, keep-alive expiry, trust_env
+    and headers identical); only the output (the aggregator) streams, as in a run. `one_client`: one
+    AsyncClient holding every connection instead, as before the providers sharded their pools."""
     provider = OpenAIProvider(name="fake", base_url=url, api_key=KEY)
-    client, target, timeout = provider._client, provider.url, provider._timeout(120.0)
+    shards = _OneClient() if one_client else provider._shards
+    target, timeout = provider.url, provider._timeout(120.0)
     sem = asyncio.Semaphore(bound)
     conversation = [{"role": "user", "content": "Why is the sky blue?"}]
 
     async def propose(i: int) -> str:
         body = {"model": f"m{i // 1000}", "messages": conversation, "temperature": 0.7, "max_tokens": 512}
         async with sem:
-            response = await client.post(target, json=body, timeout=timeout)
+            shard = shards.acquire()
+            try:
+                response = await shards.clients[shard].post(target, json=body, timeout=timeout)
+            finally:
+                shards.release(shard)
         response.raise_for_status()
         return json.loads(response.content)["choices"][0]["message"]["content"]
 
@@ -253,12 +280,16 @@ async def raw_wide(url: str, n: int, bound: int) -> float:
                 "temperature": 0.7, "max_tokens": 512, "stream": True, "stream_options": {"include_usage": True}}
         parts = []
         async with sem:
-            async with client.stream("POST", target, json=body, timeout=timeout) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if line.startswith("data: ") and line != "data: [DONE]":
-                        for choice in json.loads(line[6:]).get("choices") or ():
-                            parts.append((choice.get("delta") or {}).get("content") or "")
+            shard = shards.acquire()
+            try:
+                async with shards.clients[shard].stream("POST", target, json=body, timeout=timeout) as response:
+                    response.raise_for_status()
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            for choice in json.loads(line[6:]).get("choices") or ():
+                                parts.append((choice.get("delta") or {}).get("content") or "")
+            finally:
+                shards.release(shard)
         return "".join(parts)
 
     try:
@@ -267,6 +298,8 @@ async def raw_wide(url: str, n: int, bound: int) -> float:
         return time.perf_counter() - t0
     finally:
         await provider.aclose()
+        if one_client:
+            await shards.aclose()
 
 
 async def ours_batch(url: str, n: int, bound: int, *, cache_dir: str | None = None) -> float:
@@ -288,7 +321,9 @@ def bench_overhead(grid: list[tuple[int, int]], latency: float) -> list[Row]:
     with Server({}, latency) as server:
         asyncio.run(raw_wide(server.url, 64, 64))      # imports and the server's first connections
         asyncio.run(ours_wide(server.url, 64, 64))
-        for n, bound in grid:
+        for k, (n, bound) in enumerate(grid):
+            if k == 0:   # what sharding saves: raw httpx, one client, at the first grid point only (slow)
+                t_one = asyncio.run(raw_wide(server.url, n, bound, one_client=True))
             c0 = time.process_time()
             t_raw = asyncio.run(raw_wide(server.url, n, bound))
             c1 = time.process_time()
@@ -306,6 +341,9 @@ def bench_overhead(grid: list[tuple[int, int]], latency: float) -> list[Row]:
                 row("overhead", f"N={n} bound={bound}: raw httpx / ideal", f"{t_raw:.2f}s / {ideal:.2f}s",
                     t_raw / ideal, "1.0"),
             ]
+            if k == 0:
+                rows.append(row("overhead", f"N={n} bound={bound}: raw httpx, one client / ideal",
+                                f"{t_one:.2f}s / {ideal:.2f}s", t_one / ideal, "1.0"))
     return rows
 
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
-from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIProvider
+from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIProvider, http
 from moa_dsl.testing import FakeLLMServer
 
 KEY = "sk-test-pool-0123456789"
@@ -116,3 +117,102 @@ def test_a_server_that_keeps_the_body_open_after_done_cannot_hang_a_call(mode):
     assert server.connections == 2           # the unfinished connection was given up, not reused
     if mode == "flood":
         assert server.flooded >= 64 * 1024   # it did drain, up to the bound
+
+
+# -- shards: several small httpx pools instead of one large one -----------------------------------
+class _Client:
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_shards_open_only_when_all_are_full_and_calls_fill_the_first_free_one():
+    shards = http._Shards(_Client, per_shard=2, max_shards=3)
+    assert [shards.acquire() for _ in range(2)] == [0, 0] and len(shards.clients) == 1
+    assert [shards.acquire() for _ in range(4)] == [1, 1, 2, 2]        # each opened when the others were full
+    shards.release(1)
+    assert shards.acquire() == 1 and len(shards.clients) == 3           # a free slot: no new shard
+    shards.release(0), shards.release(0), shards.release(2)
+    assert shards.busy == [0, 2, 1] and shards.acquire() == 0           # the first with room, not the emptiest
+    assert [shards.acquire() for _ in range(2)] == [0, 2]
+    shards.release(2)
+    assert shards.busy == [2, 2, 1] and shards.acquire() == 2
+    assert shards.acquire() == 0 and shards.busy == [3, 2, 2]           # all full at the cap: the least busy
+    assert shards.acquire() == 1 and len(shards.clients) == 3
+    asyncio.run(shards.aclose())
+    assert all(c.closed for c in shards.clients)
+    shards.busy[:] = [5, 5, 5]
+    assert shards.acquire() in (0, 1, 2) and len(shards.clients) == 3   # closed: never opens another
+
+
+def _wide(provider, n: int) -> list:
+    async def main():
+        return await asyncio.gather(*(provider.complete(_request(i, stream=i % 2 == 0)) for i in range(n)))
+    return asyncio.run(main())
+
+
+def test_concurrent_calls_spread_over_shards_and_keep_their_connections():
+    with FakeLLMServer(latency=0.2) as server:
+        provider = OpenAIProvider(name="fake", base_url=server.url)
+
+        async def main():
+            try:
+                for _ in range(2):   # the second wave finds the first wave's connections alive
+                    results = await asyncio.gather(*(provider.complete(_request(i, stream=i % 2 == 0))
+                                                     for i in range(40)))
+                    assert len({r.text for r in results}) == 40
+                await provider.complete(_request(99, stream=True))
+                return list(provider._shards.clients)
+            finally:
+                await provider.aclose()
+
+        clients = asyncio.run(main())
+        assert len(clients) == -(-40 // http.SHARD_CONNECTIONS)   # only as many shards as 40 calls fill
+        assert all(c.is_closed for c in clients)     # aclose closed every shard
+        assert server.max_in_flight == 40            # sharding does not throttle
+        assert server.connections == 40              # 81 calls, no connection opened twice
+
+
+def test_the_total_connection_bound_holds_across_shards(monkeypatch):
+    monkeypatch.setattr(http, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(http, "SHARD_CONNECTIONS", 4)
+    with FakeLLMServer(latency=0.1) as server:
+        provider = OpenAIProvider(name="fake", base_url=server.url)
+
+        async def main():
+            try:
+                results = await asyncio.gather(*(provider.complete(_request(i, stream=False)) for i in range(20)))
+                assert len({r.text for r in results}) == 20
+                return len(provider._shards.clients)
+            finally:
+                await provider.aclose()
+
+        assert asyncio.run(main()) == 2
+        assert server.max_in_flight == 8 and server.connections == 8
+
+
+def test_an_injected_transport_serves_every_shard():
+    seen: list[str] = []
+    gate = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["authorization"])
+        if len(seen) == 20:
+            gate.set()
+        await gate.wait()   # hold every call in flight until all 20 are, so shards must open
+        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
+
+    provider = OpenAIProvider(name="mock", base_url="https://api.example.test/v1", api_key=KEY,
+                              transport=httpx.MockTransport(handler))
+
+    async def main():
+        try:
+            results = await asyncio.gather(*(provider.complete(_request(i, stream=False)) for i in range(20)))
+            return results, len(provider._shards.clients)
+        finally:
+            await provider.aclose()
+
+    results, shards = asyncio.run(main())
+    assert [r.text for r in results] == ["ok"] * 20 and shards == -(-20 // http.SHARD_CONNECTIONS) > 1
+    assert seen == [f"Bearer {KEY}"] * 20            # every shard carries the provider's headers
