@@ -391,7 +391,7 @@ def _node_latency(session: Any, conversation: list[dict[str, str]], result: Any,
 
 def _cache_key(session: Any, conversation: list[dict[str, str]], result: Any, name: str) -> str | None:
     """The node's response-cache key, rebuilt the way the runner builds it."""
-    from .cache import cache_key
+    from .cache import call_key
     from .messages import build_messages, request_params
 
     attrs = session.graph.nodes[name]
@@ -401,8 +401,7 @@ def _cache_key(session: Any, conversation: list[dict[str, str]], result: Any, na
         refs = [result.nodes[i].text for i in attrs["inputs"] if result.nodes[i].succeeded]
     messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
     provider = session.providers[attrs["provider"]]
-    return cache_key(provider.kind, provider.endpoint, attrs["model"], messages, request_params(params),
-                     attrs.get("sample"))
+    return call_key(provider, attrs["model"], messages, request_params(params), attrs.get("sample"))
 
 
 # --- the report ----------------------------------------------------------------------------------
