@@ -216,3 +216,26 @@ def test_an_injected_transport_serves_every_shard():
     results, shards = asyncio.run(main())
     assert [r.text for r in results] == ["ok"] * 20 and shards == -(-20 // http.SHARD_CONNECTIONS) > 1
     assert seen == [f"Bearer {KEY}"] * 20            # every shard carries the provider's headers
+
+
+def test_requests_carry_the_clients_headers_and_a_closed_provider_refuses():
+    """Requests are built once per provider from the client's merged headers (not by client.post):
+    the key, the default headers and the JSON body still go out; after aclose nothing is sent."""
+    with FakeLLMServer(api_key=KEY) as server:
+        provider = OpenAIProvider(name="fake", base_url=server.url, api_key=KEY, backoff=FAST,
+                                  headers={"x-extra": "yes"})
+
+        async def go() -> str:
+            text = (await provider.complete(_request(0, stream=False))).text
+            await provider.aclose()
+            with pytest.raises(RuntimeError, match="closed"):
+                await provider.complete(_request(1, stream=False))
+            return text
+
+        assert asyncio.run(go())
+        sent = server.requests
+    assert len(sent) == 1
+    headers = sent[0].headers
+    assert headers["authorization"] == f"Bearer {KEY}" and headers["x-extra"] == "yes"
+    assert headers["content-type"] == "application/json" and "user-agent" in headers
+    assert sent[0].body["messages"] == [{"role": "user", "content": "question 0"}]
