@@ -196,8 +196,7 @@ def bench_dags(unit: float, token_delay: float) -> list[Row]:
         if ours.status != "ok":
             raise RuntimeError(f"{name}: {ours.summary()}")
         output = graph.graph["output"]
-        # The stream's tail (token_delay per token) is part of the critical path too.
-        tail = token_delay * (_answer_tokens(ours.output) + 1)
+        tail = stream_tail(token_delay, ours.usage.completion_tokens)
         cp = bench_run.critical_path(graph, latency) + tail
         # The server sends the role chunk at its latency, then the first token one token_delay later.
         ideal_ttft = path_to_start(graph, latency, output) + latency[graph.nodes[output]["model"]] + token_delay
@@ -210,8 +209,13 @@ def bench_dags(unit: float, token_delay: float) -> list[Row]:
     return rows
 
 
-def _answer_tokens(text: str | None) -> int:
-    return len((text or "").split())
+def stream_tail(token_delay: float, tokens: int) -> float:
+    """How long the output's stream lasts after its latency, as the fake server sends it: it sleeps
+    `token_delay` after every event it writes (moa_dsl/testing.py: `_stream`), and an OpenAI stream
+    is the role chunk, `tokens` tokens, the finish chunk, the usage chunk and `data: [DONE]`, then the
+    chunked body's terminator. The response ends -- and a client that keeps its connection alive can
+    only be done -- after tokens + 4 delays (the usage a run reports arrives in the fourth-to-last)."""
+    return token_delay * (tokens + 4)
 
 
 # --- 2. ours over raw httpx ------------------------------------------------------------------------
