@@ -196,7 +196,7 @@ def bench_dags(unit: float, token_delay: float) -> list[Row]:
         if ours.status != "ok":
             raise RuntimeError(f"{name}: {ours.summary()}")
         output = graph.graph["output"]
-        tail = stream_tail(token_delay, ours.usage.completion_tokens)
+        tail = stream_tail(token_delay, ours.nodes[output].completion_tokens)   # the output node's own
         cp = bench_run.critical_path(graph, latency) + tail
         # The server sends the role chunk at its latency, then the first token one token_delay later.
         ideal_ttft = path_to_start(graph, latency, output) + latency[graph.nodes[output]["model"]] + token_delay
