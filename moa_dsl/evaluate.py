@@ -668,6 +668,7 @@ class _Evaluation:
                                              priced=_priced(s.graph, s.order))
                         for name, s in sessions.items()}
         self.judge_usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._judging: dict[str, asyncio.Future] = {}
 
     async def run(self, judge_model: JudgeModel) -> EvalReport:
         tasks = [asyncio.ensure_future(self._item(i)) for i in range(len(self.items))]
@@ -690,9 +691,12 @@ class _Evaluation:
         async with self.item_slots:
             item = self.items[i]
             names = list(self.sessions)
-            runs = await asyncio.gather(*(self._run(name, item) for name in names))
-            for name, run in zip(names, runs):
-                self.runs[name][i] = run
+            # One topology after another within an item (items still run side by side): two
+            # topologies often make the same call (a lone model that is also a proposer). Made at
+            # once, both would miss the cache and sample twice, and a rerun, served one stored answer
+            # for both, would report something else. In turn, the second is served the first's answer.
+            for name in names:
+                run = self.runs[name][i] = await self._run(name, item)
                 if run.status != "ok":
                     self._report_failure(name, item, run)
             base = self.runs[self.baseline][i]
@@ -728,7 +732,7 @@ class _Evaluation:
 
     async def _judge(self, report: TopologyReport, prompt: str) -> str | None:
         try:
-            result = await self.judge.run(prompt, on_event=self._judge_event)
+            result = await self._judged(prompt)
         finally:
             self.progress.unit()
         if result.status != "ok":
@@ -738,6 +742,15 @@ class _Evaluation:
         if verdict is None:
             report.ties_unparseable += 1
         return verdict
+
+    def _judged(self, prompt: str) -> Any:
+        """One judge call per distinct prompt (two candidates can give the same answer): the same
+        reason as running an item's topologies in turn, for the judge's calls made at once."""
+        task = self._judging.get(prompt)
+        if task is None:
+            task = self._judging[prompt] = asyncio.ensure_future(self.judge.run(prompt, on_event=self._judge_event))
+            task.add_done_callback(lambda _: self._judging.pop(prompt, None))
+        return task
 
     def _judge_event(self, event: Any) -> None:
         self.progress.on_event(event)

@@ -184,3 +184,31 @@ def test_a_longer_run_resumes_from_a_shorter_one(tmp_path, server, cache_dir):
     asked = {m["content"] for r in new for m in r.body["messages"] if m["role"] == "user"}
     assert not any("question number 0?" in q or "question number 1?" in q for q in asked)
     assert len(new) == sent  # the same work again, for items 2 and 3 only
+
+
+def test_a_call_two_topologies_share_is_made_once_and_a_rerun_reports_the_same(tmp_path, cache_dir):
+    import itertools
+
+    draws = itertools.count()
+
+    def sampling(model, body):  # a sampling model: a new answer every call
+        if model == "judge":
+            return judge(model, body)
+        return f"{model} draw {next(draws)}" if model == "rand" else f"{model} says hi"
+
+    with FakeLLMServer(responder=sampling) as server:
+        head = f'provider fake = openai {{ base_url = "{server.url}", api_key = env("MOA_TEST_KEY") }}\n'
+        (tmp_path / "lone.moa").write_text(head + 'node a = propose fake:"rand"\n')
+        (tmp_path / "mix.moa").write_text(head + 'node a = propose fake:"rand"\nnode b = propose fake:"other"\n'
+                                          'node f = aggregate fake:"agg" <- a, b\n')
+        (tmp_path / "other.moa").write_text(head + 'node a = propose fake:"rand"\nnode f = aggregate fake:"agg" <- a\n')
+        files = [str(tmp_path / n) for n in ("lone.moa", "mix.moa", "other.moa")]
+        data = tmp_path / "data.jsonl"
+        data.write_text("".join(json.dumps(item) + "\n" for item in ITEMS))
+        assert _eval(files, data, tmp_path, cache_dir, "--concurrency", "8") == 0
+        assert len(server.requests_for("rand")) == len(ITEMS)
+        first = (_summary(tmp_path)["topologies"], (tmp_path / "out" / "lone" / "model_outputs.json").read_text())
+        sent = len(server.requests)
+        assert _eval(files, data, tmp_path, cache_dir, "--concurrency", "8") == 0
+        assert len(server.requests) == sent
+        assert (_summary(tmp_path)["topologies"], (tmp_path / "out" / "lone" / "model_outputs.json").read_text()) == first
