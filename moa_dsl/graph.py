@@ -7,6 +7,7 @@ the whole-graph checks afterwards. On bad input the graph is still built, as far
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -136,7 +137,7 @@ class _Builder:
         ref = decl.ref
         self.check_provider(ref)
         params = v.convert_params(decl.params, self.prompts, where="model", diags=self.diags)
-        return _Model(ref.provider.text, ref.model_id.value, decl.name.text, params)  # type: ignore[union-attr]
+        return _Model(ref.provider.text, self.model_id(ref), decl.name.text, params)
 
     def check_provider(self, ref: ast.ModelRef) -> None:
         if ref.provider is not None and ref.provider.text not in self.providers:
@@ -149,7 +150,18 @@ class _Builder:
                 self.unknown("model", ref.name.text, ref.name.span, self.models)
             return model
         self.check_provider(ref)
-        return _Model(ref.provider.text, ref.model_id.value, None)  # type: ignore[union-attr]
+        return _Model(ref.provider.text, self.model_id(ref), None)  # type: ignore[union-attr]
+
+    def model_id(self, ref: ast.ModelRef) -> str:
+        """The id sent to the provider. A relative GGUF path for the embedded runtime is relative to
+        the file that names it, as includes are, not to wherever `moa` happens to run."""
+        model_id = ref.model_id.value  # type: ignore[union-attr]
+        cfg = self.providers.get(ref.provider.text)  # type: ignore[union-attr]
+        where = ref.model_id.span.file  # type: ignore[union-attr]
+        if (cfg is not None and cfg.kind == "local" and ("/" in model_id or model_id.lower().endswith(".gguf"))
+                and not os.path.isabs(model_id) and not model_id.startswith("~") and os.path.isfile(where)):
+            return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(where)), model_id))
+        return model_id
 
     # -- nodes
     def add_nodes(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:

@@ -115,3 +115,22 @@ def test_examples_are_acyclic_with_their_output_reachable(name: str) -> None:
     pipe = moa_dsl.load(EXAMPLES / f"{name}.moa")
     assert nx.is_directed_acyclic_graph(pipe.graph) and pipe.warnings == ()
     assert nx.ancestors(pipe.graph, pipe.output) | {pipe.output} == set(pipe.graph)
+
+
+def test_a_relative_gguf_path_is_relative_to_the_file_that_names_it(tmp_path, monkeypatch):
+    sub = tmp_path / "topologies"
+    sub.mkdir()
+    (sub / "lib.moa").write_text('model mine = local:"weights/mine.gguf"\n')
+    (sub / "main.moa").write_text('include "lib.moa"\n'
+                                  'node a = propose mine\n'
+                                  'node b = propose local:"../other.gguf"\n'
+                                  'node c = propose local:"smollm2-135m"\n'
+                                  'node d = propose openai:"org/model"\n'
+                                  'node f = aggregate local:"/abs/w.gguf" <- a, b, c, d\n')
+    monkeypatch.chdir(tmp_path.parent)  # wherever moa runs from must not matter
+    g = moa_dsl.load(sub / "main.moa").graph
+    assert g.nodes["a"]["model"] == str(sub / "weights" / "mine.gguf")
+    assert g.nodes["b"]["model"] == str(tmp_path / "other.gguf")
+    assert g.nodes["c"]["model"] == "smollm2-135m"      # a built-in name is not a path
+    assert g.nodes["d"]["model"] == "org/model"         # only the embedded runtime reads files
+    assert g.nodes["f"]["model"] == "/abs/w.gguf"
