@@ -632,12 +632,9 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
             store = ResponseCache(default_cache_dir(cache_dir))
         ledger = LatencyLedger(default_cache_dir(cache_dir) if cache else None)
         for pipe in [*pipes, judge_pipe]:
-            session = Session(pipe, concurrency=concurrency, cache=cache, refresh=refresh, environ=environ,
-                              transport=transport, response_cache=store, **({"verbose": True} if verbose else {}))
-            # One bound for everything in flight: Session has no parameter for a shared semaphore, so
-            # each session's own is replaced by the evaluation's (before any call is made).
-            session.semaphore = limiter
-            sessions.append(session)
+            # One bound for everything in flight, across topologies and the judge.
+            sessions.append(Session(pipe, concurrency=concurrency, cache=cache, refresh=refresh, environ=environ,
+                                    transport=transport, response_cache=store, verbose=verbose, limiter=limiter))
         evaluation = _Evaluation(dict(zip(names, sessions)), sessions[-1], items, base, ledger,
                                  Progress(items=len(items), units=len(items) * (len(names) + 2 * (len(names) - 1)),
                                           stream=progress), concurrency)

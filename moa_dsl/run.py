@@ -55,11 +55,16 @@ class Session:
     def __init__(self, pipe: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                  environ: Mapping[str, str] | None = None, transport: Any = None,
-                 pool: Any = None, response_cache: Any = None, verbose: bool = False):
+                 pool: Any = None, response_cache: Any = None, verbose: bool = False,
+                 limiter: asyncio.Semaphore | None = None):
         self.pipe = pipe
         self.graph = pipe.graph
         self.refresh = refresh
-        self.semaphore = asyncio.Semaphore(check_concurrency(concurrency))
+        # `limiter`: a bound shared with other sessions (moa eval: one bound across all topologies).
+        self.semaphore = limiter if limiter is not None else asyncio.Semaphore(check_concurrency(concurrency))
+        # Cache keys with a call under way: an identical request waits for that answer instead of
+        # sampling a second one that the cache could not keep (a rerun would serve one to both).
+        self.inflight: dict[str, asyncio.Event] = {}
         self.order = live_nodes(self.graph)
         self._owns_pool = pool is None
         if pool is None:
@@ -173,12 +178,23 @@ class _Run:
             key = call_key(provider, attrs["model"], messages, body, attrs.get("sample"))
             if not self.s.refresh:
                 hit = cache.get(key)
+                if hit is None and key in self.s.inflight:
+                    await self.s.inflight[key].wait()
+                    hit = cache.get(key)  # None if that call failed: then this node makes its own
                 if hit is not None:
                     return self._cached(name, attrs, hit)
         req = CallRequest(node=name, model=attrs["model"], messages=messages, params=body,
                           stream=name == self.output, timeout=params.get("timeout", 120.0),
                           retries=params.get("retries", 3))
-        return await self._call(name, attrs, provider, req, cache, key)
+        owner = None
+        if key is not None and key not in self.s.inflight:
+            owner = self.s.inflight[key] = asyncio.Event()
+        try:
+            return await self._call(name, attrs, provider, req, cache, key)
+        finally:
+            if owner is not None:
+                del self.s.inflight[key]
+                owner.set()
 
     async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
                     cache: Any, key: str | None) -> NodeResult:

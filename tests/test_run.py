@@ -191,3 +191,55 @@ def test_plan_counts_expected_cache_hits(server, cache_dir):
     assert plan(pipe, "other", cache_dir=cache_dir, environ=ENV)[0].cache == "miss"
     assert server.requests and len(server.requests) == 5  # planning calls nothing
     assert [r.cache for r in plan(pipe, "q", cache_dir=cache_dir, environ={})] == ["unknown"] * 4
+
+
+def test_identical_calls_in_flight_share_one_answer(server, cache_dir):
+    """Two nodes sending the same request: one call, and both get the answer a rerun would give."""
+    pipe = loads(f"""
+provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY") }}
+model m = fake:"twin" {{ temperature = 1.0 }}
+node a = propose m
+node b = propose m
+node other = propose fake:"other"
+node final = aggregate fake:"agg" <- a, b, other
+""")
+    server.latency = {"twin": 0.2}
+    first = go(pipe, cache_dir=cache_dir)
+    assert first.status == "ok"
+    assert [r.body["model"] for r in server.requests].count("twin") == 1
+    assert first.nodes["a"].text == first.nodes["b"].text
+    assert sorted(first.nodes[n].status for n in "ab") == ["cached", "ok"]
+    second = go(pipe, cache_dir=cache_dir)
+    assert {n: r.text for n, r in second.nodes.items()} == {n: r.text for n, r in first.nodes.items()}
+
+
+def test_a_failed_call_does_not_fail_the_identical_one_waiting_for_it(server, cache_dir):
+    pipe = loads(f"""
+provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY"), retries = 0 }}
+node a = propose fake:"twin"
+node b = propose fake:"twin"
+node final = aggregate fake:"agg" <- a, b
+""")
+    server.inject("twin", "400", message="first one refused")
+    result = go(pipe, cache_dir=cache_dir)
+    assert sorted(result.nodes[n].status for n in "ab") == ["failed", "ok"]  # the waiter called for itself
+    assert [r.body["model"] for r in server.requests].count("twin") == 2
+    assert result.status == "ok"
+
+
+def test_sessions_can_share_one_bound(server, cache_dir):
+    from moa_dsl.run import Session
+
+    async def main():
+        limiter = asyncio.Semaphore(1)
+        pipes = [loads(source(server.url)), loads(source(server.url, "{ temperature = 0.1 }"))]
+        sessions = [Session(p, cache=False, environ=ENV, limiter=limiter) for p in pipes]
+        try:
+            await asyncio.gather(*(s.run(f"q{i}") for i, s in enumerate(sessions)))
+        finally:
+            for s in sessions:
+                await s.aclose()
+
+    server.latency = {"a": 0.05, "b": 0.05, "c": 0.05}
+    asyncio.run(main())
+    assert len(server.requests) == 8 and server.max_in_flight == 1
