@@ -190,6 +190,14 @@ class TextView:
         pass
 
     def render(self, changed: Iterable[str], now: float | None) -> None:
+        # The stream first: the output node's "done" row may come in the same batch as its last
+        # tokens, and must not cut its answer in two.
+        text = self.state.text
+        if len(text) > self._streamed:
+            self.out.write(text[self._streamed:])
+            self.out.flush()
+            self._streamed = len(text)
+            self._mid_line = not text.endswith("\n")
         for name in changed:
             r = self.state.rows.get(name)
             if r is None or r.state == "waiting" or self._printed.get(name) == r.state:
@@ -202,12 +210,6 @@ class TextView:
                 bits += [_fmt_elapsed(r.elapsed(now)), _fmt_tokens(r), r.detail]
             self._end_line()
             print("  ".join(b for b in bits if b).rstrip(), file=self.out)
-        text = self.state.text
-        if len(text) > self._streamed:
-            self.out.write(text[self._streamed:])
-            self.out.flush()
-            self._streamed = len(text)
-            self._mid_line = not text.endswith("\n")
 
     def _end_line(self) -> None:
         if self._mid_line:

@@ -110,6 +110,19 @@ def test_text_view_prints_one_line_per_change_and_the_stream():
     assert sum("final" in ln and "done" in ln for ln in lines) == 1
 
 
+def test_text_view_never_cuts_the_answer_when_its_end_and_done_arrive_together():
+    """A fast server: the last tokens and the output's "done" reach the panel in one batch."""
+    out = io.StringIO()
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=False, stream=out)
+    events = _events()
+    first_token = next(i for i, ev in enumerate(events) if ev.kind == "token")
+    for ev in events[:first_token + 1]:
+        panel.handle(ev)
+    panel.handle_many(events[first_token + 1:])
+    panel.close()
+    assert "Blue light." in out.getvalue().splitlines()
+
+
 def test_widget_view_rows_show_each_state():
     panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
     assert isinstance(panel.view, WidgetView)
