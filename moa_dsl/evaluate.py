@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from html import escape
@@ -38,6 +37,7 @@ import networkx as nx
 from .config import DEFAULT_CONCURRENCY, builtin_providers, cache_dir as default_cache_dir
 from .errors import ConfigError
 from .pipeline import Pipeline
+from .run import gather_or_cancel
 from .syntax import Span
 
 DEFAULT_JUDGE = 'openai:"gpt-4o"'
@@ -668,14 +668,8 @@ class _Evaluation:
         self._judging: dict[str, asyncio.Future] = {}
 
     async def run(self, judge_model: JudgeModel) -> EvalReport:
-        tasks = [asyncio.ensure_future(self._item(i)) for i in range(len(self.items))]
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            await gather_or_cancel(self._item(i) for i in range(len(self.items)))
         finally:
             self.progress.draw(final=True)
         usage = dict(self.judge_usage)

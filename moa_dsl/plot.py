@@ -73,7 +73,7 @@ def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offse
     def sy(y: float) -> float:
         return MARGIN_T + plot_h * (1 - max(0.0, min(1.0, y)))
 
-    out = [f'<g class="panel">',
+    out = ['<g class="panel">',
            f'<rect x="{x_offset + MARGIN_L}" y="{MARGIN_T}" width="{plot_w}" height="{plot_h}" '
            f'fill="none" stroke="#999"/>']
     for i in range(6):  # grid and ticks: y in fifths, x in fifths of a rounded maximum

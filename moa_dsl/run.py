@@ -40,6 +40,19 @@ def check_concurrency(concurrency: Any) -> int:
     return concurrency
 
 
+async def gather_or_cancel(coroutines: Iterable[Any]) -> list[Any]:
+    """Run them all as tasks. On cancellation (or a bug) stop every one still in flight and let it
+    unwind before re-raising, so no call outlives the run that made it."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def live_nodes(graph: nx.DiGraph) -> list[str]:
     """The nodes a run calls, in dependency order: everything but the dead ones."""
     dead = graph.graph.get("dead", frozenset())
@@ -128,15 +141,7 @@ class _Run:
         s, em = self.s, self.emitter
         em.emit("run_started", None, {"nodes": list(s.order), "output": self.output})
         self.done = {n: asyncio.Event() for n in s.order}
-        tasks = [asyncio.ensure_future(self._node(n)) for n in s.order]
-        try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # Cancellation (or a bug): stop every call in flight, let them unwind, then re-raise.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        await gather_or_cancel(self._node(n) for n in s.order)
         out = self.results.get(self.output)
         status = "ok" if out is not None and out.succeeded else "failed"
         elapsed = em.now()

@@ -8,7 +8,6 @@ The rendered text is compared with FIXTURE.expected; regenerate those with
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest

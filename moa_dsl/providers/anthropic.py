@@ -8,7 +8,6 @@ stop_reason), message_stop; an `error` event fails the attempt.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 import httpx
@@ -16,7 +15,7 @@ import httpx
 from ..config import BUILTIN_PARAMS
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data
+from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data, stream_json
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic's own transient error types (https://docs.anthropic.com/en/api/errors).
@@ -68,7 +67,7 @@ class AnthropicProvider(HTTPProvider):
             payload = sse_data(line)
             if not payload:
                 continue
-            event = _event(payload, gate)
+            event = stream_json(payload, gate, "event")
             kind = event.get("type")
             if kind == "content_block_delta":
                 delta = event.get("delta") or {}
@@ -94,12 +93,3 @@ class AnthropicProvider(HTTPProvider):
                       retryable=not gate.emitted)
 
 
-def _event(payload: str, gate: _TokenGate) -> dict[str, Any]:
-    try:
-        event = json.loads(payload)
-    except ValueError as exc:
-        raise Failure(ProviderResponseError, f"a stream event is not JSON: {payload[:200]!r}",
-                      retryable=not gate.emitted) from exc
-    if not isinstance(event, dict):
-        raise Failure(ProviderResponseError, f"a stream event is not an object: {payload[:200]!r}")
-    return event

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..config import REQUEST_PARAMS
+from ..messages import request_params as _set_params
 from ..errors import (
     ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError, ProviderResponseError,
     ProviderTimeout,
@@ -342,8 +342,20 @@ async def _dispatch(client: httpx.AsyncClient, request: httpx.Request) -> httpx.
 
 def request_params(req: CallRequest) -> dict[str, Any]:
     """The parameters that reach the request body: REQUEST_PARAMS that are set, nothing else."""
-    params = req.params
-    return {key: params[key] for key in REQUEST_PARAMS if params.get(key) is not None}
+    return _set_params(req.params)
+
+
+def stream_json(payload: str, gate: "_TokenGate", what: str) -> dict[str, Any]:
+    """One stream `data:` payload as a JSON object; `what` names it in errors ("chunk", "event").
+    Retryable only while no token has reached the user: text is never emitted twice."""
+    try:
+        item = json.loads(payload)
+    except ValueError as exc:
+        raise Failure(ProviderResponseError, f"a stream {what} is not JSON: {payload[:200]!r}",
+                      retryable=not gate.emitted) from exc
+    if not isinstance(item, dict):
+        raise Failure(ProviderResponseError, f"a stream {what} is not an object: {payload[:200]!r}")
+    return item
 
 
 def sse_data(line: str) -> str | None:

@@ -6,14 +6,13 @@ Streams are SSE: `data: {chunk}` lines, then `data: [DONE]`. We ask for usage in
 """
 from __future__ import annotations
 
-import json
 from typing import Any, AsyncIterator
 
 import httpx
 
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data
+from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data, stream_json
 
 
 class OpenAIProvider(HTTPProvider):
@@ -65,13 +64,7 @@ class OpenAIProvider(HTTPProvider):
 
 
 def _chunk(payload: str, gate: _TokenGate) -> dict[str, Any]:
-    try:
-        chunk = json.loads(payload)
-    except ValueError as exc:
-        raise Failure(ProviderResponseError, f"a stream chunk is not JSON: {payload[:200]!r}",
-                      retryable=not gate.emitted) from exc
-    if not isinstance(chunk, dict):
-        raise Failure(ProviderResponseError, f"a stream chunk is not an object: {payload[:200]!r}")
+    chunk = stream_json(payload, gate, "chunk")
     error = chunk.get("error")
     if error:   # some servers report a failure mid-stream as a chunk
         message = error.get("message") if isinstance(error, dict) else error
