@@ -44,6 +44,21 @@ def test_streams_the_answer_to_stdout_and_node_lines_to_stderr(moa_file, server,
     assert out2 == out and "cached   final" in err2 and "0 calls, 3 cache hits" in err2
 
 
+def test_on_a_shared_terminal_the_answer_ends_its_line_before_the_next_stderr_line(moa_file, monkeypatch):
+    """stdout and stderr on one terminal: 'done final' must start a line, not trail the answer."""
+    import io
+    import sys
+
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setattr(sys, "stderr", screen)
+    assert main(["run", moa_file, "Why is the sky blue?"]) == 0
+    lines = screen.getvalue().splitlines()
+    answer = next(i for i, line in enumerate(lines) if line.startswith("agg on 'Why is the sky blue?'"))
+    assert lines[answer + 1].startswith("  done     final:")
+    assert screen.getvalue().count("\n\n") == 0   # and no blank line for it
+
+
 def test_stdin_query_and_quiet(moa_file, server, capsys, monkeypatch):
     import io
 

@@ -155,6 +155,13 @@ def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
 
     out = sys.stdout
     streamed: list[str] = []
+    lines = NodeLines(sys.stderr, quiet=args.quiet)
+
+    def end_line() -> None:  # the answer's last line, ended before stderr's next line shares the terminal
+        if streamed and not streamed[-1].endswith("\n") and not args.json:
+            out.write("\n")
+            out.flush()
+            streamed.append("\n")
 
     def on_token(text: str) -> None:
         streamed.append(text)
@@ -162,17 +169,19 @@ def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
             out.write(text)
             out.flush()
 
-    result = asyncio.run(arun(pipe, query, **_options(args), on_event=NodeLines(sys.stderr, quiet=args.quiet),
+    def on_event(e: Event) -> None:
+        if e.node == pipe.output and e.kind in ("node_finished", "node_failed"):
+            end_line()
+        lines(e)
+
+    result = asyncio.run(arun(pipe, query, **_options(args), on_event=on_event,
                               trace=args.trace, on_token=on_token, **_verbose(args)))
     if args.json:
         print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
-    elif result.output is not None:
-        if not streamed:  # a provider that could not stream: print the whole answer now
-            out.write(result.output)
-        out.write("\n" if not result.output.endswith("\n") else "")
+    elif result.output is not None and not streamed:  # a provider that could not stream
+        out.write(result.output if result.output.endswith("\n") else result.output + "\n")
         out.flush()
-    elif streamed:
-        out.write("\n")
+    end_line()
     if result.status != "ok":
         node = result.nodes.get(result.output_node)
         why = node.error if node is not None and node.error else "no answer"
