@@ -18,6 +18,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"moa: error: {message}\n")
 
 
+def add_call_options(p: argparse.ArgumentParser, *, bound: str) -> None:
+    """The options of every command that makes calls: the cache, the bound, llama.cpp's logs."""
+    from ..config import DEFAULT_CONCURRENCY
+
+    p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
+                   help=f"global bound on calls in flight{bound} (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
+
+
+def usage_error(command: str, message: str) -> int:
+    print(f"moa {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 

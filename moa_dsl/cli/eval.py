@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
-from ..config import DEFAULT_CONCURRENCY
+from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
 from ..errors import ConfigError, MoaError
 
 HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
@@ -36,19 +35,13 @@ def register(sub: Any) -> None:
                    help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})")
     p.add_argument("--baseline", metavar="NAME", help="the topology the others are judged against (default: the first)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where results go (default {DEFAULT_OUT}/)")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"global bound on calls in flight, all topologies and items together (default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache (no resuming)")
-    p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
+    add_call_options(p, bound=", all topologies and items together")
     p.add_argument("--quiet", action="store_true", help="no progress line on stderr")
-    p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
     p.set_defaults(func=main)
 
 
 def _usage(message: str) -> int:
-    print(f"moa eval: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return usage_error("eval", message)
 
 
 def main(args: argparse.Namespace) -> int:

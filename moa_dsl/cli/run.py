@@ -21,8 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE
-from ..config import DEFAULT_CONCURRENCY
+from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 from ..errors import ConfigError, MoaError
 from ..events import Event, TraceWriter
 
@@ -42,18 +41,12 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="silence stderr except errors")
     p.add_argument("--json", action="store_true", help="print one JSON result object instead of the text")
     p.add_argument("--trace", metavar="PATH", help="append the run's events as JSON lines")
-    p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"global bound on calls in flight (default {DEFAULT_CONCURRENCY})")
-    p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
+    add_call_options(p, bound="")
     p.set_defaults(func=main)
 
 
 def _usage(message: str) -> int:
-    print(f"moa run: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return usage_error("run", message)
 
 
 def main(args: argparse.Namespace) -> int:
