@@ -127,17 +127,15 @@ def to_svg(graph: nx.DiGraph) -> str:
     pos = {n: (_MARGIN + d * (_BOX_W + _GAP_X), _MARGIN + row * (_BOX_H + _GAP_Y))
            for d, names in columns.items() for row, n in enumerate(names)}
     width = _MARGIN * 2 + (max(columns, default=0) + 1) * (_BOX_W + _GAP_X) - _GAP_X
-    height = _MARGIN * 2 + max((len(c) for c in columns.values()), default=1) * (_BOX_H + _GAP_Y) - _GAP_Y
+    bottom = {d: _MARGIN + len(names) * (_BOX_H + _GAP_Y) - _GAP_Y for d, names in columns.items()}
+    paths, lanes = _edge_paths(graph, depth, pos, bottom)
+    height = max([*bottom.values(), *lanes]) + _MARGIN
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="Helvetica,Arial,sans-serif" font-size="12">',
            '<defs><marker id="moa-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
            'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#667"/></marker></defs>']
-    for u, v in graph.edges:
-        (x1, y1), (x2, y2) = pos[u], pos[v]
-        x1, y1, y2 = x1 + _BOX_W, y1 + _BOX_H / 2, y2 + _BOX_H / 2
-        mid = (x1 + x2) / 2
-        out.append(f'<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" stroke="#889" '
-                   'stroke-width="1.2" marker-end="url(#moa-arrow)"/>')
+    out += [f'<path d="{d}" fill="none" stroke="#889" stroke-width="1.2" marker-end="url(#moa-arrow)"/>'
+            for d in paths]
     output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
     for n, (x, y) in pos.items():
         title, model = _label(n, graph.nodes[n])
@@ -152,6 +150,27 @@ def to_svg(graph: nx.DiGraph) -> str:
                    f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[int, int]],
+                bottom: dict[int, int]) -> tuple[list[str], list[float]]:
+    """One SVG path per edge. An edge between neighbouring columns is one curve; a skip connection
+    (over one column or more) runs in its own lane below the columns it passes, never behind a box."""
+    paths, lanes = [], []
+    bend = _GAP_X / 3
+    for u, v in graph.edges:
+        (x1, y1), (x2, y2) = pos[u], pos[v]
+        x1, y1, y2 = x1 + _BOX_W, y1 + _BOX_H / 2, y2 + _BOX_H / 2
+        passed = range(depth[u] + 1, depth[v])
+        if not passed:
+            mid = (x1 + x2) / 2
+            paths.append(f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}")
+            continue
+        lane = max(bottom[d] for d in passed) + _GAP_Y / 2 + 6 * len(lanes)
+        lanes.append(lane + _GAP_Y / 2)
+        paths.append(f"M{x1},{y1} C{x1 + bend},{y1} {x1 + bend},{lane} {x1 + 2 * bend},{lane} "
+                     f"L{x2 - 2 * bend},{lane} C{x2 - bend},{lane} {x2 - bend},{y2} {x2},{y2}")
+    return paths, lanes
 
 
 FORMATS = {"mermaid": to_mermaid, "dot": to_dot, "json": lambda g: to_json_text(g) + "\n", "svg": to_svg}

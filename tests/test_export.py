@@ -73,3 +73,20 @@ def test_svg_depth_is_the_longest_path() -> None:
     g = moa_dsl.load(EXAMPLES / "skip-connections.moa").graph
     d = depths(g)
     assert d["final"] == 2 and d["refine.llama"] == 1 and d["draft.gemma"] == 0
+
+
+def test_svg_skip_connections_run_below_the_columns_they_pass() -> None:
+    """a -> final skips the review column: its path must not run behind the review box."""
+    import re
+
+    g = moa_dsl.loads('node a = propose openai:"x"\nnode review = aggregate openai:"y" <- a\n'
+                      'node final = aggregate openai:"z" <- review, a\n').graph
+    root = ET.fromstring(to_svg(g))
+    ns = "{http://www.w3.org/2000/svg}"
+    boxes = {g_el.find(f"{ns}title").text.split(" ")[0]: g_el.find(f"{ns}rect") for g_el in root.findall(f"{ns}g")}
+    review = boxes["review"]
+    review_bottom = float(review.get("y")) + float(review.get("height"))
+    skips = [p.get("d") for p in root.findall(f"{ns}path") if " L" in p.get("d")]
+    assert len(skips) == 1
+    lane = float(re.search(r" L[\d.]+,([\d.]+)", skips[0]).group(1))
+    assert lane > review_bottom and float(root.get("height")) > lane
