@@ -44,32 +44,33 @@ def _lark() -> Lark:
 
 
 def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, list[Diagnostic]]:
-    try:
-        tree = _lark().parse(text, start="start")
-    except UnexpectedInput as exc:
-        return None, [_syntax_error(exc, text, filename)]
-    builder = _Builder(filename)
-    try:
+    def module(builder: _Builder, tree: Any) -> ast.Module:
         statements = tuple(builder.statement(child) for child in tree.children)
-    except _TooDeep as exc:
-        return None, [Diagnostic("error", "E101", f"values nested too deeply (more than {MAX_DEPTH} levels)",
-                                 exc.span)]
-    end = statements[-1].span.end() if statements else Span(filename, 1, 1, 1, 1)
-    return ast.Module(filename, statements, end), builder.errors
+        end = statements[-1].span.end() if statements else Span(filename, 1, 1, 1, 1)
+        return ast.Module(filename, statements, end)
+
+    return _parse(text, filename, "start", module)
 
 
 def parse_value(text: str, filename: str = "<string>") -> tuple[ast.Value | None, list[Diagnostic]]:
     """One literal (for `--set KEY=VALUE`), by the same grammar."""
+    value, errors = _parse(text, filename, "value", lambda builder, tree: builder.value(tree))
+    return (None if errors else value), errors
+
+
+def _parse(text: str, filename: str, start: str, build: Callable[["_Builder", Any], Any]) -> tuple[Any, list[Diagnostic]]:
+    """Text -> lark tree -> AST from the `start` rule; every failure becomes an E101 diagnostic."""
     try:
-        tree = _lark().parse(text, start="value")
+        tree = _lark().parse(text, start=start)
     except UnexpectedInput as exc:
         return None, [_syntax_error(exc, text, filename)]
     builder = _Builder(filename)
     try:
-        value = builder.value(tree)
+        result = build(builder, tree)
     except _TooDeep as exc:
-        return None, [Diagnostic("error", "E101", "values nested too deeply", exc.span)]
-    return (None if builder.errors else value), builder.errors
+        return None, [Diagnostic("error", "E101", f"values nested too deeply (more than {MAX_DEPTH} levels)",
+                                 exc.span)]
+    return result, builder.errors
 
 
 # ---- syntax errors in words ---------------------------------------------------------------
