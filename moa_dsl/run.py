@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import networkx as nx
 
-from .config import DEFAULT_CONCURRENCY, cache_dir as default_cache_dir
+from .config import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, cache_dir as default_cache_dir
 from .errors import ConfigError, MoaError
 from .events import Emitter, OnEvent, TraceWriter
 from .messages import build_messages, normalize_query, request_params
@@ -189,8 +189,8 @@ class _Run:
                 if hit is not None:
                     return self._cached(name, attrs, hit)
         req = CallRequest(node=name, model=attrs["model"], messages=messages, params=body,
-                          stream=name == self.output, timeout=params.get("timeout", 120.0),
-                          retries=params.get("retries", 3))
+                          stream=name == self.output, timeout=params.get("timeout", DEFAULT_TIMEOUT_S),
+                          retries=params.get("retries", DEFAULT_RETRIES))
         owner = None
         if key is not None and key not in self.s.inflight:
             owner = self.s.inflight[key] = asyncio.Event()

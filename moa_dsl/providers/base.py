@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from ..config import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+
 # emit(kind, data): "request_sent" {"attempt": n}; "retry" {"attempt": n, "error": str, "delay_s": x}
 Emit = Callable[[str, dict[str, Any]], None]
 OnToken = Callable[[str], None]
@@ -21,8 +23,8 @@ class CallRequest:
     messages: list[dict[str, str]]      # exactly what is sent
     params: dict[str, Any]              # only REQUEST_PARAMS that are set: temperature, max_tokens, top_p, seed, stop
     stream: bool = False
-    timeout: float = 120.0
-    retries: int = 3
+    timeout: float = DEFAULT_TIMEOUT_S
+    retries: int = DEFAULT_RETRIES
 
 
 @dataclass(frozen=True)
