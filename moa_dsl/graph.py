@@ -84,8 +84,11 @@ class _Builder:
             self.add_nodes(decl)
         for decl in decls:
             self.connect(decl)
-        used = {p for _, p in self.graph.nodes(data="provider") if p in self.providers}
-        self.graph.graph["providers"] = {p: self.providers[p] for p in sorted(used)}
+        # Every declared provider is kept (e.g. for `moa eval --judge`); of the built-ins only those
+        # a node uses. The runner builds and checks keys only for the providers its live nodes use.
+        kept = {p for _, p in self.graph.nodes(data="provider") if p in self.providers}
+        kept |= self.provider_decls.keys() & self.providers.keys()
+        self.graph.graph["providers"] = {p: self.providers[p] for p in sorted(kept)}
         return Built(self.graph, self.diags, self.outputs[0] if self.outputs else None)
 
     def collect(self) -> list[ast.NodeDecl | ast.LayerDecl]:

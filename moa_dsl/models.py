@@ -8,7 +8,6 @@ present model checks the size and the sidecar instead of re-hashing a gigabyte.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import re
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, Sequence, TextIO
 
 from . import config
 from .errors import ConfigError, LocalModelError
+from .validate import did_you_mean
 
 CHUNK = 1 << 20              # bytes per read while streaming parts (1 MiB: memory stays flat)
 PIP_PARALLEL = 4             # pip processes at once: the download is network/IO-bound, not CPU-bound
@@ -102,8 +102,8 @@ def lookup(name: str) -> BuiltinModel:
     """The built-in called `name`, or a ConfigError with the closest names."""
     if name in BUILTINS:
         return BUILTINS[name]
-    close = difflib.get_close_matches(name, BUILTINS, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = did_you_mean(name, BUILTINS)      # the language's own hints: same cutoff, case folded
+    hint = f"; {close}" if close else ""
     raise ConfigError(f"unknown local model '{name}'{hint} (built-in: {', '.join(BUILTINS)})")
 
 
@@ -137,12 +137,22 @@ def pull(names: Iterable[str], *, directory: Path | None = None, fetch: Fetch | 
     say = progress or (lambda line: None)
     paths = []
     for m in models:
-        if is_present(m, directory) or _adopt_unverified(m, directory, say):
-            say(f"{m.name}: present ({_mb(m.size)}) at {directory / m.filename}")
-        else:
-            _pull_one(m, directory, fetch, say)
+        try:
+            if is_present(m, directory) or _adopt_unverified(m, directory, say):
+                say(f"{m.name}: present ({_mb(m.size)}) at {directory / m.filename}")
+            else:
+                _pull_one(m, directory, fetch, say)
+        except OSError as exc:    # a file in the way, no permission, disk full: say where, not a traceback
+            raise LocalModelError(f"{m.name}: cannot use the models directory {directory}: {_os_reason(exc)} "
+                                  "(set MOA_MODELS_DIR to a writable directory)") from exc
         paths.append(directory / m.filename)
     return paths
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return exc.strerror or str(exc)
 
 
 def _adopt_unverified(model: BuiltinModel, directory: Path, say: Progress) -> bool:

@@ -163,7 +163,7 @@ def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, w
     for pair in params.pairs:
         if pair.key in seen:
             diags.append(error("E202", f"'{pair.key}' is set twice in this block "
-                                       f"(first at {_where(seen[pair.key])})", pair.key_span))
+                                       f"(first at {where(seen[pair.key])})", pair.key_span))
             continue
         seen[pair.key] = pair.key_span
         try:
@@ -173,12 +173,8 @@ def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, w
     return out
 
 
-def _where(span: Span) -> str:
-    return f"{span.file}:{span.line}:{span.column}"
-
-
 def where(span: Span) -> str:
-    return _where(span)
+    return f"{span.file}:{span.line}:{span.column}"
 
 
 # ---- provider options -----------------------------------------------------------------------

@@ -84,9 +84,9 @@ def test_builtin_providers_and_replacement() -> None:
     assert all(isinstance(p, ProviderConfig) for p in providers.values())
 
 
-def test_unused_providers_are_left_out() -> None:
+def test_unused_builtin_providers_are_left_out() -> None:
     g = moa_dsl.loads('provider extra = anthropic {}\nnode a = propose openai:"m"\n').graph
-    assert set(g.graph["providers"]) == {"openai"}
+    assert set(g.graph["providers"]) == {"extra", "openai"}     # declared ones stay (review finding 4)
 
 
 def test_single_sink_is_the_output_and_dead_nodes_are_kept() -> None:
@@ -134,3 +134,18 @@ def test_a_relative_gguf_path_is_relative_to_the_file_that_names_it(tmp_path, mo
     assert g.nodes["c"]["model"] == "smollm2-135m"      # a built-in name is not a path
     assert g.nodes["d"]["model"] == "org/model"         # only the embedded runtime reads files
     assert g.nodes["f"]["model"] == "/abs/w.gguf"
+
+
+def test_declared_providers_are_kept_even_when_no_node_uses_them() -> None:
+    g = moa_dsl.loads('provider mine = openai { base_url = "http://127.0.0.1:9/v1" }\n'
+                      'node a = propose openai:"m"\n').graph
+    assert set(g.graph["providers"]) == {"mine", "openai"}      # unused built-ins stay out
+    assert g.graph["providers"]["mine"].base_url == "http://127.0.0.1:9/v1"
+
+
+def test_a_declared_unused_provider_can_be_the_judge() -> None:
+    from moa_dsl.evaluate import parse_judge
+    pipe = moa_dsl.loads('provider mine = openai { base_url = "http://127.0.0.1:9/v1" }\n'
+                         'node a = propose openai:"m"\n')
+    judge, cfg = parse_judge('mine:"m"', [pipe])
+    assert (judge.provider, judge.model) == ("mine", "m") and cfg.base_url == "http://127.0.0.1:9/v1"

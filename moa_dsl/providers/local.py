@@ -73,9 +73,13 @@ def check_gguf(path: Path) -> Path:
     if not path.is_file():
         raise LocalModelError(f"no such model file: {path}" + ("" if path.exists() else
                               f" (built-in models: {', '.join(models.BUILTINS)})"))
-    with path.open("rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise LocalModelError(f"{path} is not a GGUF model file (llama.cpp reads only GGUF)")
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise LocalModelError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+    if magic != GGUF_MAGIC:
+        raise LocalModelError(f"{path} is not a GGUF model file (llama.cpp reads only GGUF)")
     return path
 
 
