@@ -139,8 +139,9 @@ def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str |
     base = real.parent if real is not None else Path.cwd()
     statements = src.expand(module, real, base, ((real, display),)) if module else []
     diags = list(src.diags)
+    scanned = {f: _scan_mask(t) for f, t in src.texts.items()}  # before any diagnostic can show a line
     if any(d.is_error for d in diags):
-        raise MoaError(diagnostics=_ordered(diags, src.texts), sources=src.texts)
+        raise MoaError(diagnostics=_ordered(diags, scanned), sources=scanned)
     built = graphs.build(statements)
     diags += built.diagnostics
     end = module.end if module else Span(display, 1, 1, 1, 1)
@@ -154,7 +155,7 @@ def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str |
         diags += validate.check_dead(built.graph, output, dead)
     built.graph.graph["output"] = output
     built.graph.graph["dead"] = dead
-    sources = _mask_secrets(src.texts, validate.secret_spans(diags))
+    sources = _mask_secrets(scanned, validate.secret_spans(diags))
     diags = _ordered(diags, sources)
     if any(d.is_error for d in diags):
         raise MoaError(diagnostics=diags, sources=sources)
@@ -172,14 +173,69 @@ def _mask_secrets(texts: dict[str, str], spans: list[Span]) -> dict[str, str]:
     """A literal api_key must not reach a rendered diagnostic: star it out, same width, same lines."""
     out = dict(texts)
     for span in spans:
-        if span.file not in out or span.line != span.end_line:
+        if span.file not in out:
             continue
-        lines = out[span.file].split("\n")
-        line = lines[span.line - 1]
-        a, b = span.column, span.end_column - 2          # inside the quotes
-        lines[span.line - 1] = line[:a] + "*" * max(0, b - a) + line[b:]
-        out[span.file] = "\n".join(lines)
+        text = out[span.file]
+        starts = _line_starts(text)
+        if span.end_line > len(starts):
+            continue
+        a = starts[span.line - 1] + span.column - 1
+        b = starts[span.end_line - 1] + span.end_column - 1
+        out[span.file] = _star(text, a, b)
     return out
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _star(text: str, a: int, b: int) -> str:
+    """Mask the inside of the string token text[a:b] (quotes kept); newlines kept so lines stay put."""
+    q = 3 if text.startswith('"""', a) else 1
+    inner = text[a + q:b - q] if text.endswith('"' * q, a, b) and b - a >= 2 * q else text[a + q:b]
+    return text[:a + q] + re.sub(r"[^\n]", "*", inner) + text[a + q + len(inner):]
+
+
+# A lexer just good enough to find secrets in text that may not parse: strings (terminated or not),
+# comments, names, and single characters. Same token rules as grammar/moa.lark.
+_TOKEN = re.compile(r'''(?P<str>"""(?:[^"]|"(?!""))*(?:"""|$)|"(?:[^"\\\n]|\\[^\n])*(?:"|$|(?=\n)))'''
+                    r"|(?P<comment>#[^\n]*)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<space>\s+)|(?P<other>.)", re.S)
+_IN_COMMENT = re.compile(r'(api_key\s*=\s*")([^"\n]*)', re.I)
+
+
+def _scan_mask(text: str) -> str:
+    """Star out the value of every `api_key = "..."`, and of secret-looking keys inside a
+    `headers` map, without needing the text to parse: a syntax error renders source lines too."""
+    spans: list[tuple[int, int]] = []
+    toks = [(m.lastgroup, m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)
+            if m.lastgroup != "space"]
+    depth, headers_at = 0, None   # brace depth; the depth inside the open `headers` map, if any
+    for i, (kind, value, a, b) in enumerate(toks):
+        if kind == "comment":
+            spans += [(a + m.start(2), a + m.end(2)) for m in _IN_COMMENT.finditer(value)]
+            continue
+        if value == "{":
+            depth += 1
+            if i >= 2 and toks[i - 1][1] == "=" and _key(toks[i - 2]) == "headers":
+                headers_at = depth
+        elif value == "}":
+            if headers_at == depth:
+                headers_at = None
+            depth -= 1
+        elif value == "=" and i >= 1 and i + 1 < len(toks) and toks[i + 1][0] == "str":
+            key = _key(toks[i - 1])
+            if key == "api_key" or (headers_at == depth and any(w in key for w in validate._SECRET_HEADER_WORDS)):
+                spans.append((toks[i + 1][2], toks[i + 1][3]))
+    for a, b in spans:
+        text = _star(text, a, b) if text[a:a + 1] == '"' else text[:a] + "*" * (b - a) + text[b:]
+    return text
+
+
+def _key(tok: tuple[str | None, str, int, int]) -> str:
+    kind, value = tok[0], tok[1]
+    if kind == "str":
+        return value.strip('"').lower()
+    return value.lower() if kind == "name" else ""
 
 
 # ---- --set ---------------------------------------------------------------------------------

@@ -119,3 +119,52 @@ def test_set_never_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("MOA_X", "1")
     with pytest.raises(ConfigError):
         apply_overrides(moa_dsl.loads(TWO), ['temperature=env("MOA_X")'])
+
+
+# ---- literal secrets are masked before any diagnostic renders a line ------------------------
+
+def _rendered(text: str, filename: str = "<string>") -> MoaError:
+    with pytest.raises(MoaError) as info:
+        moa_dsl.loads(text, filename)
+    return info.value
+
+
+def test_a_syntax_error_does_not_show_a_literal_api_key() -> None:
+    err = _rendered('provider p = openai { api_key = "sk-SECRET123" ,, }\n')
+    assert err.diagnostics[0].code == "E101"
+    shown = err.render(color=False) + "".join(err.sources.values())
+    assert "sk-SECRET123" not in shown and '"************"' in shown
+
+
+def test_an_unterminated_key_and_a_secret_header_are_masked_too() -> None:
+    err = _rendered('provider p = openai { headers = { "Authorization" = "Bearer sk-HDR", X = "plain" },\n'
+                    '  api_key = "sk-OPEN }\n')
+    shown = err.render(color=False) + "".join(err.sources.values())
+    assert "sk-HDR" not in shown and "sk-OPEN" not in shown and '"plain"' in shown
+
+
+def test_an_include_error_does_not_show_a_key_in_another_file(tmp_path: Path) -> None:
+    (tmp_path / "lib.moa").write_text('provider p = openai { api_key = """sk-INC\nLUDED""" }\ninclude "nope.moa"\n')
+    main = tmp_path / "main.moa"
+    main.write_text('include "lib.moa"\n' + TWO)
+    with pytest.raises(MoaError) as info:
+        moa_dsl.load(main)
+    shown = info.value.render(color=False) + "".join(info.value.sources.values())
+    assert "E208" in shown and "sk-INC" not in shown and "LUDED" not in shown
+
+
+def test_a_multi_line_key_is_masked_and_positions_stay_put() -> None:
+    text = 'provider p = openai { api_key = """sk-MULTI\nLINE-KEY""" }\n' + TWO.replace("openai:", "p:")
+    pipe = moa_dsl.loads(text)
+    masked = pipe.sources["<string>"]
+    assert "sk-MULTI" not in masked and "LINE-KEY" not in masked
+    assert len(masked) == len(text) and masked.split("\n")[2:] == text.split("\n")[2:]
+    assert any(w.code == "W302" for w in pipe.warnings)
+
+
+def test_the_ast_mask_covers_multi_line_spans() -> None:
+    from moa_dsl.loader import _mask_secrets
+    from moa_dsl.syntax import Span
+    text = 'x = """ab\ncd"""\n'
+    out = _mask_secrets({"f": text}, [Span("f", 1, 5, 2, 6)])
+    assert out["f"] == 'x = """**\n**"""\n'
