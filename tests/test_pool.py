@@ -108,3 +108,36 @@ def test_local_kind_is_built_lazily_from_the_local_module(monkeypatch):
     assert isinstance(pool.get("local"), FakeLocal) and built == [("local", 2, True)]  # --verbose reaches it
     asyncio.run(pool.aclose())
     assert built[-1] == "closed"
+
+
+def _corp(env: dict[str, str], seen: list) -> ProviderPool:
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}]})
+
+    configs = {"corp": ProviderConfig("corp", "openai", "https://llm.corp.test/v1", EnvRef("CORP_KEY"),
+                                      headers={"X-Token": EnvRef("CORP_TOKEN")})}
+    return ProviderPool(configs, environ=env, transport=httpx.MockTransport(handler))
+
+
+def test_secrets_from_a_crlf_env_file_are_stripped():
+    seen: list = []
+    pool = _corp({"CORP_KEY": " ck-123456\r\n", "CORP_TOKEN": "tok-abcdef\r"}, seen)
+
+    async def main():
+        try:
+            return await pool.get("corp").complete(CallRequest("n", "m", [{"role": "user", "content": "q"}], {}))
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(main()).text == "ok"
+    (request,) = seen
+    assert request.headers["authorization"] == "Bearer ck-123456" and request.headers["x-token"] == "tok-abcdef"
+
+
+@pytest.mark.parametrize("variable", ["CORP_KEY", "CORP_TOKEN"])
+def test_a_secret_with_a_control_character_inside_names_the_variable_not_the_value(variable):
+    env = {"CORP_KEY": "ck-123456", "CORP_TOKEN": "tok-abcdef", variable: "sk-IN\rSIDE-SECRET"}
+    with pytest.raises(ConfigError) as info:
+        _corp(env, []).get("corp")
+    assert variable in str(info.value) and "SIDE-SECRET" not in str(info.value) and "sk-IN" not in str(info.value)

@@ -68,7 +68,7 @@ def test_max_tokens_is_always_sent():
     assert seen[0]["max_tokens"] == 512 and "system" not in seen[0]
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"content": []}', b'{"content": [{"type": "tool_use"}]}', b"{}"])
+@pytest.mark.parametrize("body", [b"not json", b'{"content": [{"type": "tool_use"}]}', b"{}"])
 def test_malformed_body_is_a_response_error(body):
     with pytest.raises(ProviderResponseError, match="agg.*anthropic.*claude-x"):
         asyncio.run(_complete(_mock(lambda r: httpx.Response(200, content=body)), _request()))
@@ -123,3 +123,21 @@ def test_stream_ending_without_message_stop_is_a_response_error():
         provider = AnthropicProvider(name="anthropic", base_url=server.url, backoff=FAST)
         with pytest.raises(ProviderResponseError, match="message_stop"):
             asyncio.run(_complete(provider, _request(stream=True)))
+
+
+def test_an_empty_content_list_is_an_empty_answer():
+    def handler(request):
+        return httpx.Response(200, json={"content": [], "stop_reason": "end_turn",
+                                         "usage": {"input_tokens": 7, "output_tokens": 0}})
+
+    result = asyncio.run(_complete(_mock(handler), _request()))
+    assert (result.text, result.prompt_tokens, result.completion_tokens) == ("", 7, 0)
+
+
+def test_content_blocks_without_text_or_not_a_list_are_still_errors():
+    for content in ([{"type": "tool_use", "id": "x"}], "just text"):
+        def handler(request, content=content):
+            return httpx.Response(200, json={"content": content})
+
+        with pytest.raises(ProviderResponseError, match="unexpected response shape"):
+            asyncio.run(_complete(_mock(handler), _request()))

@@ -213,3 +213,28 @@ def test_the_key_in_a_header_never_reaches_an_error(server):
     error = _fails(server.url, _request(), ProviderHTTPError, cls=AnthropicProvider)
     assert "***" in str(error)
     assert server.requests[0].headers["x-api-key"] == KEY   # it was sent, just never shown
+
+
+def test_a_key_with_a_stray_cr_is_not_retried_and_not_leaked(server):
+    events = []
+    bad = KEY + "\r"
+
+    async def main():
+        provider = OpenAIProvider(name="fake", base_url=server.url, api_key=bad, backoff=FAST)
+        try:
+            return await provider.complete(_request(), emit=lambda k, d: events.append((k, d)))
+        finally:
+            await provider.aclose()
+
+    with pytest.raises(ProviderConnectionError) as info:
+        asyncio.run(main())
+    assert not any(kind == "retry" for kind, _ in events)
+    shown = str(info.value) + repr(events)
+    assert "secret-0123456789" not in shown
+
+
+def test_redact_covers_stripped_and_repr_forms():
+    provider = OpenAIProvider(name="fake", base_url="http://127.0.0.1:9", api_key=" sk-redact-me-0123\r\n")
+    text = provider._redact("b'Bearer  sk-redact-me-0123\\r\\n' and sk-redact-me-0123 alone")
+    assert "sk-redact-me" not in text
+    asyncio.run(provider.aclose())

@@ -52,8 +52,13 @@ class AnthropicProvider(HTTPProvider):
         return body
 
     def parse_body(self, data: Any) -> Completion:
-        texts = [block["text"] for block in data["content"] if block.get("type") == "text"]
-        if not texts or not all(isinstance(t, str) for t in texts):
+        content = data["content"]
+        if not isinstance(content, list):
+            raise TypeError("content is not a list")
+        texts = [block["text"] for block in content if block.get("type") == "text"]
+        # An empty list is a real (empty) answer, e.g. stop_reason "end_turn" at once; blocks but
+        # no text among them is not something we can read.
+        if (content and not texts) or not all(isinstance(t, str) for t in texts):
             raise KeyError("content[].text")
         usage = data.get("usage") or {}
         return Completion("".join(texts), usage.get("input_tokens"), usage.get("output_tokens"),

@@ -255,6 +255,8 @@ class HTTPProvider:
         except httpx.TimeoutException as exc:
             raise Failure(ProviderTimeout, f"timed out after {req.timeout:g} s ({type(exc).__name__})",
                           retryable=True) from exc
+        except httpx.LocalProtocolError as exc:   # our request is malformed (e.g. a bad header): again is the same
+            raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}") from exc
         except httpx.TransportError as exc:
             raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}", retryable=True) from exc
         except httpx.HTTPError as exc:   # e.g. a body that cannot be decoded
@@ -296,8 +298,10 @@ class HTTPProvider:
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
+            # also as h11/httpx quote it (`Bearer sk-..\r` in a bytes repr) and without stray whitespace
+            for form in sorted({secret, secret.strip(), repr(secret)[1:-1]}, key=len, reverse=True):
+                if len(form) >= 6 and form in text:
+                    text = text.replace(form, "***")
         return text
 
     def _timeout(self, seconds: float) -> httpx.Timeout:

@@ -72,9 +72,16 @@ class ProviderPool:
         return [ref.name for ref in refs if isinstance(ref, EnvRef) and not self._resolve(ref)]
 
     def _resolve(self, value: str | EnvRef | None) -> str | None:
-        if isinstance(value, EnvRef):
-            return self._environ.get(value.name) or None   # an empty variable counts as unset
-        return value
+        if not isinstance(value, EnvRef):
+            return value
+        # A .env file with CRLF leaves a `\r` behind: strip it, else h11 rejects the header and
+        # quotes the key in its message. Control characters inside are an error that names the
+        # variable, never the value.
+        raw = (self._environ.get(value.name) or "").strip()
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
+            raise ConfigError(f"the environment variable {value.name} contains control characters "
+                              "(a line break or tab inside the value?): set it to the bare value")
+        return raw or None   # an empty variable counts as unset
 
     def _build(self, cfg: ProviderConfig) -> Provider:
         if cfg.kind == "local":
