@@ -192,15 +192,22 @@ def read_items(data: str | os.PathLike | Iterable[Mapping], *, limit: int | None
 
 
 def _read_jsonl(path: Path, limit: int | None) -> list[Item]:
+    return [item for _, item in read_jsonl_records(path, limit=limit)]
+
+
+def read_jsonl_records(path: str | os.PathLike, *, limit: int | None = None) -> list[tuple[dict, Item]]:
+    """Every line of a JSONL file as (the object as written, its Item), each line checked as it is
+    read: a bad line raises ConfigError naming `file:line` before anything runs."""
+    path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text") from exc
-    items: list[Item] = []
+    records: list[tuple[dict, Item]] = []
     for lineno, line in enumerate(lines, 1):
-        if limit is not None and len(items) >= limit:
+        if limit is not None and len(records) >= limit:
             break
         if not line.strip():
             continue
@@ -209,10 +216,10 @@ def _read_jsonl(path: Path, limit: int | None) -> list[Item]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from exc
-        items.append(item_from_record(record, index=len(items), dataset=path.stem, where=where))
-    if not items:
+        records.append((record, item_from_record(record, index=len(records), dataset=path.stem, where=where)))
+    if not records:
         raise ConfigError(f"{path}: no items")
-    return items
+    return records
 
 
 # --- the judge's model --------------------------------------------------------------------------
@@ -242,7 +249,11 @@ def parse_judge(ref: str, pipes: Sequence[Pipeline]) -> tuple[JudgeModel, Any]:
     providers = {**builtin_providers(), **declared}
     m = _MODEL_REF.match(ref)
     if m:
-        provider, model = m.group(1), json.loads(f'"{m.group(2)}"')
+        provider = m.group(1)
+        try:
+            model = json.loads(f'"{m.group(2)}"')
+        except json.JSONDecodeError as exc:  # a bad escape such as \q
+            raise ConfigError(f"--judge {ref}: the model id is not a valid string ({exc.msg})") from None
         if not model:
             raise ConfigError(f"--judge {ref}: the model id is empty")
         if provider not in providers:

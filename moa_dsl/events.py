@@ -31,6 +31,8 @@ class Event:
         return {"kind": self.kind, "t": round(self.t, 6), "node": self.node, "data": self.data}
 
 
+UNTRACED = frozenset({"token"})  # kinds TraceWriter does not write
+
 OnEvent = Callable[[Event], None]
 
 
@@ -38,7 +40,9 @@ class TraceWriter:
     """Appends events as JSON lines, each with a wall-clock `ts` and the run-relative `t`.
 
     Accepts a path (opened in append mode, closed by `close`) or an open text stream (left open).
-    Each line is flushed, so a killed run leaves a readable trace up to its last event.
+    Each line is flushed, so a killed run leaves a readable trace up to its last event. `token`
+    events are left out: the trace is the run's lifecycle (INTERFACES.md), and a line plus a flush
+    per streamed token would swamp it; on_event callbacks still get them.
     """
 
     def __init__(self, target: str | os.PathLike | IO[str]):
@@ -52,6 +56,8 @@ class TraceWriter:
 
     def write(self, event: Event, **extra: Any) -> None:
         """One line; `extra` fields (a batch's item index) go beside the event's own."""
+        if event.kind in UNTRACED:
+            return
         # Events are written as they happen, so the wall clock now is the event's wall-clock time.
         line = {"ts": round(time.time(), 6), **extra, **event.to_json()}
         self._fh.write(json.dumps(line, ensure_ascii=False) + "\n")

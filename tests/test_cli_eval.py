@@ -212,3 +212,11 @@ def test_a_call_two_topologies_share_is_made_once_and_a_rerun_reports_the_same(t
         assert _eval(files, data, tmp_path, cache_dir, "--concurrency", "8") == 0
         assert len(server.requests) == sent
         assert (_summary(tmp_path)["topologies"], (tmp_path / "out" / "lone" / "model_outputs.json").read_text()) == first
+
+
+def test_judge_with_a_bad_escape_is_a_usage_error(tmp_path, server, cache_dir, capsys):
+    files, data = _files(tmp_path, server)
+    assert _eval(files, data, tmp_path, cache_dir, "--judge", 'fake:"gp\\q"') == 2
+    err = capsys.readouterr().err
+    assert "--judge" in err and "escape" in err and "Traceback" not in err
+    assert not server.requests

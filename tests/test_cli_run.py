@@ -163,3 +163,76 @@ def test_batch_bad_input_exit_2(moa_file, tmp_path, capsys):
     inp.write_text('{"instruction": "ok"}\n{"nope": 1}\n')
     assert main(["run", moa_file, "--input", str(inp)]) == 2
     assert "in.jsonl:2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--trace", "--output"])
+def test_unwritable_trace_or_output_is_a_usage_error_before_any_call(moa_file, server, tmp_path, capsys, flag):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"instruction": "q"}\n')
+    query = ["--input", str(inp)] if flag == "--output" else ["q"]
+    assert main(["run", moa_file, *query, flag, str(tmp_path / "no-such-dir" / "x.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-dir" in err and "Traceback" not in err
+    assert server.requests == []
+
+
+class _ClosedPipe:
+    """A stdout whose reader has gone away (`moa run ... | head -1`)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def test_a_closed_stdout_does_not_fail_the_run(moa_file, server, capsys, monkeypatch):
+    import sys
+
+    with monkeypatch.context() as m:
+        m.setattr(sys, "stdout", _ClosedPipe())
+        assert main(["run", moa_file, "piped query"]) == 0
+    assert "failed" not in capsys.readouterr().err
+    assert main(["run", moa_file, "piped query"]) == 0  # the answer was complete, so it was cached
+    out, err = capsys.readouterr()
+    assert out.startswith("agg on 'piped query'") and "0 calls, 3 cache hits" in err
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"instruction": 5}', "in.jsonl:2: 'instruction' must be a non-empty string"),
+    ('{"query": [{"role": "user"}]}', "in.jsonl:2: query message 0"),
+    ('{"query": [{"role": "assistant", "content": "x"}]}', "in.jsonl:2: the last message"),
+])
+def test_batch_checks_every_line_before_running_any(moa_file, server, tmp_path, capsys, line, message):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"instruction": "ok"}\n' + line + "\n")
+    assert main(["run", moa_file, "--input", str(inp)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert server.requests == []
+
+
+def test_batch_non_utf8_input_exit_2(moa_file, server, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes('{"instruction": "caf\xe9"}\n'.encode("latin-1"))
+    assert main(["run", moa_file, "--input", str(inp)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err and server.requests == []
+
+
+def test_trace_leaves_token_events_out(moa_file, server, tmp_path, capsys):
+    trace = tmp_path / "t.jsonl"
+    tokens = []
+    assert main(["run", moa_file, "stream me", "--trace", str(trace)]) == 0
+    assert capsys.readouterr().out.startswith("agg on 'stream me'")
+    kinds = [json.loads(x)["kind"] for x in trace.read_text().splitlines()]
+    assert "token" not in kinds and {"node_started", "request_sent", "node_finished"} <= set(kinds)
+    import asyncio
+
+    from moa_dsl import load
+    from moa_dsl.run import arun
+    asyncio.run(arun(load(moa_file), "stream me too", on_event=lambda e: tokens.append(e.kind), trace=str(trace)))
+    assert "token" in tokens  # callbacks still get them
+    assert "token" not in {json.loads(x)["kind"] for x in trace.read_text().splitlines()}

@@ -250,3 +250,19 @@ def test_python_api_on_pipelines_returns_a_displayable_report(tmp_path, monkeypa
     assert [r["name"] for r in report.summary["topologies"]] == ["topology1", "topology2"]
     assert report.summary["topologies"][1]["win_rate"] == 0.5
     assert report.out is None and "<svg" in report._repr_html_()
+
+
+def test_parse_judge_bad_escape_is_a_config_error():
+    with pytest.raises(ConfigError, match="escape"):
+        parse_judge('openai:"gp\\q"', [])
+
+
+def test_read_items_names_the_line_of_a_bad_conversation_and_rejects_non_utf8(tmp_path):
+    bad = tmp_path / "conv.jsonl"
+    bad.write_text('{"instruction": "fine"}\n{"query": [{"role": "assistant", "content": "x"}]}\n')
+    with pytest.raises(ConfigError, match=r"conv\.jsonl:2: .*last message"):
+        read_items(bad)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"instruction": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_items(latin)

@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
 from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
-from ..errors import ConfigError, MoaError
+from ..errors import MoaError
 from ..events import Event, TraceWriter
 
 HELP = "run the topology on a query"
@@ -73,7 +74,23 @@ def main(args: argparse.Namespace) -> int:
         return _usage("the query is empty")
     if args.dry_run:
         return _dry_run(pipe, query, args)
-    return _single(pipe, query, args)
+    trace = _open(args.trace, "a", "--trace") if args.trace else None
+    if isinstance(trace, int):
+        return trace
+    try:
+        return _single(pipe, query, args, trace)
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+def _open(path: str, mode: str, flag: str) -> TextIO | int:
+    """The file, opened now so a bad path is a usage error before any call is made, not a
+    traceback after every call was (the exit code when it is not a file)."""
+    try:
+        return open(path, mode, encoding="utf-8")
+    except OSError as exc:
+        return _usage(f"{flag} {path}: cannot open it ({exc.strerror or exc})")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -143,24 +160,36 @@ class NodeLines:
         return None
 
 
-def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
+def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | None) -> int:
     from ..run import arun
 
     out = sys.stdout
     streamed: list[str] = []
+    reader_gone = False   # stdout's reader closed it (`| head -1`): the run goes on, unprinted
     lines = NodeLines(sys.stderr, quiet=args.quiet)
+
+    def write(text: str) -> None:
+        nonlocal reader_gone
+        if reader_gone:
+            return
+        try:
+            out.write(text)
+            out.flush()
+        except BrokenPipeError:
+            # Raised inside on_token it would reach the runner and fail the output node; instead
+            # stop printing and let the run finish (and be cached).
+            reader_gone = True
+            _discard_stdout()
 
     def end_line() -> None:  # the answer's last line, ended before stderr's next line shares the terminal
         if streamed and not streamed[-1].endswith("\n") and not args.json:
-            out.write("\n")
-            out.flush()
+            write("\n")
             streamed.append("\n")
 
     def on_token(text: str) -> None:
         streamed.append(text)
         if not args.json:
-            out.write(text)
-            out.flush()
+            write(text)
 
     def on_event(e: Event) -> None:
         if e.node == pipe.output and e.kind in ("node_finished", "node_failed"):
@@ -168,12 +197,11 @@ def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
         lines(e)
 
     result = asyncio.run(arun(pipe, query, **_options(args), on_event=on_event,
-                              trace=args.trace, on_token=on_token, **_verbose(args)))
+                              trace=trace, on_token=on_token, **_verbose(args)))
     if args.json:
-        print(json.dumps(result.to_json(), ensure_ascii=False, indent=2))
+        write(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n")
     elif result.output is not None and not streamed:  # a provider that could not stream
-        out.write(result.output if result.output.endswith("\n") else result.output + "\n")
-        out.flush()
+        write(result.output if result.output.endswith("\n") else result.output + "\n")
     end_line()
     if result.status != "ok":
         node = result.nodes.get(result.output_node)
@@ -185,51 +213,39 @@ def _single(pipe: Any, query: str, args: argparse.Namespace) -> int:
     return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
 
 
+def _discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, so the interpreter's flush at exit does not raise
+    BrokenPipeError again (the recipe in Python's `signal` docs)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's stand-in)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def _verbose(args: argparse.Namespace) -> dict[str, Any]:
     return {"verbose": True} if args.verbose else {}
 
 
 # --- a batch -----------------------------------------------------------------------------------
 
-def _read_items(path: str) -> list[dict[str, Any]]:
-    items = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{lineno}: not JSON ({exc.msg})") from None
-        if not isinstance(item, dict) or not any(k in item for k in ("instruction", "query", "turns")):
-            raise ConfigError(f"{path}:{lineno}: expected an object with 'instruction', 'query' or 'turns'")
-        turns = item.get("turns")
-        if "instruction" not in item and "query" not in item and (
-                not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns)):
-            raise ConfigError(f"{path}:{lineno}: 'turns' must be a non-empty list of strings")
-        items.append(item)
-    if not items:
-        raise ConfigError(f"{path}: no queries in it")
-    return items
+async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, Any]:
+    """One batch item (an evaluate.Item) through a shared session: its turns as one conversation.
 
-
-async def run_item(session: Any, item: dict[str, Any], on_event: Any = None) -> dict[str, Any]:
-    """One batch item through a shared session: its query, or its turns as one conversation."""
-    if "instruction" in item or "query" in item:
-        result = await session.run(item["instruction"] if "instruction" in item else item["query"],
-                                   on_event=on_event)
-        return {"output": result.output, "status": result.status, "error": _error(result),
-                "usage": result.usage.to_json(), "elapsed_s": round(result.elapsed_s, 6)}
-    conversation: list[dict[str, str]] = []
+    Not evaluate.run_item: that one accounts latency and cost per node for a report, this one
+    reports per-turn outputs, cache hits and wall time for the output file.
+    """
+    conversation = [{"role": role, "content": content} for role, content in item.prefix]
     outputs: list[str | None] = []
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0}
     elapsed, status, error = 0.0, "ok", None
-    for turn in item["turns"]:
+    for turn in item.turns:
         conversation.append({"role": "user", "content": turn})
-        result = await session.run(list(conversation), on_event=on_event)
+        # A lone user message goes as the plain string, as `moa run QUERY` sends it.
+        query = turn if len(conversation) == 1 else list(conversation)
+        result = await session.run(query, on_event=on_event)
         elapsed += result.elapsed_s
         for k, v in result.usage.to_json().items():
             usage[k] += v
@@ -238,7 +254,7 @@ async def run_item(session: Any, item: dict[str, Any], on_event: Any = None) -> 
             status, error = "failed", _error(result)
             break
         conversation.append({"role": "assistant", "content": result.output})
-    outputs += [None] * (len(item["turns"]) - len(outputs))
+    outputs += [None] * (len(item.turns) - len(outputs))
     return {"output": outputs[-1], "outputs": outputs, "status": status, "error": error, "usage": usage,
             "elapsed_s": round(elapsed, 6)}
 
@@ -278,13 +294,23 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
-    items = _read_items(args.input)
-    rows = asyncio.run(_abatch(pipe, items, args))
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    from ..evaluate import read_jsonl_records
+
+    records = read_jsonl_records(args.input)   # every line checked (ConfigError names file:line)
+    output = _open(args.output, "w", "--output") if args.output else sys.stdout
+    if isinstance(output, int):
+        return output
+    trace = _open(args.trace, "a", "--trace") if args.trace else None
+    try:
+        if isinstance(trace, int):
+            return trace
+        rows = asyncio.run(_abatch(pipe, records, args, trace))
+        output.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        output.flush()
+    finally:
+        for fh in (output, trace):
+            if fh is not None and not isinstance(fh, int) and fh is not sys.stdout:
+                fh.close()
     failed = sum(row["status"] != "ok" for row in rows)
     if not args.quiet:
         calls = sum(row["usage"]["calls"] for row in rows)
@@ -295,20 +321,24 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_RUN_FAILED
 
 
-async def _abatch(pipe: Any, items: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from ..run import Session
+async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
+                  trace: TextIO | None) -> list[dict[str, Any]]:
+    from ..run import Session, gather_or_cancel
 
-    progress = Progress(len(items), sys.stderr, quiet=args.quiet)
-    writer = TraceWriter(args.trace) if args.trace else None
+    progress = Progress(len(records), sys.stderr, quiet=args.quiet)
+    writer = TraceWriter(trace) if trace is not None else None
     try:
         async with Session(pipe, **_options(args), **_verbose(args)) as session:
-            async def one(i: int, item: dict[str, Any]) -> dict[str, Any]:
+            async def one(i: int, record: dict, item: Any) -> dict[str, Any]:
                 on_event = (lambda e: writer.write(e, item=i)) if writer is not None else None
                 row = await run_item(session, item, on_event)
+                if "instruction" in record or "query" in record:
+                    del row["outputs"]   # only `turns` items list an answer per turn
                 progress.step(row["status"] == "ok")
-                return {**item, **row, "generator": pipe.name}
+                return {**record, **row, "generator": pipe.name}
 
-            return list(await asyncio.gather(*(one(i, item) for i, item in enumerate(items))))
+            # A bug or Ctrl-C in one item stops the others' calls instead of leaving them running.
+            return await gather_or_cancel(one(i, rec, item) for i, (rec, item) in enumerate(records))
     finally:
         if writer is not None:
             writer.close()
