@@ -31,6 +31,7 @@ from ..errors import (
     ProviderTimeout,
 )
 from .base import CallRequest, Completion, Emit, OnToken
+from .transport import AsyncioTransport
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 MAX_CONNECTIONS = 512          # high-fanout topologies and benchmarks run hundreds of calls at once
@@ -163,12 +164,18 @@ class HTTPProvider:
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
         # One SSL context for every shard: building one costs ~30 ms (it loads the CA bundle).
         verify = httpx.create_ssl_context(trust_env=trust_env) if transport is None else True
-        limits = httpx.Limits(max_connections=SHARD_CONNECTIONS, max_keepalive_connections=SHARD_CONNECTIONS)
+        per_shard = SHARD_CONNECTIONS
+        if transport is None and not _proxied(self._target, trust_env, verify):
+            # Our own HTTP/1.1 transport (providers/transport.py: why); its pool is O(1) a call, one client.
+            transport = AsyncioTransport(ssl_context=verify, max_connections=MAX_CONNECTIONS)
+            per_shard = MAX_CONNECTIONS
+        self.transport_name = type(transport).__name__ if transport is not None else "httpx"
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         # An injected transport (tests) is shared by every shard; closing it more than once is harmless.
         self._shards = _Shards(
             lambda: httpx.AsyncClient(headers=headers, limits=limits, transport=transport, verify=verify,
                                       trust_env=trust_env),
-            per_shard=SHARD_CONNECTIONS, max_shards=max(1, MAX_CONNECTIONS // SHARD_CONNECTIONS))
+            per_shard=per_shard, max_shards=max(1, MAX_CONNECTIONS // per_shard))
 
     # -- hooks ------------------------------------------------------------------------------------
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -322,6 +329,16 @@ class HTTPProvider:
 
     def __repr__(self) -> str:   # never the key
         return f"{type(self).__name__}(name={self.name!r}, endpoint={self.endpoint!r})"
+
+
+def _proxied(url: httpx.URL, trust_env: bool, verify: Any) -> bool:
+    """Whether httpx would send a request for `url` through an environment proxy (HTTP(S)_PROXY,
+    ALL_PROXY, NO_PROXY): asked of a client that is built, never used, and holds no socket."""
+    if not trust_env:
+        return False
+    probe = httpx.AsyncClient(verify=verify, trust_env=True)
+    pick = getattr(probe, "_transport_for_url", None)
+    return pick is None or pick(url) is not probe._transport
 
 
 async def _dispatch(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
