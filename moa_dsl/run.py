@@ -40,11 +40,20 @@ def check_concurrency(concurrency: Any) -> int:
     return concurrency
 
 
-async def gather_or_cancel(coroutines: Iterable[Any]) -> list[Any]:
+async def gather_or_cancel(coroutines: Iterable[Any], *, step: int | None = None) -> list[Any]:
     """Run them all as tasks. On cancellation (or a bug) stop every one still in flight and let it
-    unwind before re-raising, so no call outlives the run that made it."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    unwind before re-raising, so no call outlives the run that made it.
+
+    `step`: start them `step` at a time, letting the loop run in between. For a batch of runs: the
+    first runs' calls go out while later ones are still being set up, instead of after all of them
+    (805 AlpacaEval items through MoA-Lite: 70 ms of setup before the first call, otherwise).
+    """
+    tasks: list[asyncio.Future] = []
     try:
+        for c in coroutines:
+            tasks.append(asyncio.ensure_future(c))
+            if step and len(tasks) % step == 0:
+                await asyncio.sleep(0)
         return await asyncio.gather(*tasks)
     except BaseException:
         for task in tasks:

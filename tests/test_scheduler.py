@@ -191,3 +191,45 @@ def test_keyboard_interrupt_inside_a_running_loop_cancels_the_calls():
     finally:
         loop.close()
     assert sorted(fake.cancelled) == ["p0", "p1", "p2"] and fake.running == 0
+
+
+def test_gather_or_cancel_in_steps_starts_the_first_before_creating_the_rest_and_cancels_all():
+    from moa_dsl.run import gather_or_cancel
+
+    log: list[str] = []
+
+    async def item(i: int) -> int:
+        log.append(f"start {i}")
+        await asyncio.sleep(0.01)
+        return i
+
+    def items(n: int):
+        for i in range(n):
+            log.append(f"create {i}")
+            yield item(i)
+
+    assert asyncio.run(gather_or_cancel(items(20), step=4)) == list(range(20))   # results in order
+    assert log.index("start 0") < log.index("create 19")   # the first ran before the last was created
+    log.clear()
+    assert asyncio.run(gather_or_cancel(items(20))) == list(range(20))
+    assert log.index("start 0") > log.index("create 19")   # without step: all created first
+
+    started: list[asyncio.Task] = []
+
+    async def forever(i: int) -> None:
+        started.append(asyncio.current_task())
+        await asyncio.sleep(3600)
+
+    async def main() -> None:
+        def slow_items():
+            for i in range(100):
+                yield forever(i)
+        task = asyncio.ensure_future(gather_or_cancel(slow_items(), step=1))
+        while len(started) < 10:
+            await asyncio.sleep(0)
+        task.cancel()   # while it is still creating tasks
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert 10 <= len(started) < 100 and all(t.cancelled() for t in started)   # none left running

@@ -338,7 +338,7 @@ async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Nam
                 return {**record, **row, "generator": pipe.name}
 
             # A bug or Ctrl-C in one item stops the others' calls instead of leaving them running.
-            return await gather_or_cancel(one(i, rec, item) for i, (rec, item) in enumerate(records))
+            return await gather_or_cancel((one(i, rec, item) for i, (rec, item) in enumerate(records)), step=8)
     finally:
         if writer is not None:
             writer.close()
