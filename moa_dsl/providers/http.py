@@ -163,13 +163,17 @@ class HTTPProvider:
         # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
         # One SSL context for every shard: building one costs ~30 ms (it loads the CA bundle).
-        verify = httpx.create_ssl_context(trust_env=trust_env) if transport is None else True
+        verify: Any = True
         per_shard = SHARD_CONNECTIONS
-        if transport is None and not _proxied(self._target, trust_env, verify):
-            # Our own HTTP/1.1 transport (providers/transport.py: why); its pool is O(1) a call, one client.
-            transport = AsyncioTransport(ssl_context=verify, max_connections=MAX_CONNECTIONS)
-            per_shard = MAX_CONNECTIONS
-        self.transport_name = type(transport).__name__ if transport is not None else "httpx"
+        if transport is None:
+            if _proxied(self._target, trust_env):
+                # httpx's own transport, in shards sharing one SSL context (building one costs ~30 ms)
+                verify = httpx.create_ssl_context(trust_env=trust_env)
+            else:
+                # Our HTTP/1.1 transport (providers/transport.py says why): its pool is O(1) a call, so
+                # one client; its SSL context is built at its first https connection, not for http.
+                transport = AsyncioTransport(trust_env=trust_env, max_connections=MAX_CONNECTIONS)
+                per_shard = MAX_CONNECTIONS
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         # An injected transport (tests) is shared by every shard; closing it more than once is harmless.
         self._shards = _Shards(
@@ -331,12 +335,12 @@ class HTTPProvider:
         return f"{type(self).__name__}(name={self.name!r}, endpoint={self.endpoint!r})"
 
 
-def _proxied(url: httpx.URL, trust_env: bool, verify: Any) -> bool:
+def _proxied(url: httpx.URL, trust_env: bool) -> bool:
     """Whether httpx would send a request for `url` through an environment proxy (HTTP(S)_PROXY,
     ALL_PROXY, NO_PROXY): asked of a client that is built, never used, and holds no socket."""
     if not trust_env:
         return False
-    probe = httpx.AsyncClient(verify=verify, trust_env=True)
+    probe = httpx.AsyncClient(verify=False, trust_env=True)   # verify=False: no CA bundle to load
     pick = getattr(probe, "_transport_for_url", None)
     return pick is None or pick(url) is not probe._transport
 

@@ -141,16 +141,18 @@ def _expire(waiter: asyncio.Future) -> None:
 class AsyncioTransport(httpx.AsyncBaseTransport):
     """An `httpx.AsyncBaseTransport` (use as `httpx.AsyncClient(transport=...)`).
 
-    `ssl_context` verifies https origins (default: httpx's); `max_connections` bounds the open
+    `ssl_context` verifies https origins (default: httpx's, honouring SSL_CERT_FILE / SSL_CERT_DIR
+    when `trust_env`, built at the first https connection); `max_connections` bounds the open
     connections of every origin together, further requests wait (`pool` timeout);
     `keepalive_expiry` drops connections idle longer than that many seconds.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 100,
-                 keepalive_expiry: float | None = 5.0):
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, trust_env: bool = True,
+                 max_connections: int = 100, keepalive_expiry: float | None = 5.0):
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._ssl = ssl_context
+        self._trust_env = trust_env
         self._max = max_connections
         self._expiry = keepalive_expiry
         self._idle: dict[Origin, deque[_Connection]] = {}
@@ -255,7 +257,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         context = None
         if scheme == "https":
             if self._ssl is None:
-                self._ssl = httpx.create_ssl_context()
+                self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
             context = self._ssl
         self._opening += 1
         try:
