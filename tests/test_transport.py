@@ -17,7 +17,10 @@ import hashlib
 import http.server
 import json
 import random
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -214,7 +217,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Stdlib:
     """`http.server.ThreadingHTTPServer` on 127.0.0.1 in a thread, with connection counts."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.lock = threading.Lock()
         self.gate = threading.Condition(self.lock)
         self.accepted = self.open = self.max_open = self.in_flight = self.max_in_flight = 0
@@ -222,7 +225,9 @@ class _Stdlib:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.owner = self   # type: ignore[attr-defined]
         self.httpd.handle_error = lambda *a: None   # a client hanging up mid-body is part of the tests
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:   # the handshake happens on accept; a client refusing it is only logged
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"http{'s' if tls else ''}://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.01},
                                        daemon=True)
 
@@ -497,6 +502,57 @@ def test_a_streamed_request_body_is_sent_chunked_and_decodes_exactly(stdlib):
     assert answer["chunked"] is True and answer["content_length"] is None
     assert answer["length"] == len(whole) and answer["sha256"] == hashlib.sha256(whole).hexdigest()
     assert after.status_code == 200 and stdlib.accepted == 1
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> Path:
+    """A self-signed certificate for 127.0.0.1 (made by the openssl command: no Python dependency)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    where = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"), "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return where
+
+
+@pytest.fixture
+def tls_server(certificate):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate / "cert.pem", certificate / "key.pem")
+    with _Stdlib(tls=context) as server:
+        yield server
+
+
+def test_https_with_a_trusting_context_reads_every_framing_and_keeps_its_connection(tls_server, certificate):
+    n = 2 * 1024 * 1024 + 3
+    transport = AsyncioTransport(ssl_context=ssl.create_default_context(cafile=certificate / "cert.pem"))
+
+    async def main():
+        async with _client(transport) as client:
+            big = (await client.get(tls_server.url + f"/bytes?n={n}&seed=11")).content
+            chunked = (await client.get(tls_server.url + "/chunked")).content
+            echo = await client.post(tls_server.url + "/upload", content=b"over TLS")
+            return big, chunked, echo
+
+    big, chunked, echo = _run(main)
+    assert big == _blob(n, 11) and chunked.startswith(b"hello, world")
+    assert echo.json()["sha256"] == hashlib.sha256(b"over TLS").hexdigest()
+    assert tls_server.accepted == 1
+
+
+def test_https_to_an_untrusted_certificate_is_a_connect_error(tls_server):
+    transport = AsyncioTransport()   # httpx's default context: the public CAs, not our test certificate
+    url = tls_server.url + "/echo"
+
+    async def main():
+        async with _client(transport) as client:
+            exc = await _raises(httpx.ConnectError, client.get(url), url)
+            assert transport.connections == 0
+            return exc
+
+    assert "CERTIFICATE_VERIFY_FAILED" in str(_run(main))
 
 
 # ===================================================================================================
@@ -781,12 +837,8 @@ def test_a_request_asking_connection_close_does_not_keep_its_connection(stdlib):
     assert stdlib.accepted == 2
 
 
-def _closes_after_answering(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+async def _closes_after_answering(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
     writer.write(OK)   # a keep-alive answer (no `Connection: close`), then the server hangs up anyway
-    return _false()
-
-
-async def _false() -> bool:
     return False
 
 
@@ -797,8 +849,8 @@ def test_an_idle_connection_the_server_closed_is_not_reused():
         async with _Raw(_closes_after_answering) as server, _client(transport) as client:
             for i in range(3):
                 assert (await client.get(server.url + "/")).text == "ok"
-                (conn,) = transport._live
-                await _until(lambda: conn.eof, "the client saw the server's close")
+                # let the client see the close (or have dropped the connection already)
+                await _until(lambda: all(c.eof for c in transport._live), "the client saw the server's close")
             return server.accepted
 
     assert _run(main) == 3
