@@ -6,8 +6,7 @@ Every test talks to a real server on 127.0.0.1 that it starts itself:
 - `_Raw`: a scripted asyncio server in the test's own loop, for misbehaviour and for the pool,
   where a test must hold a response, count connections or see one close at an exact moment.
 
-Tests named `test_bug_...` fail on purpose: each shows a bug in transport.py (the comment above it
-says what and how to fix it); they are left failing, not xfail, until the module is fixed.
+The tests whose comment starts "Regression" each failed against the first version of the module.
 """
 from __future__ import annotations
 
@@ -17,10 +16,8 @@ import hashlib
 import http.server
 import json
 import random
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -505,16 +502,9 @@ def test_a_streamed_request_body_is_sent_chunked_and_decodes_exactly(stdlib):
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> Path:
-    """A self-signed certificate for 127.0.0.1 (made by the openssl command: no Python dependency)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make a test certificate")
-    where = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(where / "key.pem"), "-out", str(where / "cert.pem"), "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    return where
+def certificate() -> Path:
+    """The self-signed certificate for 127.0.0.1 in tests/fixtures/tls (test_transport_tls.py says how it was made)."""
+    return Path(__file__).parent / "fixtures" / "tls"
 
 
 @pytest.fixture
@@ -856,16 +846,13 @@ def test_an_idle_connection_the_server_closed_is_not_reused():
     assert _run(main) == 3
 
 
-# BUG (reported to the lead): a connection the server closed just after its response (keep-alive
-# response, then FIN) is handed to the next request when that request starts before the event loop
-# has run the socket's read callback (so `eof_received` has not set `conn.eof`): the request is
-# written to a dead socket and fails with "Server disconnected without sending a response."
-# httpx's default transport (httpcore) passes this test: before reusing an idle connection it asks
-# the socket itself whether it is readable (an idle HTTP/1.1 socket that is readable has EOF or
-# garbage). Fix: in `_Connection.reusable()` also check the raw socket without blocking, e.g.
-# `sock = self.transport.get_extra_info("socket")` then `select.select([sock], [], [], 0)[0]`
-# (readable -> not reusable; works for TLS too, as it looks at the TCP socket).
-def test_bug_a_connection_the_server_closes_right_after_its_response_is_not_reused():
+# Regression: a connection the server closed just after its response (keep-alive response, then FIN)
+# is handed to the next request when that request starts before the event loop has run the socket's
+# read callback (so `eof_received` has not set `conn.eof`): the request is written to a dead socket
+# and fails with "Server disconnected without sending a response." httpx's default transport
+# (httpcore) passes this test: before reusing an idle connection it asks the socket itself whether
+# it is readable (an idle HTTP/1.1 socket that is readable has EOF or garbage).
+def test_a_connection_the_server_closes_right_after_its_response_is_not_reused():
     async def main():
         async with _Raw(_closes_after_answering) as server, _client() as client:
             texts = [(await client.get(server.url + f"/{i}")).text for i in range(3)]
@@ -1114,14 +1101,13 @@ def test_a_header_that_would_split_the_request_is_refused_before_sending_and_not
     assert accepted == 0   # nothing reached the wire, not even a connection
 
 
-# BUG (reported to the lead): a header name with an illegal character is quoted in the error up to
-# 40 bytes, so a header written as one string, name and value glued ("Authorization: Bearer sk-..."
-# as the name, a mistake a .moa `headers` block or a dict built from "K: V" lines invites), shows the
-# start of the key; http.py's redaction knows values, not names. Fix: in `_request_head` quote the
-# name only up to its first illegal byte (`re.split(rb"[:\r\n\0]", name)[0][:40]`), or not at all.
+# Regression: a header name with an illegal character is quoted in the error up to 40 bytes, so a
+# header written as one string, name and value glued ("Authorization: Bearer sk-..." as the name, a
+# mistake a .moa `headers` block or a dict built from "K: V" lines invites), shows the start of the
+# key; http.py's redaction knows values, not names.
 @pytest.mark.parametrize("name", [f"Authorization: Bearer {SECRET}", f"X-Api-Key\r\n{SECRET}"],
                          ids=["value-glued-to-the-name", "crlf-then-secret-in-the-name"])
-def test_bug_a_bad_header_name_is_not_quoted_past_its_first_illegal_character(name):
+def test_a_bad_header_name_is_not_quoted_past_its_first_illegal_character(name):
     async def main():
         async with _Raw(_answer_ok) as server, _client() as client:
             url = server.url + "/"
@@ -1132,21 +1118,18 @@ def test_bug_a_bad_header_name_is_not_quoted_past_its_first_illegal_character(na
     assert "sk-secret" not in str(exc) and accepted == 0
 
 
-# BUG (reported to the lead): `_request_head` checks header names and values for CR/LF/NUL but not
-# the method (nor that header names are tokens). httpx does not validate the method, so a method
-# holding CRLF injects header lines into the request (request splitting), and a non-ASCII method
-# escapes as a bare UnicodeEncodeError instead of an httpx error; a header name with a space is sent
-# as is. h11 (httpx's default transport) rejects all three with LocalProtocolError ("Illegal method
-# characters", "Illegal header name"). Fix: in `_request_head`, require the method and every header
-# name to match RFC 9110's token, `re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", ...)`, on the
-# ASCII-encoded method (catching UnicodeEncodeError), else raise httpx.LocalProtocolError naming
-# the method / the name (never a value).
+# Regression: `_request_head` checks header names and values for CR/LF/NUL but not the method (nor
+# that header names are tokens). httpx does not validate the method, so a method holding CRLF
+# injects header lines into the request (request splitting), and a non-ASCII method escapes as a
+# bare UnicodeEncodeError instead of an httpx error; a header name with a space is sent as is. h11
+# (httpx's default transport) rejects all three with LocalProtocolError ("Illegal method
+# characters", "Illegal header name").
 @pytest.mark.parametrize("method, headers", [
     ("GET / HTTP/1.1\r\nX-Injected: 1\r\nX-Pad:", {}),
     ("GÉT", {}),
     ("GET", {"X Y": "z"}),
 ], ids=["crlf-in-method", "non-ascii-method", "space-in-header-name"])
-def test_bug_a_method_or_header_name_that_is_not_a_token_is_refused_before_sending(method, headers):
+def test_a_method_or_header_name_that_is_not_a_token_is_refused_before_sending(method, headers):
     async def main():
         async with _Raw(_answer_ok) as server, _client() as client:
             url = server.url + "/"
@@ -1157,16 +1140,15 @@ def test_bug_a_method_or_header_name_that_is_not_a_token_is_refused_before_sendi
 
 
 # ===================================================================================================
-# Other bugs found, each a failing test
+# Framing and error details
 # ===================================================================================================
 
-# BUG (reported to the lead): `_chunked` parses a chunk size with `int(text, 16)`, which also takes
-# "0x5", "+5", "-0" and "5_0" (Python literal syntax), where RFC 9112 allows only hex digits
-# (`chunk-size = 1*HEXDIG`). "-0" even ends the body at once. A lenient framing parser is how
-# response splitting / desync starts; h11 rejects these. Fix: check
-# `re.fullmatch(rb"[0-9A-Fa-f]+", size_text)` before `int(size_text, 16)`, else "bad chunk size".
+# Regression: `_chunked` parses a chunk size with `int(text, 16)`, which also takes "0x5", "+5",
+# "-0" and "5_0" (Python literal syntax), where RFC 9112 allows only hex digits (`chunk-size =
+# 1*HEXDIG`). "-0" even ends the body at once. A lenient framing parser is how response splitting /
+# desync starts; h11 rejects these.
 @pytest.mark.parametrize("size", [b"0x5", b"+5", b"-0", b"0_5"])
-def test_bug_a_chunk_size_is_hex_digits_only(size):
+def test_a_chunk_size_is_hex_digits_only(size):
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%s\r\nhello\r\n0\r\n\r\n" % size
 
     async def main():
@@ -1177,13 +1159,11 @@ def test_bug_a_chunk_size_is_hex_digits_only(size):
     assert "bad chunk size" in str(_run(main))
 
 
-# BUG (reported to the lead): `handle_async_request` treats every status below 200 except 101 as
-# informational, so "HTTP/1.1 099 ..." or "000" is skipped and the next head taken as the answer;
-# status codes are 100-599 (RFC 9110 15: three digits, the first 1-5) and h11 refuses a response
-# status below 100. Fix: in `_read_head` reject `status < 100` with "not an HTTP/1.x status line"
-# (or in the loop: `if status < 100: raise httpx.RemoteProtocolError(...)`).
+# Regression: `handle_async_request` treats every status below 200 except 101 as informational, so
+# "HTTP/1.1 099 ..." or "000" is skipped and the next head taken as the answer; status codes are
+# 100-599 (RFC 9110 15: three digits, the first 1-5) and h11 refuses a response status below 100.
 @pytest.mark.parametrize("status", [b"099", b"000"])
-def test_bug_a_status_below_100_is_not_an_informational_response(status):
+def test_a_status_below_100_is_not_an_informational_response(status):
     data = b"HTTP/1.1 %s Odd\r\n\r\n%s" % (status, OK)
 
     async def main():
@@ -1194,15 +1174,13 @@ def test_bug_a_status_below_100_is_not_an_informational_response(status):
     _run(main)
 
 
-# BUG (reported to the lead): in `_connect`, any TimeoutError is reported as
-# `f"... within {timeout:g} s"`, but the OS raises TimeoutError too (ETIMEDOUT: the kernel gave up
-# after its SYN retries, ~2 minutes, to a host that drops packets). With no connect timeout
-# (`httpx.Timeout(None)`, timeout None) formatting None with `:g` raises TypeError, so the caller gets
-# a bare TypeError, not an httpx error. This cannot be produced on 127.0.0.1, so the loop's
-# create_connection is replaced by one that fails as the kernel does. Fix: raise ConnectTimeout only
-# when our own deadline expired (timeout is not None), and let an OS TimeoutError fall into the
-# `OSError` branch (httpx.ConnectError with the OS message).
-def test_bug_an_os_connect_timeout_is_an_httpx_error_even_without_a_connect_timeout():
+# Regression: in `_connect`, any TimeoutError is reported as `f"... within {timeout:g} s"`, but the
+# OS raises TimeoutError too (ETIMEDOUT: the kernel gave up after its SYN retries, ~2 minutes, to a
+# host that drops packets). With no connect timeout (`httpx.Timeout(None)`, timeout None) formatting
+# None with `:g` raises TypeError, so the caller gets a bare TypeError, not an httpx error. This
+# cannot be produced on 127.0.0.1, so the loop's create_connection is replaced by one that fails as
+# the kernel does.
+def test_an_os_connect_timeout_is_an_httpx_error_even_without_a_connect_timeout():
     url = "http://127.0.0.1:9/"
 
     async def main():

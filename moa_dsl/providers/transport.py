@@ -22,9 +22,11 @@ an environment proxy applies to their URL), HTTP/2, Unix sockets, `socket_option
 from __future__ import annotations
 
 import asyncio
+import re
+import select
 import ssl
 from collections import deque
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import httpx
 
@@ -33,6 +35,9 @@ _HIGH_WATER = 256 * 1024       # unread response bytes before we stop reading th
 _LOW_WATER = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _BAD_HEADER_BYTES = (b"\r", b"\n", b"\0")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 token: methods, header names
+_NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_HEX = re.compile(rb"[0-9A-Fa-f]+")
 
 Origin = tuple[str, str, int]   # scheme, host, port
 
@@ -88,9 +93,17 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(True)
 
     def reusable(self) -> bool:
-        """Open, quiet (no unread bytes: a server does not speak first) and not closing."""
-        return (not self.eof and not self.buffer and self.transport is not None
-                and not self.transport.is_closing())
+        """Open, quiet (no unread bytes: a server does not speak first) and not closing -- also as the
+        socket says now: a server that hung up right after its answer leaves a FIN the loop may not
+        have read yet, and a request written there is lost (httpcore asks the socket the same)."""
+        if self.eof or self.buffer or self.transport is None or self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        poller = select.poll()   # not select.select: it cannot take descriptors above 1023
+        poller.register(sock.fileno(), select.POLLIN)
+        return not poller.poll(0)
 
     async def wait_for_bytes(self, timeout: float | None, request: httpx.Request) -> None:
         """Until more bytes arrive or the peer closes; httpx.ReadTimeout after `timeout` seconds of silence."""
@@ -267,7 +280,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         except BaseException as exc:
             self._opening -= 1
             self._wake_one()    # the slot this attempt held is free again
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) and timeout is not None:
                 raise httpx.ConnectTimeout(f"could not connect to {host}:{port} within {timeout:g} s",
                                            request=request) from None
             if isinstance(exc, (OSError, ssl.SSLError)):
@@ -306,11 +319,15 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
 def _request_head(request: httpx.Request) -> bytes:
     target = request.url.raw_path or b"/"
-    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    method = request.method.encode("utf-8")
+    if not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError(f"illegal character in method {_NOT_TOKEN.split(method)[0][:20]!r}", request=request)
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in request.headers.raw:
-        if any(c in name or c in value for c in _BAD_HEADER_BYTES) or b":" in name or not name:
-            # never the value: it may be a secret
-            raise httpx.LocalProtocolError(f"illegal character in header {name[:40]!r}", request=request)
+        if not _TOKEN.fullmatch(name) or any(c in value for c in _BAD_HEADER_BYTES):
+            # Never the value, nor a name past its first bad byte: either may hold a secret.
+            raise httpx.LocalProtocolError(f"illegal character in header {_NOT_TOKEN.split(name)[0][:40]!r}",
+                                           request=request)
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
@@ -357,6 +374,8 @@ async def _read_head(conn: _Connection, request: httpx.Request,
             or not status_line[1].isdigit()):
         raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request)
     status = int(status_line[1])
+    if status < 100:
+        raise httpx.RemoteProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}", request=request)
     reason = status_line[2] if len(status_line) > 2 else b""
     headers: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
@@ -464,11 +483,8 @@ class _Body(httpx.AsyncByteStream):
     async def _chunked(self) -> AsyncIterator[bytes]:
         while True:
             size_text = (await self._line()).split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                size = -1
-            if size < 0 or not size_text:
+            size = int(size_text, 16) if _HEX.fullmatch(size_text) else -1   # int() takes "0x5", "+5", "0_5"
+            if size < 0:
                 raise httpx.RemoteProtocolError(f"bad chunk size {size_text[:20]!r}", request=self._request)
             if size == 0:
                 while await self._line():   # trailers, up to the empty line
