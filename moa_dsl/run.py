@@ -213,35 +213,31 @@ class _Run:
     async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
                     cache: Any, key: str | None) -> NodeResult:
         em = self.emitter
-        slot = self.s._provider_slots.get(attrs["provider"])
-        # The provider's own slot first: a call queued on a busy provider must not hold a global slot.
-        if slot is not None:
-            await slot.acquire()
+        slots = _Slots(self.s.semaphore, self.s._provider_slots.get(attrs["provider"]))
+        await slots.acquire()
         try:
-            async with self.s.semaphore:
-                started = em.now()
-                em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
-                attempts = 0
+            started = em.now()
+            em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
+            attempts = 0
 
-                def emit(kind: str, data: dict[str, Any]) -> None:
-                    nonlocal attempts
-                    if kind == "request_sent":
-                        attempts += 1
-                    em.emit(kind, name, data)
+            def emit(kind: str, data: dict[str, Any]) -> None:
+                nonlocal attempts
+                if kind == "request_sent":
+                    attempts += 1
+                em.emit(kind, name, data)
 
-                on_token = self._stream if req.stream else None
-                self.usage.calls += 1
-                try:
-                    done: Completion = await provider.complete(req, on_token=on_token, emit=emit)
-                except MoaError as exc:
-                    return self._failed(name, attrs, str(exc), started, max(attempts, 1))
-                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:  # a provider bug must not sink the other nodes of a batch
-                    return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, max(attempts, 1))
+            on_token = self._stream if req.stream else None
+            self.usage.calls += 1
+            try:
+                done: Completion = await provider.complete(req, on_token=on_token, emit=emit, wait=slots.sleep)
+            except MoaError as exc:
+                return self._failed(name, attrs, str(exc), started, max(attempts, 1))
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # a provider bug must not sink the other nodes of a batch
+                return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, max(attempts, 1))
         finally:
-            if slot is not None:
-                slot.release()
+            slots.release()
         finished = em.now()
         pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
         if cache is not None and key is not None:
@@ -286,6 +282,40 @@ class _Run:
         self.emitter.emit("node_skipped", name, {"reason": reason}, t=t)
         return NodeResult("skipped", attrs["model"], attrs["provider"], None, error=reason, started_s=None,
                           finished_s=t)
+
+
+class _Slots:
+    """The global slot and the provider's slot one call holds, given back while it waits to retry
+    (a call sleeping off a 429 is not in flight: other calls, of any provider, use its slots)."""
+
+    __slots__ = ("_global", "_provider", "_held")
+
+    def __init__(self, global_slots: asyncio.Semaphore, provider_slots: asyncio.Semaphore | None):
+        self._global, self._provider, self._held = global_slots, provider_slots, False
+
+    async def acquire(self) -> None:
+        # The provider's own slot first: a call queued on a busy provider must not hold a global slot.
+        if self._provider is not None:
+            await self._provider.acquire()
+        try:
+            await self._global.acquire()
+        except BaseException:
+            if self._provider is not None:
+                self._provider.release()
+            raise
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:       # never twice: a cancelled retry wait has already given them back
+            self._held = False
+            self._global.release()
+            if self._provider is not None:
+                self._provider.release()
+
+    async def sleep(self, seconds: float) -> None:
+        self.release()
+        await asyncio.sleep(seconds)
+        await self.acquire()
 
 
 async def arun(pipe: Pipeline, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,

@@ -64,7 +64,7 @@ class FakeProvider:
         self.max_running = 0
         self.cancelled: list[str] = []
 
-    async def complete(self, req: CallRequest, *, on_token=None, emit=None) -> Completion:
+    async def complete(self, req: CallRequest, *, on_token=None, emit=None, wait=None) -> Completion:
         if emit:
             emit("request_sent", {"attempt": 1})
         self.requests[req.node] = req

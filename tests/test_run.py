@@ -245,3 +245,18 @@ def test_sessions_can_share_one_bound(server, cache_dir):
     server.latency = {"a": 0.05, "b": 0.05, "c": 0.05}
     asyncio.run(main())
     assert len(server.requests) == 8 and server.max_in_flight == 1
+
+
+@pytest.mark.parametrize("provider_bound", [False, True], ids=["global-bound", "provider-bound"])
+def test_a_call_waiting_to_retry_gives_its_slot_to_the_others(server, cache_dir, provider_bound):
+    """Bound 1 (the run's, or the provider's max_concurrency): `a` gets a 429 asking for 1 s. While
+    it waits, `b` and `c` are served; `a` is retried after them, and the bound still holds."""
+    text = source(server.url)
+    if provider_bound:
+        text = text.replace('api_key = env("FAKE_KEY") }', 'api_key = env("FAKE_KEY"), max_concurrency = 1 }')
+    server.inject("a", "429", retry_after=1.0)
+    result = go(loads(text), concurrency=1 if not provider_bound else 8, cache=False)
+    assert result.status == "ok" and result.nodes["first.a"].attempts == 2
+    order = [(r.model, r.fault) for r in server.requests]
+    assert order == [("a", "429"), ("b", None), ("c", None), ("a", None), ("agg", None)]
+    assert server.max_in_flight == 1

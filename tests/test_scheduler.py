@@ -233,3 +233,23 @@ def test_gather_or_cancel_in_steps_starts_the_first_before_creating_the_rest_and
 
     asyncio.run(main())
     assert 10 <= len(started) < 100 and all(t.cancelled() for t in started)   # none left running
+
+
+def test_slots_given_back_for_a_retry_wait_are_not_released_twice_when_it_is_cancelled():
+    from moa_dsl.run import _Slots
+
+    async def main():
+        bound, provider = asyncio.Semaphore(2), asyncio.Semaphore(1)
+        slots = _Slots(bound, provider)
+        await slots.acquire()
+        assert (bound._value, provider._value) == (1, 0)
+        waiting = asyncio.ensure_future(slots.sleep(3600))
+        await asyncio.sleep(0)
+        assert (bound._value, provider._value) == (2, 1)      # given back while it waits
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        slots.release()                                        # what the runner's `finally` does
+        return bound._value, provider._value
+
+    assert asyncio.run(main()) == (2, 1)                       # not (3, 2)

@@ -44,17 +44,18 @@ def inject_random_faults(server: FakeLLMServer, rng: random.Random) -> dict[str,
 
 
 class InFlight:
-    """Calls in flight as the runner reports them, across every run of the batch. Events reach
-    listeners synchronously on the one loop, so counting them gives the exact order."""
+    """Calls in flight as the runner reports them, across every run of the batch: from each attempt's
+    `request_sent` to its `retry` (a call waiting to retry gives its slot back) or the node's end.
+    Events reach listeners synchronously on the one loop, so counting them gives the exact order."""
 
     def __init__(self):
         self.now = self.peak = 0
 
     def __call__(self, e) -> None:
-        if e.kind == "node_started":
+        if e.kind == "request_sent":
             self.now += 1
             self.peak = max(self.peak, self.now)
-        elif e.kind == "node_failed" or (e.kind == "node_finished" and e.data["status"] == "ok"):
+        elif e.kind in ("retry", "node_failed") or (e.kind == "node_finished" and e.data["status"] == "ok"):
             self.now -= 1
 
 
@@ -126,6 +127,7 @@ def test_soak_rerun_serves_every_success_from_the_cache(monkeypatch, tmp_path):
         for _ in range(40):
             server.inject(f"m{rng.randrange(WIDTH)}", rng.choice(["500", "reset", "429"]), times=3,
                           retry_after=0.005)
+        server.inject("m0", "400", times=4)   # not retryable: at least these calls fail, however faults interleave
         pipe = loads(topology(server.url))
 
         async def batch():

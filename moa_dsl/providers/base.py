@@ -7,13 +7,16 @@ The runner builds a CallRequest per node (messages already built, parameters res
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from ..config import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
 # emit(kind, data): "request_sent" {"attempt": n}; "retry" {"attempt": n, "error": str, "delay_s": x}
 Emit = Callable[[str, dict[str, Any]], None]
 OnToken = Callable[[str], None]
+# wait(seconds): how a provider sleeps before a retry (default asyncio.sleep). The runner's gives the
+# call's slots back meanwhile: a call waiting to retry is not in flight.
+Wait = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,6 @@ class Provider(Protocol):
     max_concurrency: int | None
 
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None) -> Completion: ...
+                       emit: Emit | None = None, wait: Wait | None = None) -> Completion: ...
 
     async def aclose(self) -> None: ...

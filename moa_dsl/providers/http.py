@@ -30,7 +30,7 @@ from ..errors import (
     ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError, ProviderResponseError,
     ProviderTimeout,
 )
-from .base import CallRequest, Completion, Emit, OnToken
+from .base import CallRequest, Completion, Emit, OnToken, Wait
 from .transport import AsyncioTransport
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -199,7 +199,7 @@ class HTTPProvider:
 
     # -- the call ---------------------------------------------------------------------------------
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None) -> Completion:
+                       emit: Emit | None = None, wait: Wait | None = None) -> Completion:
         gate = _TokenGate(on_token)
         retries = max(0, req.retries)
         attempt = 0
@@ -221,7 +221,7 @@ class HTTPProvider:
                 if emit is not None:
                     emit("retry", {"attempt": attempt, "error": self._redact(failure.detail),
                                    "delay_s": round(delay, 3)})
-                await asyncio.sleep(delay)
+                await (wait or asyncio.sleep)(delay)
                 continue
             if attempt > 1:
                 completion = Completion(completion.text, completion.prompt_tokens, completion.completion_tokens,

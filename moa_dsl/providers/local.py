@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import models
 from ..errors import ConfigError, LocalModelError, ProviderHTTPError
-from .base import CallRequest, Completion, Emit, OnToken
+from .base import CallRequest, Completion, Emit, OnToken, Wait
 
 N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
 N_CTX = 16384         # tokens of KV cache per server, shared by its slots (unified), so one long
@@ -191,16 +191,17 @@ class LocalProvider:
         return endpoint_for(model)
 
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None) -> Completion:
+                       emit: Emit | None = None, wait: Wait | None = None) -> Completion:
         if self._semaphore is None:
-            return await self._complete(req, on_token, emit)
+            return await self._complete(req, on_token, emit, wait)
         async with self._semaphore:
-            return await self._complete(req, on_token, emit)
+            return await self._complete(req, on_token, emit, wait)
 
-    async def _complete(self, req: CallRequest, on_token: OnToken | None, emit: Emit | None) -> Completion:
+    async def _complete(self, req: CallRequest, on_token: OnToken | None, emit: Emit | None,
+                        wait: Wait | None) -> Completion:
         client = await self._client(req.model)
         try:
-            return await client.complete(req, on_token=on_token, emit=emit)
+            return await client.complete(req, on_token=on_token, emit=emit, wait=wait)
         except ProviderHTTPError as exc:
             raise _explain_context(exc, req) or exc
 
