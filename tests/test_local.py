@@ -61,8 +61,17 @@ def fake_llama(monkeypatch, tmp_path):
 
 
 class _FakeServer:
+    """What local._start returns (a _ServerProcess), for a server that is not llama.cpp."""
+
     def __init__(self, address: str):
-        self.listening_address = address
+        self.url = address
+        self.returncode: int | None = None
+
+    def alive(self) -> bool:
+        return self.returncode is None
+
+    def stop(self) -> None:
+        self.returncode = 0
 
 
 def _req(model: str, content: str = "hi", node: str = "n") -> CallRequest:
@@ -194,3 +203,10 @@ def test_an_unreadable_model_file_names_the_path(tmp_path, monkeypatch):
     monkeypatch.setattr(local.Path, "open", denied)   # chmod 000 would not stop root
     with pytest.raises(LocalModelError, match=r"cannot read model file .*locked\.gguf: Permission denied"):
         local.check_gguf(model)
+
+
+def test_server_processes_let_openmp_threads_sleep_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert local._server_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert local._server_env()["OMP_WAIT_POLICY"] == "ACTIVE"

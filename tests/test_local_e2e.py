@@ -6,12 +6,17 @@ time, a few seconds of size checks after). The response cache is private to each
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 import moa_dsl
 from moa_dsl import models
-from moa_dsl.errors import ProviderHTTPError
+from moa_dsl.errors import LocalModelError, ProviderHTTPError
 from moa_dsl.providers import local
 from moa_dsl.providers.base import CallRequest
 
@@ -70,3 +75,74 @@ def test_llama_cpp_stays_quiet_while_loading(pulled, capfd, monkeypatch):
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def _ask(provider, model: str = "smollm2-135m", node: str = "n"):
+    return provider.complete(CallRequest(node, model, [{"role": "user", "content": "Say hi."}],
+                                         {"max_tokens": 4, "temperature": 0}, retries=0))
+
+
+def test_a_server_that_dies_is_reported_then_started_again(pulled):
+    """The server runs in a child process: killing it (as a llama.cpp crash would) fails the call
+    with a clear error and leaves this process alive; the next call starts a new server."""
+    path = local.resolve("smollm2-135m")
+
+    async def go():
+        provider = local.LocalProvider(name="local")
+        try:
+            assert (await _ask(provider)).text                # served
+            proc = local._servers[path].server.proc
+            assert proc.pid != os.getpid() and proc.poll() is None
+            with open(f"/proc/{proc.pid}/environ", "rb") as f:   # OpenMP threads sleep, not spin (local._server_env)
+                assert b"OMP_WAIT_POLICY=PASSIVE" in f.read().split(b"\0")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            with pytest.raises(LocalModelError, match=r"^n: llama.cpp's server for local model 'smollm2-135m' "
+                                                      r"stopped \(exit code -9\); the next call starts it again$"):
+                await _ask(provider)
+            assert local.exit_code(path) == -9 and path not in local.running()
+            assert (await _ask(provider)).text                # same provider, a new server
+            assert local._servers[path].server.proc.pid != proc.pid and path in local.running()
+        finally:
+            await provider.aclose()
+
+    asyncio.run(go())
+
+
+def test_no_server_outlives_the_process_that_started_it(pulled, tmp_path):
+    """SIGKILL the user's process (no atexit runs): its servers see their stdin close and exit."""
+    script = ("import sys\nfrom moa_dsl.providers import local\n"
+              "local.serve(local.resolve('smollm2-135m'))\n"
+              "[slot] = local._servers.values()\nprint(slot.server.proc.pid, flush=True)\nsys.stdin.read()\n")
+    user = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(user.stdout.readline())
+        os.kill(server_pid, 0)                                # alive while its user is
+    finally:
+        user.kill()
+        user.wait()
+    for _ in range(600):                                      # it exits at once; 60 s for a loaded machine
+        if not _pid_alive(server_pid):
+            break
+        time.sleep(0.1)
+    assert not _pid_alive(server_pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:   # a zombie (exited, not yet reaped by init) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_file_llama_cpp_cannot_load_is_a_clear_error(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + bytes(range(256)) * 64)          # the magic, then garbage
+    with pytest.raises(LocalModelError, match=f"llama.cpp .*{bad.name}"):
+        local.serve(local.resolve(str(bad)))
+    assert local.resolve(str(bad)) not in local.running()

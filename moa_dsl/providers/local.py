@@ -1,27 +1,29 @@
 """The `local` provider: built-in or user GGUF models on llama.cpp, through the OpenAI code path.
 
-Each model gets one llama.cpp server (xllamacpp) listening on a free loopback port. Servers are
-process-wide: started on first use, reused by every later run in the process (a notebook keeps them
-warm between cells), and stopped at exit. Requests go through `OpenAIProvider`, exactly as a remote
-model's would; only starting the server and naming the model are local.
-
-Note: constructing `xllamacpp.Server` holds the GIL while the weights load (about 1-5 s per model
-here). It runs in a worker thread anyway, so the event loop resumes as soon as the load is done and
-other threads are never starved for longer than one load.
+Each model gets one llama.cpp server (xllamacpp) listening on a free loopback port, in a child
+process of its own (`local_server.py` says why: a load holds the GIL for seconds, a crash in
+llama.cpp must not take the caller down). Servers are shared by the whole process: started on first
+use, reused by every later run (a notebook keeps them warm between cells), started again if one has
+died, and stopped at exit; a server never outlives the process that started it. Requests go through
+`OpenAIProvider`, exactly as a remote model's would; only starting the server and naming the model
+are local.
 """
 from __future__ import annotations
 
 import asyncio
 import atexit
 import importlib.util
+import json
 import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from .. import models
-from ..errors import ConfigError, LocalModelError, ProviderHTTPError
+from ..errors import ConfigError, LocalModelError, ProviderConnectionError, ProviderHTTPError
 from .base import CallRequest, Completion, Emit, OnToken, Wait
 
 N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
@@ -113,54 +115,112 @@ class _Slot:
 
 _servers: dict[Path, _Slot] = {}
 _servers_lock = threading.Lock()
+_STOP_WAIT_S = 10.0
 
 
 def serve(path: Path) -> str:
-    """Blocking: the base URL (`http://127.0.0.1:PORT/v1`) of the server for `path`, started if needed."""
+    """Blocking: the base URL (`http://127.0.0.1:PORT/v1`) of the server for `path`, started if needed
+    (again, if the last one has died)."""
     with _servers_lock:
         slot = _servers.setdefault(path, _Slot())
     with slot.lock:
+        if slot.server is not None and not slot.server.alive():
+            slot.server.stop()
+            slot.server = slot.url = None
         if slot.server is None:
             slot.server = _start(path)
-            slot.url = str(slot.server.listening_address).rstrip("/") + "/v1"
+            slot.url = slot.server.url.rstrip("/") + "/v1"
         return slot.url   # type: ignore[return-value]
 
 
-def _start(path: Path) -> Any:
-    require_runtime()
-    import xllamacpp
+def exit_code(path: Path) -> int | None:
+    """The exit code of the server for `path` if it has died, else None (alive, or never started)."""
+    with _servers_lock:
+        slot = _servers.get(path)
+    server = slot.server if slot is not None else None
+    return None if server is None or server.alive() else server.returncode
 
-    params = xllamacpp.CommonParams()
-    params.model.path = str(path)
-    params.hostnames = ["127.0.0.1"]
-    params.port = 0                           # a free port, read back from listening_address
-    params.n_parallel = N_PARALLEL
-    params.n_ctx = N_CTX
-    params.kv_unified = True
-    threads = os.cpu_count() or 1
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
-    params.verbosity = 3 if verbose() else 0  # 0: llama.cpp prints nothing at all
+
+class _ServerProcess:
+    """A running `local_server.py` child: its URL, whether it is alive, and how to stop it."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc, self.url = proc, url
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        """Close its stdin (it exits at once), then wait; kill it if it does not."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _start(path: Path) -> _ServerProcess:
+    require_runtime()
+    config = {"model": str(path), "n_parallel": N_PARALLEL, "n_ctx": N_CTX, "threads": os.cpu_count() or 1,
+              "verbosity": 3 if verbose() else 0}
+    script = Path(__file__).with_name("local_server.py")
     try:
-        return xllamacpp.Server(params)
-    except Exception as exc:
-        hint = "" if verbose() else " (set MOA_VERBOSE=1 to see llama.cpp's log)"
-        raise LocalModelError(f"llama.cpp could not load {path}: {exc}{hint}") from exc
+        # Its own session: a Ctrl-C meant for this process (a REPL, a kernel) does not kill the server.
+        proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, encoding="utf-8", start_new_session=True,
+                                env=_server_env())
+    except OSError as exc:
+        raise LocalModelError(f"could not start llama.cpp's server process: {exc}") from exc
+    hint = "" if verbose() else " (set MOA_VERBOSE=1 to see llama.cpp's log)"
+    try:
+        line = proc.stdout.readline()    # blocks while the weights load; ends if the child dies
+    finally:
+        proc.stdout.close()
+    from .local_server import MARK
+
+    reply = json.loads(line[len(MARK):]) if line.startswith(MARK) else {}
+    if "url" in reply:
+        return _ServerProcess(proc, reply["url"])
+    _ServerProcess(proc, "").stop()
+    if "error" in reply:
+        raise LocalModelError(f"llama.cpp could not load {path}: {reply['error']}{hint}")
+    raise LocalModelError(f"llama.cpp's server process for {path} exited while loading it "
+                          f"(exit code {proc.returncode}){hint}")
+
+
+def _server_env() -> dict[str, str]:
+    """The environment of a server process: ours, with OpenMP's threads sleeping at barriers instead of
+    spinning (llama.cpp's CPU backend uses OpenMP). Each model has its own process, so spinning threads
+    of one model would steal the cores another model's threads are waiting for: two models answering at
+    once measured 80-370 s instead of 2 s on 2 cores. A value the user set is kept."""
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
 
 
 def running() -> dict[Path, str]:
     """The servers alive in this process: model file -> base URL."""
     with _servers_lock:
-        return {p: s.url for p, s in _servers.items() if s.url}
+        return {p: s.url for p, s in _servers.items() if s.url and s.server is not None and s.server.alive()}
 
 
 def shutdown() -> None:
-    """Stop every server. Released explicitly here: a server still alive at interpreter teardown hangs it."""
+    """Stop every server (at exit; the next use starts them again)."""
     with _servers_lock:
         slots = list(_servers.values())
         _servers.clear()
     for slot in slots:
         with slot.lock:
+            if slot.server is not None:
+                slot.server.stop()
             slot.server = slot.url = None
 
 
@@ -204,6 +264,15 @@ class LocalProvider:
             return await client.complete(req, on_token=on_token, emit=emit, wait=wait)
         except ProviderHTTPError as exc:
             raise _explain_context(exc, req) or exc
+        except ProviderConnectionError as exc:
+            code = exit_code(resolve(req.model))
+            if code is None:
+                raise
+            if self._clients.get(req.model) is client:   # the next call starts a new server
+                del self._clients[req.model]
+                await client.aclose()
+            raise LocalModelError(f"{req.node}: llama.cpp's server for local model {req.model!r} stopped "
+                                  f"(exit code {code}); the next call starts it again") from exc
 
     async def _client(self, model: str) -> Any:
         # One client per model even when a layer's samples all start at once; other models don't wait.
