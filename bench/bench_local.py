@@ -6,14 +6,13 @@ Pulls the built-ins if needed, then runs the example with the response cache off
 servers load during the run) and N times warm (servers already up, as in a notebook's later cells).
 For each run it prints the wall time, the critical path (the longest dependency chain, weighted by
 each node's own call time), their ratio (1.0 = the scheduler adds nothing; the gap is model loading
-and contention for the CPU cores), end-to-end tokens/s per model, and peak memory of the process,
-which includes the llama.cpp servers (they run in-process).
+and contention for the CPU cores), end-to-end tokens/s per model, and the memory of this process
+and of its llama.cpp server processes (one per model).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -41,14 +40,23 @@ def critical_path(graph: nx.DiGraph, result) -> tuple[float, list[str]]:
     return best[result.output_node]
 
 
+def _rss_mb(pid: str) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def rss_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MB, servers included."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    current = 0.0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            current = int(line.split()[1]) / 1024
-    return current, peak
+    """(RSS of this process, RSS of its llama.cpp server processes) in MB, now."""
+    from moa_dsl.providers import local
+
+    servers = [slot.server.proc.pid for slot in list(local._servers.values())
+               if slot.server is not None and slot.server.alive()]
+    return _rss_mb("self"), sum(_rss_mb(str(pid)) for pid in servers)
 
 
 def report(label: str, pipe, result, wall: float) -> None:
@@ -57,7 +65,7 @@ def report(label: str, pipe, result, wall: float) -> None:
     for node in result.nodes.values():
         per_model[node.model][0] += node.completion_tokens
         per_model[node.model][1] += node.latency_s or 0.0
-    current, peak = rss_mb()
+    own, servers = rss_mb()
     print(f"\n[{label}] status {result.status}, wall {wall:.1f} s, critical path {crit:.1f} s "
           f"({' -> '.join(chain)}), wall / critical path = {wall / crit:.2f}")
     for name, node in result.nodes.items():
@@ -66,7 +74,7 @@ def report(label: str, pipe, result, wall: float) -> None:
     for model, (tokens, seconds) in per_model.items():
         rate = tokens / seconds if seconds else 0.0
         print(f"  {model:<20} {rate:6.1f} tokens/s end to end ({tokens} tokens in {seconds:.1f} s of calls)")
-    print(f"  memory: RSS {current:.0f} MB now, peak {peak:.0f} MB (process incl. llama.cpp servers)")
+    print(f"  memory: RSS {own:.0f} MB this process + {servers:.0f} MB its llama.cpp server processes")
 
 
 def main() -> None:
