@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gzip
 import hashlib
 import http.server
 import json
@@ -190,6 +191,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, b"gate")
         with owner.gate:
             owner.in_flight -= 1
+
+    def _gzip(self, query: dict, head: bool) -> None:
+        """A gzip-encoded OpenAI-shaped answer, as api.openai.com sends one to httpx's Accept-Encoding."""
+        body = gzip.compress(json.dumps({"choices": [{"message": {"content": "compressed hello"},
+                                                       "finish_reason": "stop"}],
+                                          "accept_encoding": self.headers.get("Accept-Encoding")}).encode())
+        if query.get("chunked"):
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(body), 7):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self._send(200, body, headers=[("Content-Encoding", "gzip"), ("Content-Type", "application/json")])
 
     def _upload(self, query: dict, head: bool) -> None:
         chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
@@ -466,6 +483,18 @@ def test_informational_responses_before_the_final_one_are_skipped(stdlib):
     assert upload.status_code == 200 and answer["expect"] == "100-continue"
     assert answer["length"] == len(body) and answer["sha256"] == hashlib.sha256(body).hexdigest()
     assert stdlib.accepted == 1
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_gzip_encoded_body_is_decoded_by_httpx_and_the_connection_kept(stdlib, framing):
+    async def main():
+        async with _client() as client:
+            url = stdlib.url + "/gzip" + ("?chunked=1" if framing == "chunked" else "")
+            return [(await client.get(url)).json() for _ in range(2)]
+
+    answers = _run(main)
+    assert [a["choices"][0]["message"]["content"] for a in answers] == ["compressed hello"] * 2
+    assert "gzip" in answers[0]["accept_encoding"] and stdlib.accepted == 1
 
 
 def test_an_in_memory_request_body_goes_with_its_content_length(stdlib):
