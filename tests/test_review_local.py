@@ -45,3 +45,71 @@ def test_bug_a_local_provider_with_max_concurrency_deadlocks_when_a_call_waits_t
                     "LocalProvider's semaphore and the runner's provider slot wait for each other")
     # Every call timed out (0.001 s): each proposer fails after its retry, the aggregator is skipped.
     assert {r.status for n, r in result.nodes.items() if n != "agg"} == {"failed"}
+
+
+def _ask(provider, *, retries: int = 0, node: str = "n"):
+    from moa_dsl.providers.base import CallRequest
+
+    return provider.complete(CallRequest(node, "smollm2-135m", [{"role": "user", "content": "Say hi."}],
+                                         {"max_tokens": 4, "temperature": 0}, retries=retries))
+
+
+def _kill_server(path) -> None:
+    import os
+    import signal
+
+    proc = local._servers[path].server.proc
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch):
+    from moa_dsl.providers import http
+
+    monkeypatch.setattr(http, "DEFAULT_BACKOFF", http.Backoff(base_s=0.05))
+
+
+def test_bug_concurrent_calls_to_a_dead_server_with_retries_fail_with_a_runtime_error(smol, quick_backoff):
+    """A layer samples one local model twice, with retries; its server dies. The first call to give
+    up closes the shared client (LocalProvider._complete); the other, still between retries, then
+    sends on that closed client and fails with `RuntimeError: Cannot send a request, as the client has
+    been closed.` instead of the LocalModelError that says what happened."""
+    async def go():
+        provider = local.LocalProvider(name="local")
+        try:
+            assert (await _ask(provider)).text        # the client exists, the server is up
+            _kill_server(smol)
+            return await asyncio.gather(_ask(provider, retries=2, node="a"), _ask(provider, retries=2, node="b"),
+                                        return_exceptions=True)
+        finally:
+            await provider.aclose()
+
+    outcomes = asyncio.run(go())
+    assert [type(o).__name__ for o in outcomes] == ["LocalModelError", "LocalModelError"], outcomes
+
+
+def test_bug_a_second_provider_never_recovers_once_another_restarted_the_dead_server(smol):
+    """Two sessions in one process (moa eval runs several topologies at once) each have a
+    LocalProvider with a client on the same server. The server dies; session A's call reports it and
+    A's next call starts a new server on a new port. Session B's client still points at the dead
+    port: exit_code() now sees the new server alive, so B's error is a bare connection failure and B
+    keeps its stale client -- every later call of B fails, for the rest of the run."""
+    async def go():
+        a, b = local.LocalProvider(name="local"), local.LocalProvider(name="local")
+        try:
+            assert (await _ask(a)).text and (await _ask(b)).text
+            _kill_server(smol)
+            with pytest.raises(moa_dsl.LocalModelError):
+                await _ask(a)
+            assert (await _ask(a)).text                  # A started a new server
+            first = await asyncio.gather(_ask(b), return_exceptions=True)
+            second = await asyncio.gather(_ask(b), return_exceptions=True)
+            return first[0], second[0]
+        finally:
+            await a.aclose()
+            await b.aclose()
+
+    first, second = asyncio.run(go())
+    # B's call may fail once (it was on the old server), but not forever.
+    assert not isinstance(second, BaseException), f"B still fails after the restart: {second!r}"
