@@ -96,3 +96,39 @@ def test_bug_a_request_waiting_for_the_pool_is_overtaken_by_every_later_one():
 
     targets = _run(main)
     assert targets[:2] == ["/a0", "/b"], f"the waiting request was served after {targets.index('/b') - 1} later ones: {targets}"
+
+
+def test_bug_an_unreadable_ssl_cert_file_escapes_as_a_bare_file_not_found_error(monkeypatch, tmp_path):
+    """SSL_CERT_FILE naming a missing file, a provider trusting the environment (any non-loopback
+    base_url). The SSL context is now built at the first https connection, outside `_connect`'s
+    error handling: the request fails with a bare `FileNotFoundError: [Errno 2] No such file or
+    directory` -- not an httpx error, so the provider reports it as a node failure that names
+    neither SSL_CERT_FILE nor the path (`moa run` prints exactly that)."""
+    import ssl
+    from pathlib import Path
+
+    tls = Path(__file__).parent / "fixtures" / "tls"
+    missing = tmp_path / "no-such-bundle.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    async def main() -> BaseException:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls / "cert.pem", tls / "key.pem")
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        try:
+            async with httpx.AsyncClient(transport=AsyncioTransport(trust_env=True), trust_env=False) as client:
+                try:
+                    await client.get(url)
+                except BaseException as exc:   # noqa: BLE001 -- what the caller sees is the point
+                    return exc
+                raise AssertionError("a request with no usable CA bundle succeeded")
+        finally:
+            server.close()
+
+    exc = _run(main)
+    assert isinstance(exc, httpx.ConnectError), f"{type(exc).__name__}: {exc}"
+    assert "SSL_CERT_FILE" in str(exc) and str(missing) in str(exc)
