@@ -132,3 +132,27 @@ def test_bug_an_unreadable_ssl_cert_file_escapes_as_a_bare_file_not_found_error(
     exc = _run(main)
     assert isinstance(exc, httpx.ConnectError), f"{type(exc).__name__}: {exc}"
     assert "SSL_CERT_FILE" in str(exc) and str(missing) in str(exc)
+
+
+@pytest.mark.parametrize("env", [
+    {"ALL_PROXY": "socks5://127.0.0.1:9", "NO_PROXY": "api.example.com"},   # socksio is not installed
+    {"HTTPS_PROXY": "ftp://127.0.0.1:9", "NO_PROXY": "api.example.com"},    # a scheme httpx refuses
+])
+def test_bug_a_proxy_variable_that_does_not_apply_still_breaks_building_the_provider(monkeypatch, env):
+    """NO_PROXY exempts the provider's host, so httpx would never use the proxy for it, and the
+    provider would use AsyncioTransport. But `_proxied` asks a probe `httpx.AsyncClient(trust_env=True)`,
+    whose constructor builds a transport for every proxy variable: the provider (and so `moa run`)
+    dies with a traceback -- `ImportError: Using SOCKS proxy, but the 'socksio' package is not
+    installed` / `ValueError: Unknown scheme for proxy URL`. Nothing is sent: only construction."""
+    from moa_dsl.providers.openai import OpenAIProvider
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
+                 "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        provider = OpenAIProvider(name="p", base_url="https://api.example.com/v1", api_key="sk-test-123456")
+    except Exception as exc:   # noqa: BLE001
+        pytest.fail(f"building a provider NO_PROXY exempts raised {type(exc).__name__}: {exc}")
+    asyncio.run(provider.aclose())
