@@ -11,7 +11,7 @@ from moa_dsl.providers import local
 
 pytestmark = pytest.mark.local_models
 
-HANG_GUARD_S = 30.0    # not a speed assertion: the run takes a few seconds, or never ends
+HANG_GUARD_S = 15.0   # not a speed assertion: the run takes about a second once fixed, or never ends
 
 
 @pytest.fixture(scope="module")
