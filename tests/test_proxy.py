@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from moa_dsl.errors import ConfigError
 from moa_dsl.providers import CallRequest, OpenAIProvider, http as provider_http
 from moa_dsl.providers.transport import AsyncioTransport
 from moa_dsl.testing import FakeLLMServer
@@ -102,3 +103,19 @@ def test_no_proxy_and_loopback_urls_go_direct(proxy, monkeypatch):
     direct = OpenAIProvider(name="fake", base_url=server.url, api_key=KEY)   # loopback: never proxied
     assert isinstance(direct._shards.clients[0]._transport, AsyncioTransport)
     assert _ask(direct, stream=False) and seen == []
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("HTTPS_PROXY", "ftp://user:hunter2-secret@127.0.0.1:9"),      # a scheme httpx refuses
+    ("ALL_PROXY", "socks5://user:hunter2-secret@127.0.0.1:9"),     # SOCKS without socksio installed
+])
+def test_a_proxy_that_applies_but_cannot_be_used_is_a_config_error_without_its_credentials(
+        proxy, monkeypatch, variable, value):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=r"^provider remote: the proxy the environment sets for "
+                                          r"api\.moa-proxy-test\.invalid .* cannot be used: ") as info:
+        OpenAIProvider(name="remote", base_url="https://api.moa-proxy-test.invalid/v1", api_key=KEY)
+    assert "hunter2" not in str(info.value) and "127.0.0.1:9" not in str(info.value)
+    monkeypatch.setenv("NO_PROXY", "api.moa-proxy-test.invalid")   # exempt: built, and direct
+    exempt = OpenAIProvider(name="remote", base_url="https://api.moa-proxy-test.invalid/v1", api_key=KEY)
+    assert isinstance(exempt._shards.clients[0]._transport, AsyncioTransport)

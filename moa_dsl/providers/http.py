@@ -18,6 +18,7 @@ import asyncio
 import email.utils
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Mapping
@@ -39,6 +40,7 @@ SHARD_CONNECTIONS = 8          # connections per httpx client; see _Shards for w
 _MESSAGE_LIMIT = 300           # characters of a server's error text kept in our message
 _DRAIN_LIMIT = 64 * 1024       # characters read after a stream's end marker before we give up on its connection
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\")]+")
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class HTTPProvider:
     def __init__(self, *, name: str, base_url: str, api_key: str | None = None,
                  headers: Mapping[str, str] | None = None, max_concurrency: int | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, endpoint: str | None = None,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, semaphore: asyncio.Semaphore | None = None):
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
         if not base_url or urlsplit(base_url).scheme not in ("http", "https"):
@@ -155,7 +157,10 @@ class HTTPProvider:
         extra = dict(headers or {})
         self._secrets = tuple(s for s in (api_key, *extra.values()) if s and len(s) >= 6)
         self._backoff = backoff or DEFAULT_BACKOFF
-        self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        # Held per attempt, never across a retry wait. `semaphore`: one shared with other providers
+        # (the local provider's max_concurrency spans its per-model clients).
+        self._semaphore = semaphore if semaphore is not None else (
+            asyncio.Semaphore(max_concurrency) if max_concurrency else None)
         self._timeouts: dict[float, httpx.Timeout] = {}
         self._timeout_dicts: dict[float, dict[str, float | None]] = {}
         self._target = httpx.URL(self.url)
@@ -176,10 +181,15 @@ class HTTPProvider:
                 per_shard = MAX_CONNECTIONS
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         # An injected transport (tests) is shared by every shard; closing it more than once is harmless.
-        self._shards = _Shards(
-            lambda: httpx.AsyncClient(headers=headers, limits=limits, transport=transport, verify=verify,
-                                      trust_env=trust_env),
-            per_shard=per_shard, max_shards=max(1, MAX_CONNECTIONS // per_shard))
+        try:
+            self._shards = _Shards(
+                lambda: httpx.AsyncClient(headers=headers, limits=limits, transport=transport, verify=verify,
+                                          trust_env=trust_env),
+                per_shard=per_shard, max_shards=max(1, MAX_CONNECTIONS // per_shard))
+        except (ImportError, ValueError) as exc:   # an environment proxy httpx cannot use
+            reason = _URL_IN_TEXT.sub("<proxy URL>", str(exc))   # a proxy URL may hold credentials
+            raise ConfigError(f"provider {name}: the proxy the environment sets for {self._target.host} "
+                              f"(HTTP_PROXY / HTTPS_PROXY / ALL_PROXY) cannot be used: {reason}") from None
 
     # -- hooks ------------------------------------------------------------------------------------
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -337,12 +347,20 @@ class HTTPProvider:
 
 def _proxied(url: httpx.URL, trust_env: bool) -> bool:
     """Whether httpx would send a request for `url` through an environment proxy (HTTP(S)_PROXY,
-    ALL_PROXY, NO_PROXY): asked of a client that is built, never used, and holds no socket."""
+    ALL_PROXY, NO_PROXY), decided as httpx's client decides it (its most specific matching pattern
+    wins; NO_PROXY maps to None) but without building a transport for every variable: a proxy that
+    does not apply here (say socks5:// without socksio) must not stop this provider."""
     if not trust_env:
         return False
-    probe = httpx.AsyncClient(verify=False, trust_env=True)   # verify=False: no CA bundle to load
-    pick = getattr(probe, "_transport_for_url", None)
-    return pick is None or pick(url) is not probe._transport
+    try:
+        from httpx._utils import URLPattern, get_environment_proxies
+    except ImportError:   # an httpx that moved them: ask a client (builds, never sends)
+        probe = httpx.AsyncClient(verify=False, trust_env=True)
+        pick = getattr(probe, "_transport_for_url", None)
+        return pick is None or pick(url) is not probe._transport
+    mounts = sorted(((URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()),
+                    key=lambda item: item[0])
+    return next((proxy is not None for pattern, proxy in mounts if pattern.matches(url)), False)
 
 
 async def _dispatch(client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:

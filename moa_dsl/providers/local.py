@@ -243,8 +243,10 @@ class LocalProvider:
         self.name = name
         self.endpoint = "local"
         self.max_concurrency = max_concurrency
+        # Shared by the per-model clients, which hold it per attempt (never across a retry wait).
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._clients: dict[str, Any] = {}
+        self._retired: list[Any] = []   # clients of a server that died: closed with this provider
         self._locks: dict[str, asyncio.Lock] = {}
 
     def endpoint_for(self, model: str) -> str:
@@ -252,27 +254,24 @@ class LocalProvider:
 
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
                        emit: Emit | None = None, wait: Wait | None = None) -> Completion:
-        if self._semaphore is None:
-            return await self._complete(req, on_token, emit, wait)
-        async with self._semaphore:
-            return await self._complete(req, on_token, emit, wait)
-
-    async def _complete(self, req: CallRequest, on_token: OnToken | None, emit: Emit | None,
-                        wait: Wait | None) -> Completion:
         client = await self._client(req.model)
         try:
             return await client.complete(req, on_token=on_token, emit=emit, wait=wait)
         except ProviderHTTPError as exc:
             raise _explain_context(exc, req) or exc
         except ProviderConnectionError as exc:
-            code = exit_code(resolve(req.model))
-            if code is None:
-                raise
-            if self._clients.get(req.model) is client:   # the next call starts a new server
+            path = resolve(req.model)
+            if running().get(path) == client.base_url:
+                raise                    # its server is alive: an ordinary connection failure
+            # Its server died (or another run already replaced it): the next call gets a live one.
+            # The client is retired, not closed: other calls may still be retrying on it.
+            if self._clients.get(req.model) is client:
                 del self._clients[req.model]
-                await client.aclose()
-            raise LocalModelError(f"{req.node}: llama.cpp's server for local model {req.model!r} stopped "
-                                  f"(exit code {code}); the next call starts it again") from exc
+                self._retired.append(client)
+            code = exit_code(path)
+            state = (f"stopped (exit code {code}); the next call starts it again" if code is not None
+                     else "stopped during this call; the next call uses a running one")
+            raise LocalModelError(f"{req.node}: llama.cpp's server for local model {req.model!r} {state}") from exc
 
     async def _client(self, model: str) -> Any:
         # One client per model even when a layer's samples all start at once; other models don't wait.
@@ -283,12 +282,13 @@ class LocalProvider:
                 from .openai import OpenAIProvider
 
                 client = self._clients[model] = OpenAIProvider(
-                    name=self.name, base_url=url, endpoint=endpoint_for(model))
+                    name=self.name, base_url=url, endpoint=endpoint_for(model), semaphore=self._semaphore)
             return client
 
     async def aclose(self) -> None:
         """Closes this run's HTTP clients; the servers stay warm for the next run (see `shutdown`)."""
-        clients, self._clients = list(self._clients.values()), {}
+        clients, self._clients = list(self._clients.values()) + self._retired, {}
+        self._retired = []
         for client in clients:
             await client.aclose()
 

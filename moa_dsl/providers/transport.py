@@ -22,6 +22,7 @@ an environment proxy applies to their URL), HTTP/2, Unix sockets, `socket_option
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import select
 import ssl
@@ -171,7 +172,9 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         self._idle: dict[Origin, deque[_Connection]] = {}
         self._live: set[_Connection] = set()   # open or being opened, idle or not
         self._opening = 0
-        self._waiters: deque[asyncio.Future] = deque()
+        # Requests waiting for the pool, oldest first: (origin, future). The future's result is a
+        # connection handed over (same origin), True (a slot may be free: look again) or False (timeout).
+        self._waiters: deque[tuple[Origin, asyncio.Future]] = deque()
         self._closed = False
 
     @property
@@ -215,14 +218,15 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         self._live.clear()
         self._idle.clear()
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)   # it looks again, finds the transport closed and says so
 
     # -- the pool -------------------------------------------------------------------------------------
     async def _acquire(self, origin: Origin, request: httpx.Request, timeouts: dict) -> _Connection:
         loop = asyncio.get_running_loop()
         deadline = None
+        woken_before = False
         while True:
             if self._closed:
                 raise RuntimeError("the transport is closed")
@@ -241,22 +245,34 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
             if deadline is None and pool_timeout is not None:
                 deadline = now + pool_timeout
             waiter = loop.create_future()
-            self._waiters.append(waiter)
+            # Woken but overtaken (a new request took the free slot first): keep our place in the queue.
+            (self._waiters.appendleft if woken_before else self._waiters.append)((origin, waiter))
             timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
             try:
                 woken = await waiter
-            except BaseException:   # cancelled: leave the queue, or pass on a wake-up already received
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                elif waiter.done() and not waiter.cancelled() and waiter.result():
-                    self._wake_one()
+            except BaseException:   # cancelled: leave the queue, or pass on what was already given
+                self._forget(origin, waiter)
                 raise
             finally:
                 if timer is not None:
                     timer.cancel()
+            if isinstance(woken, _Connection):
+                return woken
             if woken is False:
                 raise httpx.PoolTimeout(f"no connection free within {pool_timeout:g} s "
                                         f"({self._max} in use)", request=request)
+            woken_before = True
+
+    def _forget(self, origin: Origin, waiter: asyncio.Future) -> None:
+        """A waiting request was cancelled: take it out of the queue, or hand on what it was given."""
+        if (origin, waiter) in self._waiters:
+            self._waiters.remove((origin, waiter))
+        elif waiter.done() and not waiter.cancelled():
+            given = waiter.result()
+            if isinstance(given, _Connection):
+                self._release(given, reuse=True)
+            elif given:
+                self._wake_one()
 
     def _close_an_idle_connection(self) -> None:
         for conns in self._idle.values():
@@ -270,7 +286,14 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
         context = None
         if scheme == "https":
             if self._ssl is None:
-                self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
+                try:
+                    self._ssl = httpx.create_ssl_context(trust_env=self._trust_env)
+                except (OSError, ssl.SSLError) as exc:   # e.g. SSL_CERT_FILE names a missing file
+                    where = ", ".join(f"{v}={os.environ[v]!r}" for v in ("SSL_CERT_FILE", "SSL_CERT_DIR")
+                                      if self._trust_env and os.environ.get(v))
+                    raise httpx.ConnectError(f"cannot load the CA certificates to verify {host}"
+                                             + (f" ({where})" if where else "") + f": {exc}",
+                                             request=request) from exc
             context = self._ssl
         self._opening += 1
         try:
@@ -296,6 +319,13 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
     def _release(self, conn: _Connection, *, reuse: bool) -> None:
         if reuse and not self._closed and not conn.discarded and conn.reusable():
             conn.idle_since = conn.loop.time()
+            # Straight to the oldest request waiting for this origin: a request made after it must
+            # not take the connection first (it would, being scheduled earlier than the waiter).
+            for i, (origin, waiter) in enumerate(self._waiters):
+                if origin == conn.origin and not waiter.done():
+                    del self._waiters[i]
+                    waiter.set_result(conn)
+                    return
             self._idle.setdefault(conn.origin, deque()).append(conn)
         else:
             self._discard(conn)
@@ -309,7 +339,7 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
 
     def _wake_one(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)
                 return

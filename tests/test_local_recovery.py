@@ -1,5 +1,5 @@
-"""Review of the local provider's server processes and its interplay with the runner's retry slots,
-against the real llama.cpp server (smollm2-135m, already downloaded)."""
+"""The local provider when its llama.cpp server dies or a call waits to retry, against the real
+server (smollm2-135m). Each test failed before the fix its docstring names."""
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +19,8 @@ def smol():
     return local.resolve("smollm2-135m")
 
 
-def test_bug_a_local_provider_with_max_concurrency_deadlocks_when_a_call_waits_to_retry(smol, cache_dir):
-    """`provider loc = local { max_concurrency = 1 }`, two nodes, a retryable failure (a timeout).
+def test_a_local_provider_with_max_concurrency_does_not_deadlock_when_a_call_waits_to_retry(smol, cache_dir):
+    """Before the fix: `provider loc = local { max_concurrency = 1 }`, two nodes, a retryable failure (a timeout).
 
     The runner gives the call's provider slot back while it waits to retry (_Slots.sleep), but
     LocalProvider.complete still holds its own semaphore across every attempt and wait. The second
@@ -70,8 +70,8 @@ def quick_backoff(monkeypatch):
     monkeypatch.setattr(http, "DEFAULT_BACKOFF", http.Backoff(base_s=0.05))
 
 
-def test_bug_concurrent_calls_to_a_dead_server_with_retries_fail_with_a_runtime_error(smol, quick_backoff):
-    """A layer samples one local model twice, with retries; its server dies. The first call to give
+def test_calls_still_retrying_on_a_dead_server_fail_with_a_local_model_error(smol, quick_backoff):
+    """Before the fix: A layer samples one local model twice, with retries; its server dies. The first call to give
     up closes the shared client (LocalProvider._complete); the other, still between retries, then
     sends on that closed client and fails with `RuntimeError: Cannot send a request, as the client has
     been closed.` instead of the LocalModelError that says what happened."""
@@ -89,8 +89,8 @@ def test_bug_concurrent_calls_to_a_dead_server_with_retries_fail_with_a_runtime_
     assert [type(o).__name__ for o in outcomes] == ["LocalModelError", "LocalModelError"], outcomes
 
 
-def test_bug_a_second_provider_never_recovers_once_another_restarted_the_dead_server(smol):
-    """Two sessions in one process (moa eval runs several topologies at once) each have a
+def test_a_second_provider_recovers_once_another_restarted_the_dead_server(smol):
+    """Before the fix: Two sessions in one process (moa eval runs several topologies at once) each have a
     LocalProvider with a client on the same server. The server dies; session A's call reports it and
     A's next call starts a new server on a new port. Session B's client still points at the dead
     port: exit_code() now sees the new server alive, so B's error is a bare connection failure and B

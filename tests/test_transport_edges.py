@@ -1,5 +1,6 @@
-"""Review of AsyncioTransport (providers/transport.py) and its use in providers/http.py, against
-servers on 127.0.0.1 that each test starts itself."""
+"""AsyncioTransport and the providers' use of it at the edges: pool fairness, an unusable CA bundle,
+proxy variables that do not apply. Servers on 127.0.0.1 that each test starts. Each test failed
+before the fix its docstring names."""
 from __future__ import annotations
 
 import asyncio
@@ -68,8 +69,8 @@ class _Server:
             writer.close()
 
 
-def test_bug_a_request_waiting_for_the_pool_is_overtaken_by_every_later_one():
-    """max_connections=1. Task A sends /a0../a4 one after the other; B asks while /a0 is in flight,
+def test_a_request_waiting_for_the_pool_is_served_before_later_ones():
+    """Before the fix: max_connections=1. Task A sends /a0../a4 one after the other; B asks while /a0 is in flight,
     so it waits for the pool. When /a0's response is closed, `_release` wakes B -- but A's next
     request runs first (same loop turn, no yield in between), finds the connection idle and takes
     it; B wakes to a full pool and queues again, at the back. This repeats for every request of A:
@@ -98,8 +99,8 @@ def test_bug_a_request_waiting_for_the_pool_is_overtaken_by_every_later_one():
     assert targets[:2] == ["/a0", "/b"], f"the waiting request was served after {targets.index('/b') - 1} later ones: {targets}"
 
 
-def test_bug_an_unreadable_ssl_cert_file_escapes_as_a_bare_file_not_found_error(monkeypatch, tmp_path):
-    """SSL_CERT_FILE naming a missing file, a provider trusting the environment (any non-loopback
+def test_an_unreadable_ssl_cert_file_is_a_connect_error_naming_it(monkeypatch, tmp_path):
+    """Before the fix: SSL_CERT_FILE naming a missing file, a provider trusting the environment (any non-loopback
     base_url). The SSL context is now built at the first https connection, outside `_connect`'s
     error handling: the request fails with a bare `FileNotFoundError: [Errno 2] No such file or
     directory` -- not an httpx error, so the provider reports it as a node failure that names
@@ -138,8 +139,8 @@ def test_bug_an_unreadable_ssl_cert_file_escapes_as_a_bare_file_not_found_error(
     {"ALL_PROXY": "socks5://127.0.0.1:9", "NO_PROXY": "api.example.com"},   # socksio is not installed
     {"HTTPS_PROXY": "ftp://127.0.0.1:9", "NO_PROXY": "api.example.com"},    # a scheme httpx refuses
 ])
-def test_bug_a_proxy_variable_that_does_not_apply_still_breaks_building_the_provider(monkeypatch, env):
-    """NO_PROXY exempts the provider's host, so httpx would never use the proxy for it, and the
+def test_a_proxy_variable_that_does_not_apply_does_not_break_building_the_provider(monkeypatch, env):
+    """Before the fix: NO_PROXY exempts the provider's host, so httpx would never use the proxy for it, and the
     provider would use AsyncioTransport. But `_proxied` asks a probe `httpx.AsyncClient(trust_env=True)`,
     whose constructor builds a transport for every proxy variable: the provider (and so `moa run`)
     dies with a traceback -- `ImportError: Using SOCKS proxy, but the 'socksio' package is not
@@ -156,3 +157,30 @@ def test_bug_a_proxy_variable_that_does_not_apply_still_breaks_building_the_prov
     except Exception as exc:   # noqa: BLE001
         pytest.fail(f"building a provider NO_PROXY exempts raised {type(exc).__name__}: {exc}")
     asyncio.run(provider.aclose())
+
+
+def test_a_connection_handed_to_a_waiter_cancelled_before_it_ran_goes_back_to_the_pool():
+    """max_connections=1: /a0 holds the connection, /b waits for it. /a0's body is read, so the
+    connection is handed straight to /b's request -- which is cancelled before it runs. The
+    connection must come back to the pool (not leak, not close): /c gets it, on the same socket."""
+    async def main() -> tuple[list[str], int, int]:
+        async with _Server(hold=("/a0",)) as server:
+            transport = AsyncioTransport(max_connections=1)
+            async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=5) as client:
+                first = asyncio.ensure_future(client.send(client.build_request("GET", f"{server.url}/a0"),
+                                                          stream=True))
+                await _until(lambda: server.targets == ["/a0"], "/a0 in flight")
+                waiting = asyncio.ensure_future(client.get(f"{server.url}/b"))
+                for _ in range(5):
+                    await asyncio.sleep(0)
+                server.release.set()
+                response = await first      # the head is in; its body is buffered, not yet read
+                await response.aread()      # read here: the connection goes to /b's request...
+                waiting.cancel()            # ...which is cancelled before it could run
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                (await client.get(f"{server.url}/c")).raise_for_status()
+                return server.targets, server.accepted, transport.connections
+
+    targets, accepted, connections = _run(main)
+    assert targets == ["/a0", "/c"] and accepted == 1 and connections == 1
