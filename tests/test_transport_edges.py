@@ -184,3 +184,38 @@ def test_a_connection_handed_to_a_waiter_cancelled_before_it_ran_goes_back_to_th
 
     targets, accepted, connections = _run(main)
     assert targets == ["/a0", "/c"] and accepted == 1 and connections == 1
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_bare_lf_line_endings_are_read_as_h11_reads_them(framing):
+    """Lines ending in a bare LF (RFC 9112 2.2 lets a recipient accept them; h11 does): before, the
+    head was never found and the request waited for its read timeout."""
+    if framing == "length":
+        answer = b"HTTP/1.1 200 OK\nContent-Length: 5\nX-Mixed: yes\r\n\nhello"
+    else:
+        answer = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nhel\n2;ext=1\nlo\n0\nX-Trailer: t\n\n"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def main() -> tuple[list[bytes], str, int]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        try:
+            transport = AsyncioTransport()
+            async with httpx.AsyncClient(transport=transport, trust_env=False, timeout=5) as client:
+                bodies = [(await client.get(url)).content for _ in range(2)]
+                last = await client.get(url)
+                return bodies, last.headers.get("x-mixed", ""), transport.connections
+        finally:
+            server.close()
+
+    bodies, mixed, connections = _run(main)
+    assert bodies == [b"hello", b"hello"] and connections == 1          # framed right: kept alive
+    assert mixed == ("yes" if framing == "length" else "")

@@ -39,6 +39,7 @@ _BAD_HEADER_BYTES = (b"\r", b"\n", b"\0")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # RFC 9110 token: methods, header names
 _NOT_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _HEX = re.compile(rb"[0-9A-Fa-f]+")
+_HEAD_END = re.compile(rb"\r?\n\r?\n")                       # the blank line after the headers
 
 Origin = tuple[str, str, int]   # scheme, host, port
 
@@ -158,11 +159,12 @@ class AsyncioTransport(httpx.AsyncBaseTransport):
     `ssl_context` verifies https origins (default: httpx's, honouring SSL_CERT_FILE / SSL_CERT_DIR
     when `trust_env`, built at the first https connection); `max_connections` bounds the open
     connections of every origin together, further requests wait (`pool` timeout);
-    `keepalive_expiry` drops connections idle longer than that many seconds.
+    `keepalive_expiry` drops connections idle longer than that many seconds (4: under the 5 s after
+    which llama.cpp's server, uvicorn and Node close an idle connection, so we never race their close).
     """
 
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None, trust_env: bool = True,
-                 max_connections: int = 100, keepalive_expiry: float | None = 5.0):
+                 max_connections: int = 100, keepalive_expiry: float | None = 4.0):
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._ssl = ssl_context
@@ -385,8 +387,9 @@ async def _send_body(conn: _Connection, request: httpx.Request, head: bytes, tim
 async def _read_head(conn: _Connection, request: httpx.Request,
                      timeout: float | None) -> tuple[bytes, int, bytes, list[tuple[bytes, bytes]]]:
     while True:
-        end = conn.buffer.find(b"\r\n\r\n")
-        if end >= 0:
+        blank = _HEAD_END.search(conn.buffer)
+        if blank is not None:
+            end = blank.start()
             break
         if len(conn.buffer) > MAX_HEAD:
             raise httpx.RemoteProtocolError(f"the response head exceeds {MAX_HEAD} bytes", request=request)
@@ -397,7 +400,8 @@ async def _read_head(conn: _Connection, request: httpx.Request,
         await conn.wait_for_bytes(timeout, request)
     if end > MAX_HEAD:
         raise httpx.RemoteProtocolError(f"the response head exceeds {MAX_HEAD} bytes", request=request)
-    lines = conn.take(end + 4)[:-4].split(b"\r\n")
+    # Lines end in CRLF; a bare LF is accepted too (RFC 9112 2.2 allows it, and h11 does).
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in conn.take(blank.end())[:end].split(b"\n")]
     status_line = lines[0].split(b" ", 2)
     version = status_line[0]
     if (len(status_line) < 2 or not version.startswith(b"HTTP/1.") or len(status_line[1]) != 3
@@ -500,9 +504,10 @@ class _Body(httpx.AsyncByteStream):
     async def _line(self) -> bytes:
         conn = self._conn
         while True:
-            end = conn.buffer.find(b"\r\n")
+            end = conn.buffer.find(b"\n")
             if end >= 0:
-                return conn.take(end + 2)[:-2]
+                line = conn.take(end + 1)[:-1]
+                return line[:-1] if line.endswith(b"\r") else line   # CRLF, or a bare LF
             if len(conn.buffer) > MAX_HEAD:
                 raise httpx.RemoteProtocolError("a chunk-size or trailer line is too long", request=self._request)
             if conn.eof:
