@@ -236,3 +236,22 @@ def test_trace_leaves_token_events_out(moa_file, server, tmp_path, capsys):
     asyncio.run(arun(load(moa_file), "stream me too", on_event=lambda e: tokens.append(e.kind), trace=str(trace)))
     assert "token" in tokens  # callbacks still get them
     assert "token" not in {json.loads(x)["kind"] for x in trace.read_text().splitlines()}
+
+
+def test_a_batch_piped_into_head_exits_cleanly_and_still_fills_the_cache(moa_file, server, tmp_path, monkeypatch):
+    """`moa run --input … | head -1` for real: the reader leaves after the first row; the batch goes
+    on (its answers are cached), exits 0, and never prints a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"instruction": f"question {i}"}) + "\n" for i in range(6)))
+    cmd = (f"{sys.executable} -m moa_dsl run {moa_file} --input {inp} --concurrency 1 | head -1; "
+           "exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "moa: 6/6 ok" in done.stderr
+    assert json.loads(done.stdout)["instruction"] == "question 0"       # the first row, whole
+    assert main(["run", moa_file, "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 0
+    assert len(server.requests) == 18                                   # the rerun called nothing

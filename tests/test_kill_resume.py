@@ -73,3 +73,31 @@ node final = aggregate fake:"agg" <- first
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
     assert any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_a_killed_batch_leaves_its_finished_rows_in_input_order(tmp_path):
+    """`moa run --input` writes each row once every row before it is done: SIGKILLed mid-batch, its
+    output file holds a valid prefix of the results, not nothing."""
+    env = {**os.environ, "FAKE_KEY": KEY}
+    out = tmp_path / "out.jsonl"
+    with FakeLLMServer(default_latency=0.2, api_key=KEY) as server:
+        src = tmp_path / "t.moa"
+        src.write_text(f'provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY") }}\n'
+                       'node final = propose fake:"m"\n')
+        inp = tmp_path / "in.jsonl"
+        inp.write_text("".join(json.dumps({"instruction": f"question {i}"}) + "\n" for i in range(20)))
+        argv = [sys.executable, "-m", "moa_dsl", "run", str(src), "--input", str(inp), "--output", str(out),
+                "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")]
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for(lambda: out.exists() and out.read_text().count("\n") >= 2)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]   # every line whole
+    assert 2 <= len(rows) < 20
+    assert [r["instruction"] for r in rows] == [f"question {i}" for i in range(len(rows))]
+    assert all(r["status"] == "ok" and r["output"] for r in rows)

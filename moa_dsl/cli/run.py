@@ -304,9 +304,7 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     try:
         if isinstance(trace, int):
             return trace
-        rows = asyncio.run(_abatch(pipe, records, args, trace))
-        output.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        output.flush()
+        rows = asyncio.run(_abatch(pipe, records, args, trace, _RowWriter(output)))
     finally:
         for fh in (output, trace):
             if fh is not None and not isinstance(fh, int) and fh is not sys.stdout:
@@ -321,8 +319,32 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_RUN_FAILED
 
 
+class _RowWriter:
+    """Output rows in input order, each written (and flushed) as soon as every row before it is done:
+    a batch that is killed or interrupted leaves a valid prefix of its output, not nothing."""
+
+    def __init__(self, out: TextIO):
+        self.out, self.rows, self.written, self.reader_gone = out, {}, 0, False
+
+    def done(self, index: int, row: dict[str, Any]) -> None:
+        self.rows[index] = row
+        while self.written in self.rows:
+            self._write(json.dumps(self.rows.pop(self.written), ensure_ascii=False) + "\n")
+            self.written += 1
+
+    def _write(self, line: str) -> None:
+        if self.reader_gone:
+            return
+        try:
+            self.out.write(line)
+            self.out.flush()
+        except BrokenPipeError:   # `| head`: stop printing; the batch goes on and fills the cache
+            self.reader_gone = True
+            _discard_stdout()
+
+
 async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
-                  trace: TextIO | None) -> list[dict[str, Any]]:
+                  trace: TextIO | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
     from ..run import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)
@@ -335,7 +357,9 @@ async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Nam
                 if "instruction" in record or "query" in record:
                     del row["outputs"]   # only `turns` items list an answer per turn
                 progress.step(row["status"] == "ok")
-                return {**record, **row, "generator": pipe.name}
+                row = {**record, **row, "generator": pipe.name}
+                rows_out.done(i, row)
+                return row
 
             # A bug or Ctrl-C in one item stops the others' calls instead of leaving them running.
             return await gather_or_cancel((one(i, rec, item) for i, (rec, item) in enumerate(records)), step=8)
