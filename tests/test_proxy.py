@@ -119,3 +119,19 @@ def test_a_proxy_that_applies_but_cannot_be_used_is_a_config_error_without_its_c
     monkeypatch.setenv("NO_PROXY", "api.moa-proxy-test.invalid")   # exempt: built, and direct
     exempt = OpenAIProvider(name="remote", base_url="https://api.moa-proxy-test.invalid/v1", api_key=KEY)
     assert isinstance(exempt._shards.clients[0]._transport, AsyncioTransport)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("ALL_PROXY", "socks5://127.0.0.1:9"),    # socksio is not installed
+    ("HTTPS_PROXY", "ftp://127.0.0.1:9"),     # a scheme httpx refuses
+])
+def test_a_proxy_variable_that_does_not_apply_does_not_break_building_the_provider(proxy, monkeypatch,
+                                                                                   variable, value):
+    """NO_PROXY exempts the host, so httpx would never use the proxy for it. Before the fix, deciding
+    that built an httpx client, hence a transport for every proxy variable, and the provider (and
+    `moa run`) died with an ImportError / ValueError traceback."""
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    provider = OpenAIProvider(name="p", base_url="https://api.example.com/v1", api_key=KEY)
+    assert isinstance(provider._shards.clients[0]._transport, AsyncioTransport)
+    asyncio.run(provider.aclose())

@@ -1221,3 +1221,91 @@ def test_an_os_connect_timeout_is_an_httpx_error_even_without_a_connect_timeout(
             await _raises((httpx.ConnectError, httpx.ConnectTimeout), client.get(url), url)
 
     _run(main)
+
+
+# ===================================================================================================
+# Pool order, hand-over and lenient line endings
+# ===================================================================================================
+
+def _hold_until(release: asyncio.Event) -> Respond:
+    async def respond(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(OK)
+    return respond
+
+
+def test_a_request_waiting_for_the_pool_is_served_before_later_ones():
+    """max_connections=1. A sends /a0../a4 one after the other; B asks while /a0 is in flight, so it
+    waits for the pool. Once /a0 is read, B is served next. Before the fix, A's next request (running
+    before the woken B) took the freed connection every time, so B came last -- or, with a short pool
+    timeout, failed although the connection was free five times (httpcore does the same)."""
+    async def main() -> list[bytes]:
+        release = asyncio.Event()
+        transport = AsyncioTransport(max_connections=1)
+        async with _Raw(_routes(a0=_hold_until(release))) as server, _client(transport) as client:
+            async def a() -> None:
+                for i in range(5):
+                    (await client.get(f"{server.url}/a{i}")).raise_for_status()
+
+            task_a = asyncio.ensure_future(a())
+            await server.until(lambda s: len(s.heads) == 1, "/a0 in flight")
+            task_b = asyncio.ensure_future(client.get(f"{server.url}/b"))
+            for _ in range(5):            # B runs up to its wait for the pool
+                await asyncio.sleep(0)
+            assert not task_b.done() and transport.connections == 1
+            release.set()
+            await asyncio.gather(task_a, task_b)
+            return [_target(h) for h in server.heads]
+
+    targets = _run(main)
+    assert targets[:2] == [b"/a0", b"/b"], targets
+
+
+def test_a_connection_handed_to_a_waiter_cancelled_before_it_ran_goes_back_to_the_pool():
+    """max_connections=1: /a0 holds the connection, /b waits for it. /a0's body is read, so the
+    connection is handed straight to /b's request -- which is cancelled before it runs. The
+    connection must come back to the pool (not leak, not close): /c gets it, on the same socket."""
+    async def main() -> tuple[list[bytes], int, int]:
+        release = asyncio.Event()
+        transport = AsyncioTransport(max_connections=1)
+        async with _Raw(_routes(a0=_hold_until(release))) as server, _client(transport) as client:
+            first = asyncio.ensure_future(client.send(client.build_request("GET", f"{server.url}/a0"), stream=True))
+            await server.until(lambda s: len(s.heads) == 1, "/a0 in flight")
+            waiting = asyncio.ensure_future(client.get(f"{server.url}/b"))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            release.set()
+            response = await first      # the head is in; its body is buffered, not yet read
+            await response.aread()      # read here: the connection goes to /b's request...
+            waiting.cancel()            # ...which is cancelled before it could run
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            (await client.get(f"{server.url}/c")).raise_for_status()
+            return [_target(h) for h in server.heads], server.accepted, transport.connections
+
+    targets, accepted, connections = _run(main)
+    assert targets == [b"/a0", b"/c"] and accepted == 1 and connections == 1
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_bare_lf_line_endings_are_read_as_h11_reads_them(framing):
+    """Lines ending in a bare LF (RFC 9112 2.2 lets a recipient accept them; h11 does): before, the
+    head was never found and the request waited for its read timeout."""
+    if framing == "length":
+        answer = b"HTTP/1.1 200 OK\nContent-Length: 5\nX-Mixed: yes\r\n\nhello"
+    else:
+        answer = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nhel\n2;ext=1\nlo\n0\nX-Trailer: t\n\n"
+
+    async def respond(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+
+    async def main() -> tuple[list[bytes], str, int]:
+        transport = AsyncioTransport()
+        async with _Raw(respond) as server, _client(transport) as client:
+            bodies = [(await client.get(server.url + "/")).content for _ in range(2)]
+            last = await client.get(server.url + "/")
+            return bodies, last.headers.get("x-mixed", ""), transport.connections
+
+    bodies, mixed, connections = _run(main)
+    assert bodies == [b"hello", b"hello"] and connections == 1          # framed right: kept alive
+    assert mixed == ("yes" if framing == "length" else "")

@@ -102,3 +102,21 @@ def test_the_default_context_honours_ssl_cert_file_when_trusting_the_environment
             return trusted
 
     assert [a["method"] for a in asyncio.run(main())] == ["POST", "GET"]
+
+
+def test_an_unreadable_ssl_cert_file_is_a_connect_error_naming_it(monkeypatch, tmp_path):
+    """SSL_CERT_FILE naming a missing file, the environment trusted. Before the fix the request failed
+    with a bare `FileNotFoundError: [Errno 2] No such file or directory`, naming neither the variable
+    nor the path (the context is built at the first https connection)."""
+    missing = tmp_path / "no-such-bundle.pem"
+    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
+
+    async def main():
+        async with _TLSServer() as server:
+            async with httpx.AsyncClient(transport=AsyncioTransport(trust_env=True)) as client:
+                with pytest.raises(httpx.ConnectError) as caught:
+                    await client.get(f"https://127.0.0.1:{server.port}/v1")
+                return caught.value
+
+    message = str(asyncio.run(main()))
+    assert "SSL_CERT_FILE" in message and str(missing) in message
