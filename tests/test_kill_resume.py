@@ -23,6 +23,20 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+def _sigkill_when(argv: list[str], env: dict[str, str], predicate) -> subprocess.Popen:
+    """Start `argv`, SIGKILL it once `predicate()` holds; never leave it running."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(predicate)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc
+
+
 def _finished_nodes(trace) -> set[str]:
     if not trace.exists():
         return set()
@@ -47,16 +61,8 @@ node final = aggregate fake:"agg" <- first
 """)
         argv = [sys.executable, "-m", "moa_dsl", "run", str(src), "Why is the sky blue?",
                 "--cache-dir", str(cache), "--trace", str(trace)]
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _wait_for(lambda: _finished_nodes(trace) >= {f"first.{m}" for m in FAST}
-                      and len(server.requests) == 6)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        proc = _sigkill_when(argv, env, lambda: _finished_nodes(trace) >= {f"first.{m}" for m in FAST}
+                             and len(server.requests) == 6)
         assert proc.returncode == -signal.SIGKILL
         assert not server.requests_for("agg")
 
@@ -88,15 +94,7 @@ def test_a_killed_batch_leaves_its_finished_rows_in_input_order(tmp_path):
         inp.write_text("".join(json.dumps({"instruction": f"question {i}"}) + "\n" for i in range(20)))
         argv = [sys.executable, "-m", "moa_dsl", "run", str(src), "--input", str(inp), "--output", str(out),
                 "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")]
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            _wait_for(lambda: out.exists() and out.read_text().count("\n") >= 2)
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        _sigkill_when(argv, env, lambda: out.exists() and out.read_text().count("\n") >= 2)
     rows = [json.loads(line) for line in out.read_text().splitlines()]   # every line whole
     assert 2 <= len(rows) < 20
     assert [r["instruction"] for r in rows] == [f"question {i}" for i in range(len(rows))]
