@@ -336,6 +336,14 @@ async def _stall_until_hangup(head: bytes, reader: asyncio.StreamReader, writer:
     return False
 
 
+def _hold_until(release: asyncio.Event) -> Respond:
+    """Answer OK once `release` is set."""
+    async def respond(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(OK)
+    return respond
+
+
 def _routes(**routes: Respond) -> Respond:
     """Dispatch on the request target (`/name`); anything else gets OK."""
     async def respond(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
@@ -939,11 +947,7 @@ def test_a_pool_timeout_when_every_connection_is_busy_then_the_connection_serves
 
     async def main():
         release = asyncio.Event()
-
-        async def hold(head, reader, writer):
-            await release.wait()
-            writer.write(OK)
-
+        hold = _hold_until(release)
         async with _Raw(_routes(hold=hold)) as server, _client(transport) as client:
             busy = asyncio.create_task(client.get(server.url + "/hold"))
             await server.until(lambda s: len(s.heads) == 1, "the first request reached the server")
@@ -1010,11 +1014,7 @@ def test_cancelling_a_request_waiting_for_the_pool_loses_no_wake_up(when):
 
     async def main():
         release = asyncio.Event()
-
-        async def hold(head, reader, writer):
-            await release.wait()
-            writer.write(OK)
-
+        hold = _hold_until(release)
         async with _Raw(_routes(hold=hold)) as server, _client(transport, timeout=httpx.Timeout(5, pool=2)) as client:
             async def busy_then_cancel() -> httpx.Response:
                 response = await client.get(server.url + "/hold")
@@ -1226,13 +1226,6 @@ def test_an_os_connect_timeout_is_an_httpx_error_even_without_a_connect_timeout(
 # ===================================================================================================
 # Pool order, hand-over and lenient line endings
 # ===================================================================================================
-
-def _hold_until(release: asyncio.Event) -> Respond:
-    async def respond(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(OK)
-    return respond
-
 
 def test_a_request_waiting_for_the_pool_is_served_before_later_ones():
     """max_connections=1. A sends /a0../a4 one after the other; B asks while /a0 is in flight, so it
