@@ -163,23 +163,9 @@ class NodeLines:
 def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | None) -> int:
     from ..run import arun
 
-    out = sys.stdout
+    write = _Printer(sys.stdout)
     streamed: list[str] = []
-    reader_gone = False   # stdout's reader closed it (`| head -1`): the run goes on, unprinted
     lines = NodeLines(sys.stderr, quiet=args.quiet)
-
-    def write(text: str) -> None:
-        nonlocal reader_gone
-        if reader_gone:
-            return
-        try:
-            out.write(text)
-            out.flush()
-        except BrokenPipeError:
-            # Raised inside on_token it would reach the runner and fail the output node; instead
-            # stop printing and let the run finish (and be cached).
-            reader_gone = True
-            _discard_stdout()
 
     def end_line() -> None:  # the answer's last line, ended before stderr's next line shares the terminal
         if streamed and not streamed[-1].endswith("\n") and not args.json:
@@ -211,6 +197,25 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | Non
     if not args.quiet:
         print(f"moa: {result.summary()}", file=sys.stderr)
     return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
+
+
+class _Printer:
+    """Writes and flushes to stdout until its reader goes away (`| head -1`); then the run goes on,
+    unprinted. A BrokenPipeError raised inside on_token would reach the runner and fail the output
+    node; raised while writing a batch's rows it would stop a batch that is still filling the cache."""
+
+    def __init__(self, out: TextIO):
+        self.out, self.reader_gone = out, False
+
+    def __call__(self, text: str) -> None:
+        if self.reader_gone:
+            return
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            self.reader_gone = True
+            _discard_stdout()
 
 
 def _discard_stdout() -> None:
@@ -324,23 +329,13 @@ class _RowWriter:
     a batch that is killed or interrupted leaves a valid prefix of its output, not nothing."""
 
     def __init__(self, out: TextIO):
-        self.out, self.rows, self.written, self.reader_gone = out, {}, 0, False
+        self.write, self.rows, self.written = _Printer(out), {}, 0
 
     def done(self, index: int, row: dict[str, Any]) -> None:
         self.rows[index] = row
         while self.written in self.rows:
-            self._write(json.dumps(self.rows.pop(self.written), ensure_ascii=False) + "\n")
+            self.write(json.dumps(self.rows.pop(self.written), ensure_ascii=False) + "\n")
             self.written += 1
-
-    def _write(self, line: str) -> None:
-        if self.reader_gone:
-            return
-        try:
-            self.out.write(line)
-            self.out.flush()
-        except BrokenPipeError:   # `| head`: stop printing; the batch goes on and fills the cache
-            self.reader_gone = True
-            _discard_stdout()
 
 
 async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
