@@ -256,7 +256,7 @@ async def raw_wide(url: str, n: int, bound: int, *, httpcore: int | None = None)
     default transport instead, in clients of that many connections (`httpcore_clients`)."""
     provider = OpenAIProvider(name="fake", base_url=url, api_key=KEY)
     shards = httpcore_clients(httpcore) if httpcore else provider._shards
-    target, timeout = provider.url, provider._timeout(120.0)
+    target, timeout = provider.url, httpx.Timeout(120.0)
     sem = asyncio.Semaphore(bound)
     conversation = [{"role": "user", "content": "Why is the sky blue?"}]
 

@@ -161,7 +161,6 @@ class HTTPProvider:
         # (the local provider's max_concurrency spans its per-model clients).
         self._semaphore = semaphore if semaphore is not None else (
             asyncio.Semaphore(max_concurrency) if max_concurrency else None)
-        self._timeouts: dict[float, httpx.Timeout] = {}
         self._timeout_dicts: dict[float, dict[str, float | None]] = {}
         self._target = httpx.URL(self.url)
         headers = {**self.auth_headers(api_key), **extra}
@@ -325,17 +324,11 @@ class HTTPProvider:
                     text = text.replace(form, "***")
         return text
 
-    def _timeout(self, seconds: float) -> httpx.Timeout:
-        timeout = self._timeouts.get(seconds)
-        if timeout is None:
-            timeout = self._timeouts[seconds] = httpx.Timeout(seconds)
-        return timeout
-
     def _timeout_dict(self, seconds: float) -> dict[str, float | None]:
         """The request extension httpx's transports read, built once per distinct timeout."""
         timeout = self._timeout_dicts.get(seconds)
         if timeout is None:
-            timeout = self._timeout_dicts[seconds] = self._timeout(seconds).as_dict()
+            timeout = self._timeout_dicts[seconds] = httpx.Timeout(seconds).as_dict()
         return timeout
 
     async def aclose(self) -> None:
