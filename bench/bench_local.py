@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import moa_dsl  # noqa: E402
-from moa_dsl import models  # noqa: E402
+from moa_dsl.providers.local import registry as models  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "alpaca_eval_instructions.jsonl"
 
@@ -52,7 +52,7 @@ def _rss_mb(pid: str) -> float:
 
 def rss_mb() -> tuple[float, float]:
     """(RSS of this process, RSS of its llama.cpp server processes) in MB, now."""
-    from moa_dsl.providers import local
+    from moa_dsl.providers.local import llamacpp as local
 
     servers = [slot.server.proc.pid for slot in list(local._servers.values())
                if slot.server is not None and slot.server.alive()]

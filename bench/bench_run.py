@@ -23,8 +23,8 @@ import httpx
 import networkx as nx
 
 from moa_dsl import loads
-from moa_dsl.messages import build_messages
-from moa_dsl.run import Session, arun
+from moa_dsl.runtime.messages import build_messages
+from moa_dsl.runtime.scheduler import Session, arun
 
 KEY = "sk-bench"
 SERVER = """

@@ -42,13 +42,14 @@ import networkx as nx  # noqa: E402
 from bench import bench_check, bench_run  # noqa: E402
 from moa_dsl import loads  # noqa: E402
 from moa_dsl.config import REFERENCE_PROMPT  # noqa: E402
-from moa_dsl.messages import build_messages, normalize_query, request_params  # noqa: E402
+from moa_dsl.config import request_params  # noqa: E402
+from moa_dsl.runtime.messages import build_messages, normalize_query  # noqa: E402
 from moa_dsl.providers.base import CallRequest  # noqa: E402
 from moa_dsl.providers import http  # noqa: E402
 from moa_dsl.providers.http import MAX_CONNECTIONS, SHARD_CONNECTIONS  # noqa: E402
 from moa_dsl.providers.openai import OpenAIProvider  # noqa: E402
 from moa_dsl.providers.pool import ProviderPool  # noqa: E402
-from moa_dsl.run import Session, arun  # noqa: E402
+from moa_dsl.runtime.scheduler import Session, arun  # noqa: E402
 
 KEY = "sk-bench-dummy"
 ENV = {"K": KEY}

@@ -94,3 +94,8 @@ def models_dir() -> Path:
     """$MOA_MODELS_DIR, else ~/.cache/moa-dsl/models."""
     env = os.environ.get("MOA_MODELS_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "moa-dsl" / "models"
+
+
+def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that reach the request body, only those that are set."""
+    return {k: params[k] for k in REQUEST_PARAMS if params.get(k) is not None}

@@ -10,15 +10,36 @@
     ├── LocalModelError       pulling, verifying or serving an embedded model
     └── RunFailed             the output node failed or was skipped (.result holds the RunResult)
 
+`Span` (a place in a source file) and `Diagnostic` live here too, with their rendering: every
+layer reports problems in these terms, and this module imports nothing else from the package.
+
 Third-party exceptions (httpx, lark, xllamacpp, diskcache) are translated into this tree at one
 boundary each, `raise ... from exc`. No message ever contains a credential.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from .syntax import Span
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """1-based line and column; end_column points one past the last character."""
+
+    file: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def end(self) -> "Span":
+        """A zero-width span just after this one (where a missing token would go)."""
+        return Span(self.file, self.end_line, self.end_column, self.end_line, self.end_column)
+
+    def to(self, other: "Span") -> "Span":
+        """From the start of this span to the end of `other`."""
+        return Span(self.file, self.line, self.column, other.end_line, other.end_column)
 
 
 @dataclass(frozen=True)
@@ -55,7 +76,6 @@ class MoaError(Exception):
     def render(self, color: bool = False) -> str:
         if not self.diagnostics:
             return str(self.args[0]) if self.args else ""
-        from .render import render_diagnostics  # the renderer lives with the compiler
         return render_diagnostics(self.diagnostics, self.sources, color=color)
 
     def _render_traceback_(self) -> list[str]:
@@ -98,3 +118,59 @@ class RunFailed(MoaError):
     def __init__(self, message: str, result: Any = None):
         self.result = result
         super().__init__(message)
+
+
+# ---- rendering, as a compiler prints it ----------------------------------------------------------
+#
+#     examples/bad.moa:3:18: error[E201]: unknown model 'qwn'
+#       3 | node a = propose qwn
+#         |                  ^~~
+#         = hint: did you mean 'qwen'?
+
+_COLORS = {"error": "\033[1;31m", "warning": "\033[1;33m", "hint": "\033[1;36m", "bold": "\033[1m",
+           "dim": "\033[2m"}
+_RESET = "\033[0m"
+
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"{_COLORS[style]}{text}{_RESET}" if color else text
+
+
+def render_diagnostic(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
+    s = d.span
+    where = f"{s.file}:{s.line}:{s.column}: " if s else ""
+    head = f"{_paint(where, 'bold', color)}{_paint(f'{d.severity}[{d.code}]', d.severity, color)}: {d.message}"
+    out = [head]
+    lines = _lines(sources, s.file) if s else None
+    if s and lines is not None and 1 <= s.line <= len(lines):
+        text = lines[s.line - 1]
+        gutter = str(s.line)
+        pad = " " * len(gutter)
+        start = max(0, min(s.column - 1, len(text)))
+        end = s.end_column - 1 if s.end_line == s.line else len(text)
+        width = max(1, end - start)
+        # Keep tabs in the prefix so the caret lines up however the terminal expands them.
+        prefix = "".join(ch if ch == "\t" else " " for ch in text[:start])
+        out.append(f" {_paint(gutter, 'dim', color)} | {text}")
+        out.append(f" {pad} | {prefix}{_paint('^' + '~' * (width - 1), d.severity, color)}")
+    if d.hint:
+        out.append(f" {' ' * len(str(s.line)) if s else ''} = {_paint('hint', 'hint', color)}: {d.hint}")
+    return "\n".join(out)
+
+
+def _lines(sources: Mapping[str, str], file: str) -> list[str] | None:
+    text = sources.get(file)
+    return None if text is None else [line.rstrip("\r") for line in text.split("\n")]
+
+
+def render_diagnostics(diags: Iterable[Diagnostic], sources: Mapping[str, str], color: bool = False) -> str:
+    return "\n".join(render_diagnostic(d, sources, color) for d in diags)
+
+
+def summary(diags: Iterable[Diagnostic]) -> str:
+    diags = list(diags)
+    errors = sum(d.is_error for d in diags)
+    warnings = len(diags) - errors
+    parts = [f"{errors} error{'s' if errors != 1 else ''}"] if errors else []
+    parts += [f"{warnings} warning{'s' if warnings != 1 else ''}"] if warnings else []
+    return ", ".join(parts) if parts else "ok"

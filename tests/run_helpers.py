@@ -10,7 +10,7 @@ import networkx as nx
 
 from moa_dsl.config import REFERENCE_PROMPT, ProviderConfig
 from moa_dsl.errors import ConfigError, ProviderHTTPError
-from moa_dsl.pipeline import Pipeline
+from moa_dsl.runtime.pipeline import Pipeline
 from moa_dsl.providers.base import CallRequest, Completion
 
 

@@ -10,7 +10,7 @@ import textwrap
 import diskcache
 import pytest
 
-from moa_dsl.cache import CacheWarning, ResponseCache, cache_key
+from moa_dsl.runtime.cache import CacheWarning, ResponseCache, cache_key
 
 MESSAGES = [{"role": "user", "content": "Why is the sky blue?"}]
 PARAMS = {"temperature": 0.7, "max_tokens": 512}
@@ -133,7 +133,7 @@ def test_a_failing_read_degrades(tmp_path, monkeypatch):
 
 _WRITER = textwrap.dedent("""
     import sys
-    from moa_dsl.cache import ResponseCache
+    from moa_dsl.runtime.cache import ResponseCache
     directory, tag = sys.argv[1], sys.argv[2]
     cache = ResponseCache(directory)
     for i in range(60):
@@ -158,7 +158,7 @@ def test_call_key_uses_a_providers_per_model_identity():
     """The embedded runtime names its weights in the key, so a GGUF replaced at the same path misses."""
     from types import SimpleNamespace
 
-    from moa_dsl.cache import call_key
+    from moa_dsl.runtime.cache import call_key
 
     msgs = [{"role": "user", "content": "hi"}]
     plain = SimpleNamespace(kind="local", endpoint="local")

@@ -1,7 +1,7 @@
 """`moa cache stats|clear`, through moa_dsl.cli.main."""
 from __future__ import annotations
 
-from moa_dsl.cache import ResponseCache
+from moa_dsl.runtime.cache import ResponseCache
 from moa_dsl.cli import main
 
 VALUE = {"text": "t", "prompt_tokens": 1, "completion_tokens": 1, "finish_reason": "stop"}

@@ -232,7 +232,7 @@ def test_trace_leaves_token_events_out(moa_file, server, tmp_path, capsys):
     import asyncio
 
     from moa_dsl import load
-    from moa_dsl.run import arun
+    from moa_dsl.runtime.scheduler import arun
     asyncio.run(arun(load(moa_file), "stream me too", on_event=lambda e: tokens.append(e.kind), trace=str(trace)))
     assert "token" in tokens  # callbacks still get them
     assert "token" not in {json.loads(x)["kind"] for x in trace.read_text().splitlines()}

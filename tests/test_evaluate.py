@@ -1,4 +1,4 @@
-"""moa_dsl.evaluate's pure parts: verdicts, scoring, statistics, the dataset, the judge's model
+"""moa_dsl.evaluation's pure parts: verdicts, scoring, statistics, the dataset, the judge's model
 reference, the report's files. The end-to-end evaluation against a real server is in test_cli_eval.py."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import moa_dsl
 from moa_dsl.errors import ConfigError
-from moa_dsl.evaluate import (
+from moa_dsl.evaluation.compare import (
     SUMMARY_KEYS, EvalReport, Item, ItemRun, JudgeModel, TopologyReport, judge_pipeline, judge_prompt,
     judgment_score, pair_score, parse_judge, parse_verdict, percentile, read_items, win_rate,
 )
@@ -200,7 +200,7 @@ def test_written_files(tmp_path):
 
 
 def test_an_item_without_two_answers_is_scored_without_a_judge():
-    from moa_dsl.evaluate import unjudged_score
+    from moa_dsl.evaluation.compare import unjudged_score
 
     assert unjudged_score(candidate_ok=False, baseline_ok=True) == 0.0
     assert unjudged_score(candidate_ok=True, baseline_ok=False) == 1.0
@@ -212,8 +212,8 @@ def test_item_latency_is_the_critical_path_and_cost_follows_price():
 
     from run_helpers import make_pipe, node
 
-    from moa_dsl.evaluate import LatencyLedger, _account
-    from moa_dsl.result import NodeResult
+    from moa_dsl.evaluation.compare import LatencyLedger, _account
+    from moa_dsl.runtime.result import NodeResult
 
     pipe = make_pipe({"a": node("propose", price=[1.0, 2.0]), "b": node("propose", price=[1.0, 2.0]),
                       "c": node("aggregate", ["a"], price=[1.0, 2.0]),
@@ -232,7 +232,7 @@ def test_item_latency_is_the_critical_path_and_cost_follows_price():
 
 
 def test_python_api_on_pipelines_returns_a_displayable_report(tmp_path, monkeypatch):
-    from moa_dsl.evaluate import evaluate
+    from moa_dsl.evaluation.compare import evaluate
     from moa_dsl.testing import FakeLLMServer
 
     monkeypatch.setenv("MOA_TEST_KEY", "k")

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import moa_dsl
-from moa_dsl.export import FORMATS, depths, to_dot, to_json, to_mermaid, to_svg
+from moa_dsl.language.export import FORMATS, depths, to_dot, to_json, to_mermaid, to_svg
 
 from conftest import EXAMPLES
 

@@ -7,7 +7,6 @@ import pytest
 
 import moa_dsl
 from moa_dsl import ConfigError, MoaError
-from moa_dsl.loader import apply_overrides
 
 from conftest import EXAMPLES
 
@@ -78,7 +77,7 @@ def test_duplicate_names_across_files_are_e202(tmp_path: Path) -> None:
 
 def test_set_every_node_and_one_node() -> None:
     pipe = moa_dsl.loads(TWO)
-    new = apply_overrides(pipe, ["temperature=0", "f.max_tokens=9", "L.b.2.stop=[\"x\", \"y\"]"])
+    new = pipe.with_overrides(["temperature=0", "f.max_tokens=9", "L.b.2.stop=[\"x\", \"y\"]"])
     g = new.graph
     assert all(a["params"]["temperature"] == 0.0 for _, a in g.nodes(data=True))
     assert g.nodes["f"]["params"]["max_tokens"] == 9 and g.nodes["L.a"]["params"]["max_tokens"] == 512
@@ -111,14 +110,14 @@ def test_set_values_are_moa_literals_and_bare_words_are_strings() -> None:
 ])
 def test_bad_set_items_are_config_errors(item: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        apply_overrides(moa_dsl.loads(TWO), [item])
+        moa_dsl.loads(TWO).with_overrides([item])
     assert words in str(info.value)
 
 
 def test_set_never_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOA_X", "1")
     with pytest.raises(ConfigError):
-        apply_overrides(moa_dsl.loads(TWO), ['temperature=env("MOA_X")'])
+        moa_dsl.loads(TWO).with_overrides(['temperature=env("MOA_X")'])
 
 
 # ---- literal secrets are masked before any diagnostic renders a line ------------------------
@@ -163,8 +162,8 @@ def test_a_multi_line_key_is_masked_and_positions_stay_put() -> None:
 
 
 def test_the_ast_mask_covers_multi_line_spans() -> None:
-    from moa_dsl.loader import _mask_secrets
-    from moa_dsl.syntax import Span
+    from moa_dsl.language.loader import _mask_secrets
+    from moa_dsl.errors import Span
     text = 'x = """ab\ncd"""\n'
     out = _mask_secrets({"f": text}, [Span("f", 1, 5, 2, 6)])
     assert out["f"] == 'x = """**\n**"""\n'

@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from moa_dsl import models
+from moa_dsl.providers.local import registry as models
 from moa_dsl.errors import ConfigError, LocalModelError, ProviderHTTPError
-from moa_dsl.providers import local
+from moa_dsl.providers.local import llamacpp as local
 from moa_dsl.providers.base import CallRequest
 
 CONTEXT_400 = {"error": {"code": 400, "type": "exceed_context_size_error", "n_prompt_tokens": 9000, "n_ctx": 4096,

@@ -15,9 +15,9 @@ import time
 import pytest
 
 import moa_dsl
-from moa_dsl import models
+from moa_dsl.providers.local import registry as models
 from moa_dsl.errors import LocalModelError, ProviderHTTPError
-from moa_dsl.providers import local
+from moa_dsl.providers.local import llamacpp as local
 from moa_dsl.providers.base import CallRequest
 
 from conftest import EXAMPLES

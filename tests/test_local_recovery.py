@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 import moa_dsl
-from moa_dsl.providers import local
+from moa_dsl.providers.local import llamacpp as local
 
 pytestmark = pytest.mark.local_models
 

@@ -5,7 +5,8 @@ import pytest
 
 from moa_dsl.config import REFERENCE_PROMPT
 from moa_dsl.errors import ConfigError
-from moa_dsl.messages import build_messages, normalize_query, references_block, request_params
+from moa_dsl.config import request_params
+from moa_dsl.runtime.messages import build_messages, normalize_query, references_block
 
 USER = [{"role": "user", "content": "Why is the sky blue?"}]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from moa_dsl import models
+from moa_dsl.providers.local import registry as models
 from moa_dsl.errors import ConfigError, LocalModelError
 
 PARTS_DATA = [b"GGUF" + bytes(range(256)) * 40, b"second part " * 300, b"tail"]

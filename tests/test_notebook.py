@@ -14,7 +14,9 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from moa_dsl.errors import ConfigError, MoaError, RunFailed
-from moa_dsl.notebook import RunInterrupted, pipeline_html, pipeline_text, result_html, result_markdown
+from moa_dsl.jupyter.magics import RunInterrupted
+from moa_dsl.language.export import topology_text
+from moa_dsl.runtime import result_html, result_markdown
 from moa_dsl.testing import FakeLLMServer
 
 
@@ -231,9 +233,9 @@ def test_interrupt_cancels_calls_in_flight_and_keeps_completed_ones(ip, cache_di
 def test_rich_reprs(ip, server, cache_dir):
     run(ip, f"%%moa -q 'Why?' --cache-dir {cache_dir}\n" + topology(server.url))
     pipe, result = ip.user_ns["moa_pipeline"], ip.user_ns["_moa"]
-    page = pipeline_html(pipe)
+    page = pipe._repr_html_()
     assert "<svg" in page or "<table" in page
-    assert "fake:ma" in page and "final" in pipeline_text(pipe)
+    assert "fake:ma" in page and "final" in topology_text(pipe.graph, name=pipe.name)
     html, md = result_html(result), result_markdown(result)
     assert "ok: 3 calls" in html and "<td>final</td>" in html
     assert "| final | ok | fake:mf |" in md and md.rstrip().endswith(result.output)

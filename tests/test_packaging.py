@@ -29,7 +29,7 @@ def test_wheel_installs_and_checks_an_example(tmp_path: Path) -> None:
     # Away from the source tree, so only the installed package (and its bundled grammar) can answer.
     work = tmp_path / "elsewhere"
     work.mkdir()
-    found = _run(python, "-c", "import moa_dsl.parser as p; print(p._grammar_path())", cwd=work).stdout.strip()
+    found = _run(python, "-c", "import moa_dsl.language.parser as p; print(p._grammar_path())", cwd=work).stdout.strip()
     assert Path(found).parent.parent.name == "moa_dsl" and str(ROOT) not in found
     proc = _run(venv / "bin" / "moa", "check", EXAMPLES / "moa-paper.moa", EXAMPLES / "critic-branch.moa", cwd=work)
     assert proc.stderr.startswith("ok in 2 files")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from moa_dsl import syntax as ast
+from moa_dsl.language import syntax as ast
 from moa_dsl.config import EnvRef
-from moa_dsl.parser import dedent_triple, parse, parse_value
-from moa_dsl.syntax import Span
+from moa_dsl.language.parser import dedent_triple, parse, parse_value
+from moa_dsl.errors import Span
 
 
 def _ok(text: str) -> ast.Module:

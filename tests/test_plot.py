@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from moa_dsl.plot import Point, pareto_front, render_svg
+from moa_dsl.evaluation.plot import Point, pareto_front, render_svg
 
 NS = "{http://www.w3.org/2000/svg}"
 

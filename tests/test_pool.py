@@ -98,9 +98,9 @@ def test_local_kind_is_built_lazily_from_the_local_module(monkeypatch):
         async def aclose(self):
             built.append("closed")
 
-    module = types.ModuleType("moa_dsl.providers.local")
+    module = types.ModuleType("moa_dsl.providers.local.llamacpp")
     module.LocalProvider = FakeLocal
-    monkeypatch.setitem(sys.modules, "moa_dsl.providers.local", module)
+    monkeypatch.setitem(sys.modules, "moa_dsl.providers.local.llamacpp", module)
     configs = {"local": ProviderConfig("local", "local", max_concurrency=2)}
     pool = ProviderPool(configs, environ={}, verbose=True)
     pool.check_keys(["local"])

@@ -18,7 +18,7 @@ import hashlib
 import json
 
 from moa_dsl import loads
-from moa_dsl.run import arun
+from moa_dsl.runtime.scheduler import arun
 from moa_dsl.testing import FakeLLMServer
 
 REFERENCE_MODELS = [

@@ -15,9 +15,9 @@ import diskcache
 import pytest
 
 from moa_dsl import loads
-from moa_dsl.cache import CacheWarning
+from moa_dsl.runtime.cache import CacheWarning
 from moa_dsl.cli import main as moa
-from moa_dsl.run import arun
+from moa_dsl.runtime.scheduler import arun
 from moa_dsl.testing import FakeLLMServer
 
 KEY = "sk-reliability-secret"

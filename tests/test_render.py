@@ -5,8 +5,8 @@ import pytest
 
 import moa_dsl
 from moa_dsl.errors import Diagnostic, MoaError
-from moa_dsl.render import render_diagnostic, render_diagnostics, summary
-from moa_dsl.syntax import Span
+from moa_dsl.errors import render_diagnostic, render_diagnostics, summary
+from moa_dsl.errors import Span
 
 SRC = {"f.moa": "model q = x:\"y\"\nnode a = propose qwn\n"}
 

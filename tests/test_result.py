@@ -6,8 +6,8 @@ import json
 import pytest
 
 from moa_dsl.errors import RunFailed
-from moa_dsl.events import Event, TraceWriter
-from moa_dsl.result import NodeResult, RunResult, Usage
+from moa_dsl.runtime.events import Event, TraceWriter
+from moa_dsl.runtime.result import NodeResult, RunResult, Usage
 
 
 def _result(status="ok"):

@@ -9,7 +9,7 @@ import pytest
 
 from moa_dsl import loads
 from moa_dsl.errors import ConfigError
-from moa_dsl.run import arun, plan, run_blocking
+from moa_dsl.runtime import arun, plan, run_blocking
 from moa_dsl.testing import FakeLLMServer
 
 KEY = "sk-test-0123456789abcdef"
@@ -230,7 +230,7 @@ node final = aggregate fake:"agg" <- a, b
 
 
 def test_sessions_can_share_one_bound(server, cache_dir):
-    from moa_dsl.run import Session
+    from moa_dsl.runtime.scheduler import Session
 
     async def main():
         limiter = asyncio.Semaphore(1)

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from moa_dsl.errors import ConfigError
-from moa_dsl.run import arun
+from moa_dsl.runtime.scheduler import arun
 
 from run_helpers import FakePool, FakeProvider, make_pipe, node
 
@@ -168,7 +168,7 @@ def test_keyboard_interrupt_inside_a_running_loop_cancels_the_calls():
     import _thread
     import threading
 
-    from moa_dsl.run import run_blocking
+    from moa_dsl.runtime.scheduler import run_blocking
 
     nodes = {f"p{i}": node("propose") for i in range(3)}
     nodes["out"] = node("aggregate", list(nodes))
@@ -194,7 +194,7 @@ def test_keyboard_interrupt_inside_a_running_loop_cancels_the_calls():
 
 
 def test_gather_or_cancel_in_steps_starts_the_first_before_creating_the_rest_and_cancels_all():
-    from moa_dsl.run import gather_or_cancel
+    from moa_dsl.runtime.scheduler import gather_or_cancel
 
     log: list[str] = []
 
@@ -236,7 +236,7 @@ def test_gather_or_cancel_in_steps_starts_the_first_before_creating_the_rest_and
 
 
 def test_slots_given_back_for_a_retry_wait_are_not_released_twice_when_it_is_cancelled():
-    from moa_dsl.run import _Slots
+    from moa_dsl.runtime.scheduler import _Slots
 
     async def main():
         bound, provider = asyncio.Semaphore(2), asyncio.Semaphore(1)

@@ -12,7 +12,7 @@ import pytest
 
 from moa_dsl import loads
 from moa_dsl.providers import http
-from moa_dsl.run import Session
+from moa_dsl.runtime.scheduler import Session
 from moa_dsl.testing import FakeLLMServer
 
 KEY = "sk-soak-secret-key"

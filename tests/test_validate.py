@@ -15,7 +15,7 @@ import pytest
 import moa_dsl
 from moa_dsl import MoaError
 from moa_dsl.config import REFERENCE_PROMPT
-from moa_dsl.render import render_diagnostics
+from moa_dsl.errors import render_diagnostics
 
 from conftest import FIXTURES
 

@@ -7,8 +7,8 @@ import io
 import networkx as nx
 import pytest
 
-from moa_dsl.events import Event
-from moa_dsl.widgets import PanelState, RunPanel, TextView, WidgetView, has_frontend
+from moa_dsl.runtime.events import Event
+from moa_dsl.jupyter.panel import PanelState, RunPanel, TextView, WidgetView, has_frontend
 
 
 def _graph() -> nx.DiGraph:
@@ -199,7 +199,7 @@ class SpyPanel(RunPanel):
 
 def test_panel_after_a_run_with_a_failed_and_a_skipped_node(monkeypatch):
     from moa_dsl import loads
-    from moa_dsl.notebook import run_with_panel
+    from moa_dsl.jupyter.magics import run_with_panel
     from moa_dsl.testing import FakeLLMServer
 
     monkeypatch.setenv("MOA_WIDGET_TEST_KEY", "sk-widget")

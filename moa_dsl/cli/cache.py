@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open(directory: Path):
-    from ..cache import CacheWarning, ResponseCache
+    from ..runtime.cache import CacheWarning, ResponseCache
 
     with warnings.catch_warnings(record=True) as caught:   # here an unusable cache is the error itself
         warnings.simplefilter("always", CacheWarning)

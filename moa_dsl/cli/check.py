@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, Diagnostic, MoaError
-from ..export import FORMATS
-from ..loader import load
-from ..render import render_diagnostics, summary
+from ..language.export import FORMATS
+from ..language.loader import load
+from ..errors import render_diagnostics, summary
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
 

@@ -21,7 +21,7 @@ HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
 
 
 def register(sub: Any) -> None:
-    from ..evaluate import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_OUT
+    from ..evaluation.compare import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_OUT
 
     p = sub.add_parser("eval", help=HELP, description=__doc__.split("\n\n")[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     pipes = _load(args.files)
     if isinstance(pipes, int):
         return pipes
-    from ..evaluate import evaluate
+    from ..evaluation.compare import evaluate
 
     try:
         report = evaluate(pipes, args.input, limit=args.limit, judge=args.judge, baseline=args.baseline,
@@ -87,7 +87,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
 
 def _load(files: list[str]) -> list[Any] | int:
     """Every file, every diagnostic printed, before anything is called."""
-    from .. import load
+    from ..runtime import load
 
     pipes, bad = [], False
     for f in files:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from .. import config, models
+from .. import config
+from ..providers.local import registry as models
 from . import EXIT_OK
 
 

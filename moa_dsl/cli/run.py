@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 from ..errors import MoaError
-from ..events import Event, TraceWriter
+from ..runtime.events import Event, TraceWriter
 
 HELP = "run the topology on a query"
 
@@ -94,7 +94,7 @@ def _open(path: str, mode: str, flag: str) -> TextIO | int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from .. import load
+    from ..runtime import load
 
     try:
         pipe = load(args.file)
@@ -119,7 +119,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
-    from ..run import format_plan, plan
+    from ..runtime.plan import format_plan, plan
 
     rows = plan(pipe, query, cache=not args.no_cache, cache_dir=args.cache_dir, refresh=args.refresh)
     print(format_plan(rows))
@@ -161,7 +161,7 @@ class NodeLines:
 
 
 def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | None) -> int:
-    from ..run import arun
+    from ..runtime.scheduler import arun
 
     write = _Printer(sys.stdout)
     streamed: list[str] = []
@@ -299,7 +299,7 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
-    from ..evaluate import read_jsonl_records
+    from ..evaluation.compare import read_jsonl_records
 
     records = read_jsonl_records(args.input)   # every line checked (ConfigError names file:line)
     output = _open(args.output, "w", "--output") if args.output else sys.stdout
@@ -340,7 +340,7 @@ class _RowWriter:
 
 async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
                   trace: TextIO | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
-    from ..run import Session, gather_or_cancel
+    from ..runtime.scheduler import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)
     writer = TraceWriter(trace) if trace is not None else None

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..messages import request_params as _set_params
+from ..config import request_params as _set_params
 from ..errors import (
     ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError, ProviderResponseError,
     ProviderTimeout,

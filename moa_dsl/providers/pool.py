@@ -85,7 +85,7 @@ class ProviderPool:
 
     def _build(self, cfg: ProviderConfig) -> Provider:
         if cfg.kind == "local":
-            local = importlib.import_module(f"{__package__}.local")  # xllamacpp itself is checked on first use
+            local = importlib.import_module(f"{__package__}.local.llamacpp")  # xllamacpp itself is checked on first use
             return local.LocalProvider(name=cfg.name, max_concurrency=cfg.max_concurrency, verbose=self._verbose)
         cls = _HTTP_KINDS.get(cfg.kind)
         if cls is None:

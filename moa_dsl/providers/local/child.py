@@ -1,6 +1,6 @@
 """One llama.cpp server (xllamacpp) in a process of its own; `local.py` starts it as a script:
 
-    python local_server.py '{"model": "/path/m.gguf", "n_parallel": 4, "n_ctx": 16384, "threads": 2, "verbosity": 0}'
+    python child.py '{"model": "/path/m.gguf", "n_parallel": 4, "n_ctx": 16384, "threads": 2, "verbosity": 0}'
 
 Why a process: loading weights holds the GIL for seconds (a notebook's live panel and Ctrl-C would
 freeze meanwhile), and a crash inside llama.cpp would take the caller -- a notebook kernel, a long

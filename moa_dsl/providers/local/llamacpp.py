@@ -1,7 +1,7 @@
 """The `local` provider: built-in or user GGUF models on llama.cpp, through the OpenAI code path.
 
 Each model gets one llama.cpp server (xllamacpp) listening on a free loopback port, in a child
-process of its own (`local_server.py` says why: a load holds the GIL for seconds, a crash in
+process of its own (`child.py` says why: a load holds the GIL for seconds, a crash in
 llama.cpp must not take the caller down). Servers are shared by the whole process: started on first
 use, reused by every later run (a notebook keeps them warm between cells), started again if one has
 died, and stopped at exit; a server never outlives the process that started it. Requests go through
@@ -22,9 +22,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .. import models
-from ..errors import ConfigError, LocalModelError, ProviderConnectionError, ProviderHTTPError
-from .base import CallRequest, Completion, Emit, OnToken, Wait
+from . import registry as models
+from ...errors import ConfigError, LocalModelError, ProviderConnectionError, ProviderHTTPError
+from ..base import CallRequest, Completion, Emit, OnToken, Wait
 
 N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
 N_CTX = 16384         # tokens of KV cache per server, shared by its slots (unified), so one long
@@ -142,7 +142,7 @@ def exit_code(path: Path) -> int | None:
 
 
 class _ServerProcess:
-    """A running `local_server.py` child: its URL, whether it is alive, and how to stop it."""
+    """A running `child.py` child: its URL, whether it is alive, and how to stop it."""
 
     def __init__(self, proc: subprocess.Popen, url: str):
         self.proc, self.url = proc, url
@@ -171,7 +171,7 @@ def _start(path: Path) -> _ServerProcess:
     require_runtime()
     config = {"model": str(path), "n_parallel": N_PARALLEL, "n_ctx": N_CTX, "threads": os.cpu_count() or 1,
               "verbosity": 3 if verbose() else 0}
-    script = Path(__file__).with_name("local_server.py")
+    script = Path(__file__).with_name("child.py")
     try:
         # Its own session: a Ctrl-C meant for this process (a REPL, a kernel) does not kill the server.
         proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)], stdin=subprocess.PIPE,
@@ -184,7 +184,7 @@ def _start(path: Path) -> _ServerProcess:
         line = proc.stdout.readline()    # blocks while the weights load; ends if the child dies
     finally:
         proc.stdout.close()
-    from .local_server import MARK
+    from .child import MARK
 
     reply = json.loads(line[len(MARK):]) if line.startswith(MARK) else {}
     if "url" in reply:
@@ -279,7 +279,7 @@ class LocalProvider:
             client = self._clients.get(model)
             if client is None:
                 url = await asyncio.to_thread(lambda: serve(resolve(model)))
-                from .openai import OpenAIProvider
+                from ..openai import OpenAIProvider
 
                 client = self._clients[model] = OpenAIProvider(
                     name=self.name, base_url=url, endpoint=endpoint_for(model), semaphore=self._semaphore)

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RunFailed
 from .events import Event
+from .report import failure_reason, result_html, result_markdown, totals_line
 
 NODE_STATUSES = ("ok", "cached", "failed", "skipped")
 
@@ -45,6 +47,9 @@ class NodeResult:
     error: str | None = None            # why it failed, or why it was skipped
     started_s: float | None = None
     finished_s: float | None = None
+    # The call's response-cache key (the same whether or not the cache was used); None if it never
+    # got as far as a request (skipped). Not part of `--json`: it is for tools built on a run.
+    cache_key: str | None = field(default=None, repr=False)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -85,30 +90,18 @@ class RunResult:
         }
 
     def summary(self) -> str:
-        u = self.usage
-        saved = u.saved_prompt_tokens + u.saved_completion_tokens
-        return (f"{self.status}: {u.calls} calls, {u.cache_hits} cache hits, "
-                f"{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens"
-                + (f" ({saved} saved by the cache)" if saved else "")
-                + f", {self.elapsed_s:.2f}s")
+        return totals_line(self.status, self.usage, self.elapsed_s)
 
-    def _repr_html_(self) -> str:  # only IPython calls these, so IPython is there
-        from .notebook import result_html
-
+    def _repr_html_(self) -> str:  # pure string builders: no IPython needed
         return result_html(self)
 
     def _repr_markdown_(self) -> str:
-        from .notebook import result_markdown
-
         return result_markdown(self)
 
     def raise_for_status(self) -> "RunResult":
         """Raise RunFailed when the output node failed or was skipped; return self otherwise."""
         if self.status != "ok":
-            from .errors import RunFailed
-
-            node = self.nodes.get(self.output_node)
-            why = node.error if node is not None and node.error else "no answer"
+            why = failure_reason(self)
             raise RunFailed(f"the output node '{self.output_node}' did not answer: {why}", result=self)
         return self
 

@@ -16,7 +16,7 @@ from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
 from . import syntax as ast
-from .errors import Diagnostic
+from ..errors import Diagnostic
 from .syntax import Span
 
 KEYWORDS = ("provider", "model", "prompt", "defaults", "node", "layer", "output", "include",
@@ -30,8 +30,8 @@ _WORDS = {"NAME": "a name", "MEMBER_PART": "a member name", "NUMBER": "a number"
 
 def _grammar_path() -> Path:
     """Installed from a wheel the grammar sits in the package; in a source tree, beside it."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "grammar" / "moa.lark", here.parent / "grammar" / "moa.lark"):
+    package = Path(__file__).resolve().parent.parent       # moa_dsl/
+    for candidate in (package / "grammar" / "moa.lark", package.parent / "grammar" / "moa.lark"):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError("moa.lark not found next to moa_dsl: the installation is broken")

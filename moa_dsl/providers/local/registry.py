@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TextIO
 
-from . import config
-from .errors import ConfigError, LocalModelError
-from .validate import did_you_mean
+from ... import config
+from ...errors import ConfigError, LocalModelError
+from ...language.validate import did_you_mean
 
 CHUNK = 1 << 20              # bytes per read while streaming parts (1 MiB: memory stays flat)
 PIP_PARALLEL = 4             # pip processes at once: the download is network/IO-bound, not CPU-bound

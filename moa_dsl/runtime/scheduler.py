@@ -9,7 +9,6 @@ is already in the cache.
 
     result = await arun(pipe, "Why is the sky blue?")
     result = run_blocking(pipe, query)          # scripts and running loops (Jupyter) alike
-    rows = plan(pipe, query)                    # --dry-run
 
 A `Session` holds what several runs can share (provider clients, the cache, the global bound):
 `moa run --input` runs a whole batch through one session so the bound is global across items.
@@ -18,18 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import networkx as nx
 
-from .config import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, cache_dir as default_cache_dir
-from .errors import ConfigError, MoaError
+from ..config import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
+from ..config import cache_dir as default_cache_dir
+from ..errors import ConfigError, MoaError
+from ..language.topology import Topology
+from ..providers.base import CallRequest, Completion
+from ..providers.pool import ProviderPool
+from .bridge import run_sync
+from .cache import ResponseCache
+from .calls import prepare_call
 from .events import Emitter, OnEvent, TraceWriter
-from .messages import build_messages, normalize_query, request_params
-from .pipeline import Pipeline
-from .providers.base import CallRequest, Completion
+from .messages import normalize_query
 from .result import NodeResult, RunResult, Usage
+
+__all__ = ["Session", "arun", "check_concurrency", "gather_or_cancel", "live_nodes", "run_blocking"]
 
 OnToken = Callable[[str], None]
 
@@ -74,7 +79,7 @@ class Session:
     Create it inside the event loop that runs it; `async with` closes what it opened.
     """
 
-    def __init__(self, pipe: Pipeline, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
+    def __init__(self, pipe: Topology, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                  environ: Mapping[str, str] | None = None, transport: Any = None,
                  pool: Any = None, response_cache: Any = None, verbose: bool = False,
@@ -90,8 +95,6 @@ class Session:
         self.order = live_nodes(self.graph)
         self._owns_pool = pool is None
         if pool is None:
-            from .providers.pool import ProviderPool
-
             pool = ProviderPool(self.graph.graph["providers"], environ=os.environ if environ is None else environ,
                                 transport=transport, verbose=verbose)
         self.pool = pool
@@ -104,8 +107,6 @@ class Session:
         }
         self._owns_cache = response_cache is None and cache
         if response_cache is None and cache:
-            from .cache import ResponseCache
-
             response_cache = ResponseCache(default_cache_dir(cache_dir))
         self.cache = response_cache if cache else None
 
@@ -180,38 +181,32 @@ class _Run:
             if len(refs) < need:
                 reason = f"{len(refs)} of {len(inputs)} inputs succeeded, min_inputs is {need}"
                 return self._skipped(name, attrs, reason)
-        messages = build_messages(self.conversation, system=params.get("system"), refs=refs,
-                                  prompt=params.get("prompt"))
-        body = request_params(params)
         provider = self.s.providers[attrs["provider"]]
+        call = prepare_call(attrs, self.conversation, refs, provider)
         cache = self.s.cache if params.get("cache", True) else None
-        key = None
-        if cache is not None:
-            from .cache import call_key
-
-            key = call_key(provider, attrs["model"], messages, body, attrs.get("sample"))
-            if not self.s.refresh:
-                hit = cache.get(key)
-                if hit is None and key in self.s.inflight:
-                    await self.s.inflight[key].wait()
-                    hit = cache.get(key)  # None if that call failed: then this node makes its own
-                if hit is not None:
-                    return self._cached(name, attrs, hit)
-        req = CallRequest(node=name, model=attrs["model"], messages=messages, params=body,
+        key = call.key if cache is not None else None
+        if key is not None and not self.s.refresh:
+            hit = cache.get(key)
+            if hit is None and key in self.s.inflight:
+                await self.s.inflight[key].wait()
+                hit = cache.get(key)  # None if that call failed: then this node makes its own
+            if hit is not None:
+                return self._cached(name, attrs, hit, call.key)
+        req = CallRequest(node=name, model=attrs["model"], messages=call.messages, params=call.body,
                           stream=name == self.output, timeout=params.get("timeout", DEFAULT_TIMEOUT_S),
                           retries=params.get("retries", DEFAULT_RETRIES))
         owner = None
         if key is not None and key not in self.s.inflight:
             owner = self.s.inflight[key] = asyncio.Event()
         try:
-            return await self._call(name, attrs, provider, req, cache, key)
+            return await self._call(name, attrs, provider, req, cache, call.key)
         finally:
             if owner is not None:
                 del self.s.inflight[key]
                 owner.set()
 
     async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
-                    cache: Any, key: str | None) -> NodeResult:
+                    cache: ResponseCache | None, key: str) -> NodeResult:
         em = self.emitter
         slots = _Slots(self.s.semaphore, self.s._provider_slots.get(attrs["provider"]))
         await slots.acquire()
@@ -231,22 +226,22 @@ class _Run:
             try:
                 done: Completion = await provider.complete(req, on_token=on_token, emit=emit, wait=slots.sleep)
             except MoaError as exc:
-                return self._failed(name, attrs, str(exc), started, max(attempts, 1))
+                return self._failed(name, attrs, str(exc), started, max(attempts, 1), key)
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # a provider bug must not sink the other nodes of a batch
-                return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, max(attempts, 1))
+                return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, max(attempts, 1), key)
         finally:
             slots.release()
         finished = em.now()
         pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
-        if cache is not None and key is not None:
+        if cache is not None:
             cache.set(key, {"text": done.text, "prompt_tokens": done.prompt_tokens,
                             "completion_tokens": done.completion_tokens, "finish_reason": done.finish_reason})
         self.usage.prompt_tokens += pt
         self.usage.completion_tokens += ct
         result = NodeResult("ok", attrs["model"], attrs["provider"], done.text, pt, ct, finished - started,
-                            attempts or done.attempts, None, started, finished)
+                            attempts or done.attempts, None, started, finished, cache_key=key)
         em.emit("node_finished", name, {"status": "ok", "usage": result.usage,
                                         "latency_s": round(finished - started, 6)}, t=finished)
         return result
@@ -256,7 +251,7 @@ class _Run:
         if self.on_token is not None:
             self.on_token(text)
 
-    def _cached(self, name: str, attrs: Mapping[str, Any], hit: Mapping[str, Any]) -> NodeResult:
+    def _cached(self, name: str, attrs: Mapping[str, Any], hit: Mapping[str, Any], key: str) -> NodeResult:
         em = self.emitter
         t = em.now()
         pt, ct = hit.get("prompt_tokens") or 0, hit.get("completion_tokens") or 0
@@ -266,16 +261,17 @@ class _Run:
         em.emit("cache_hit", name, {"prompt_tokens": pt, "completion_tokens": ct}, t=t)
         if name == self.output:
             self._stream(hit["text"])
-        result = NodeResult("cached", attrs["model"], attrs["provider"], hit["text"], pt, ct, 0.0, 0, None, t, t)
+        result = NodeResult("cached", attrs["model"], attrs["provider"], hit["text"], pt, ct, 0.0, 0, None, t, t,
+                            cache_key=key)
         em.emit("node_finished", name, {"status": "cached", "usage": result.usage, "latency_s": 0.0}, t=t)
         return result
 
     def _failed(self, name: str, attrs: Mapping[str, Any], error: str, started: float,
-                attempts: int) -> NodeResult:
+                attempts: int, key: str) -> NodeResult:
         t = self.emitter.now()
         self.emitter.emit("node_failed", name, {"error": error}, t=t)
         return NodeResult("failed", attrs["model"], attrs["provider"], None, 0, 0, t - started, attempts,
-                          error, started, t)
+                          error, started, t, cache_key=key)
 
     def _skipped(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
         t = self.emitter.now()
@@ -318,7 +314,7 @@ class _Slots:
         await self.acquire()
 
 
-async def arun(pipe: Pipeline, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
+async def arun(pipe: Topology, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                cache_dir: str | os.PathLike | None = None, refresh: bool = False,
                on_event: OnEvent | None = None, trace: Any = None, environ: Mapping[str, str] | None = None,
                transport: Any = None, on_token: OnToken | None = None, pool: Any = None,
@@ -331,154 +327,6 @@ async def arun(pipe: Pipeline, query: Any, *, concurrency: int = DEFAULT_CONCURR
         return await session.run(query, on_event=on_event, trace=trace, on_token=on_token)
 
 
-def run_blocking(pipe: Pipeline, query: Any, **options: Any) -> RunResult:
-    """`arun`, from synchronous code. Inside a running loop (Jupyter) the run gets its own loop in a
-    worker thread; KeyboardInterrupt cancels it there, waits for the calls to unwind, and re-raises."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(arun(pipe, query, **options))
-    return _run_in_thread(lambda: arun(pipe, query, **options))
-
-
-def _run_in_thread(make_coro: Callable[[], Any]) -> Any:
-    """Run the coroutine on a fresh loop in a worker thread; this thread only waits for it.
-
-    On KeyboardInterrupt (Ctrl-C, a kernel interrupt) the task is cancelled on its own loop, which
-    stops the calls in flight, and the interrupt is re-raised once they have unwound.
-    """
-    import threading
-
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(make_coro())   # created before the thread starts, so it can always be cancelled
-    outcome: dict[str, Any] = {}
-    finished = threading.Event()  # not Thread.join: an interrupted join can wrongly report the thread done
-
-    def worker() -> None:
-        try:
-            outcome["result"] = loop.run_until_complete(task)
-        except BaseException as exc:  # handed to the waiting thread
-            outcome["error"] = exc
-        finally:
-            try:
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-            finally:
-                finished.set()
-
-    threading.Thread(target=worker, name="moa-run", daemon=True).start()
-    try:
-        while not finished.wait(0.1):
-            pass
-    except KeyboardInterrupt:
-        loop.call_soon_threadsafe(task.cancel)
-        while not finished.wait(0.1):
-            pass
-        raise
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-# --- --dry-run ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PlanRow:
-    node: str
-    role: str
-    provider: str
-    model: str
-    inputs: tuple[str, ...]
-    calls: int | None        # 1, 0 (served from the cache), or None (unknown)
-    cache: str               # "hit" | "miss" | "off" | "unknown"
-
-
-def plan(pipe: Pipeline, query: Any, *, cache: bool = True, cache_dir: str | os.PathLike | None = None,
-         refresh: bool = False, environ: Mapping[str, str] | None = None, pool: Any = None,
-         response_cache: Any = None) -> list[PlanRow]:
-    """What a run would do, without calling anything: nodes in dependency order, their inputs, and
-    whether each would be served from the cache.
-
-    A proposer's request is known from the query, so its cache entry can be looked up. An
-    aggregator's request depends on its inputs' answers: it is known (and looked up) only when every
-    input would itself come from the cache; otherwise its row says "unknown".
-    """
-    conversation = normalize_query(query)
-    graph = pipe.graph
-    order = live_nodes(graph)
-    own_pool = pool is None
-    if pool is None:
-        from .providers.pool import ProviderPool
-
-        pool = ProviderPool(graph.graph["providers"], environ=os.environ if environ is None else environ)
-    store = response_cache
-    if store is None and cache and not refresh:
-        from .cache import ResponseCache
-
-        store = ResponseCache(default_cache_dir(cache_dir))
-    texts: dict[str, str] = {}
-    rows = []
-    try:
-        for name in order:
-            rows.append(_plan_row(name, graph.nodes[name], conversation, pool, store, texts,
-                                  cache and not refresh))
-    finally:
-        if own_pool:
-            _close_pool_sync(pool)
-        if response_cache is None and store is not None:
-            store.close()
-    return rows
-
-
-def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, str]], pool: Any,
-              store: Any, texts: dict[str, str], use_cache: bool) -> PlanRow:
-    params = attrs["params"]
-    row = dict(node=name, role=attrs["role"], provider=attrs["provider"], model=attrs["model"],
-               inputs=tuple(attrs["inputs"]))
-    if not use_cache or not params.get("cache", True) or store is None:
-        return PlanRow(**row, calls=1, cache="off")
-    refs = None
-    if attrs["role"] == "aggregate":
-        if not all(i in texts for i in attrs["inputs"]):
-            return PlanRow(**row, calls=None, cache="unknown")
-        refs = [texts[i] for i in attrs["inputs"]]
-    from .cache import call_key
-
-    try:
-        provider = pool.get(attrs["provider"])
-    except ConfigError:  # a missing key: the run would stop, but a plan can still be shown
-        return PlanRow(**row, calls=1, cache="unknown")
-    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
-    key = call_key(provider, attrs["model"], messages, request_params(params), attrs.get("sample"))
-    hit = store.get(key)
-    if hit is None:
-        return PlanRow(**row, calls=1, cache="miss")
-    texts[name] = hit["text"]
-    return PlanRow(**row, calls=0, cache="hit")
-
-
-def _close_pool_sync(pool: Any) -> None:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(pool.aclose())
-    # else: inside a running loop (a notebook), where get() alone opened nothing that needs closing
-
-
-def format_plan(rows: Iterable[PlanRow]) -> str:
-    """The --dry-run table."""
-    rows = list(rows)
-    lines = []
-    width = max((len(r.node) for r in rows), default=4)
-    for r in rows:
-        inputs = ", ".join(r.inputs) if r.inputs else "(query)"
-        calls = "?" if r.calls is None else str(r.calls)
-        lines.append(f"{r.node:<{width}}  {r.role:<9}  {r.provider}:{r.model}  <- {inputs}  "
-                     f"calls={calls} cache={r.cache}")
-    known = [r for r in rows if r.calls is not None]
-    unknown = len(rows) - len(known)
-    hits = sum(1 for r in rows if r.cache == "hit")
-    lines.append(f"{len(rows)} nodes: {sum(r.calls for r in known)} calls"
-                 + (f" (+ up to {unknown} whose requests depend on uncached answers)" if unknown else "")
-                 + f", {hits} expected cache hits")
-    return "\n".join(lines)
+def run_blocking(pipe: Topology, query: Any, **options: Any) -> RunResult:
+    """`arun`, from synchronous code: scripts and running loops (Jupyter) alike."""
+    return run_sync(lambda: arun(pipe, query, **options))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
 
 if TYPE_CHECKING:  # pragma: no cover - the panel only reads an event's fields
-    from .events import Event
+    from ..runtime.events import Event
 
 STATES = ("waiting", "running", "cached", "done", "failed", "skipped")
 _STATE_COLOURS = {

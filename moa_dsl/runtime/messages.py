@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from .config import REFERENCE_PROMPT, REQUEST_PARAMS
-from .errors import ConfigError
+from ..config import REFERENCE_PROMPT
+from ..errors import ConfigError
+
+__all__ = ["Message", "build_messages", "normalize_query", "references_block"]
 
 Message = dict[str, str]
 _ROLES = ("system", "user", "assistant")
@@ -61,8 +63,3 @@ def build_messages(conversation: Sequence[Message], *, system: str | None = None
     else:
         messages.insert(0, {"role": "system", "content": block})
     return messages
-
-
-def request_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters that reach the request body, only those that are set."""
-    return {k: params[k] for k in REQUEST_PARAMS if params.get(k) is not None}

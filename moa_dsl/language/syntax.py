@@ -4,24 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-
-@dataclass(frozen=True, order=True)
-class Span:
-    """1-based line and column; end_column points one past the last character."""
-
-    file: str
-    line: int
-    column: int
-    end_line: int
-    end_column: int
-
-    def end(self) -> "Span":
-        """A zero-width span just after this one (where a missing token would go)."""
-        return Span(self.file, self.end_line, self.end_column, self.end_line, self.end_column)
-
-    def to(self, other: "Span") -> "Span":
-        """From the start of this span to the end of `other`."""
-        return Span(self.file, self.line, self.column, other.end_line, other.end_column)
+from ..errors import Span
 
 
 # ---- values --------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import networkx as nx
 
 from . import syntax as ast
 from . import validate as v
-from .config import BUILTIN_PARAMS, REFERENCE_PROMPT, ProviderConfig, builtin_providers
-from .errors import Diagnostic
+from ..config import BUILTIN_PARAMS, REFERENCE_PROMPT, ProviderConfig, builtin_providers
+from ..errors import Diagnostic
 from .syntax import Span
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterable, Mapping
 import networkx as nx
 
 from . import syntax as ast
-from .config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
-from .errors import Diagnostic
+from ..config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
+from ..errors import Diagnostic
 from .syntax import Span
 
 MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology

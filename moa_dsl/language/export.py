@@ -6,12 +6,14 @@ never resolved.
 from __future__ import annotations
 
 import json
+import html
 from html import escape
-from typing import Any
+from typing import Any, Sequence
 
 import networkx as nx
 
-from .config import EnvRef
+from ..config import EnvRef
+from ..errors import Diagnostic
 
 
 def _plain(value: Any) -> Any:
@@ -174,3 +176,59 @@ def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[i
 
 
 FORMATS = {"mermaid": to_mermaid, "dot": to_dot, "json": lambda g: to_json_text(g) + "\n", "svg": to_svg}
+
+
+# ---- rich display: what `Topology._repr_html_` shows --------------------------------------------
+
+def _graph_svg(graph: nx.DiGraph) -> str | None:
+    try:
+        return to_svg(graph)
+    except Exception:  # a drawing problem must never hide the topology itself
+        return None
+
+
+def _node_label(attrs: dict) -> str:
+    sample = f" #{attrs['sample']}" if attrs.get("sample") else ""
+    return f"{attrs.get('provider', '')}:{attrs.get('model', '')}{sample}"
+
+
+def topology_text(g: nx.DiGraph, *, name: str | None = None) -> str:
+    """The plain-text form of a topology: one line per node, in dependency order."""
+    lines = [f"Pipeline {name or ''}".rstrip() + f": {_nodes(g.number_of_nodes())}, output {g.graph.get('output')}"]
+    for name in _ordered(g):
+        a = g.nodes[name]
+        ins = f" <- {', '.join(a.get('inputs', ()))}" if a.get("inputs") else ""
+        lines.append(f"  {name} = {a.get('role', '?')} {_node_label(a)}{ins}")
+    return "\n".join(lines)
+
+
+def _nodes(n: int) -> str:
+    return f"{n} node" if n == 1 else f"{n} nodes"
+
+
+def _ordered(g: nx.DiGraph) -> list[str]:
+    return list(nx.topological_sort(g))
+
+
+def topology_html(g: nx.DiGraph, *, name: str | None = None, warnings: Sequence[Diagnostic] = ()) -> str:
+    """The graph as inline SVG with a node table: a pure string, no IPython, no network."""
+    dead = g.graph.get("dead", frozenset())
+    rows = "".join(
+        f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(g.nodes[n].get('role', ''))}</td>"
+        f"<td>{html.escape(_node_label(g.nodes[n]))}</td>"
+        f"<td>{html.escape(', '.join(g.nodes[n].get('inputs', ())))}</td>"
+        f"<td>{'dead' if n in dead else ''}</td></tr>"
+        for n in _ordered(g))
+    svg = _graph_svg(g)
+    title = html.escape(name or "pipeline")
+    parts = [f"<div><b>{title}</b>: {_nodes(g.number_of_nodes())}, output "
+             f"<code>{html.escape(str(g.graph.get('output')))}</code></div>"]
+    if svg:
+        parts.append(f"<div style='max-width:100%;overflow:auto'>{svg}</div>")
+    table = ("<table><thead><tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th></th>"
+             f"</tr></thead><tbody>{rows}</tbody></table>")
+    parts.append(f"<details{'' if svg else ' open'}><summary>nodes</summary>{table}</details>")
+    if warnings:
+        warn = "\n".join(f"warning[{d.code}]: {d.message}" for d in warnings)
+        parts.append(f"<pre style='color:#b26a00'>{html.escape(warn)}</pre>")
+    return "\n".join(parts)

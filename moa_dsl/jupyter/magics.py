@@ -25,6 +25,8 @@ import functools
 import html
 import queue
 import shlex
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -34,17 +36,20 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
 from IPython.utils.text import DollarFormatter
 
-from .errors import MoaError, RunFailed
-from .widgets import RunPanel
+from ..errors import MoaError, RunFailed, render_diagnostics
+from ..language.export import topology_text
+from ..runtime import arun, failure_reason, format_plan, loads, plan, run_sync
+from .panel import RunPanel
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
-    from .result import RunResult
+    from ..runtime.pipeline import Pipeline
+    from ..runtime.result import RunResult
 
 DEFAULT_PIPELINE_VAR = "moa_pipeline"
 DEFAULT_RESULT_VAR = "_moa"
 CELL_FILENAME = "<cell>"
 _TICK_S = 0.25          # how often running rows' elapsed time refreshes while no event arrives
+_FOLD_S = 0.05          # how often the kernel's thread folds the run's events into the panel
 _NO_FRONTEND_PANEL = None  # None: widgets when a Jupyter frontend is there, text otherwise
 
 
@@ -174,8 +179,6 @@ def load_cell(cell: str, *, name: str | None = None) -> "Pipeline":
     """Parse and validate the cell body. The leading newline makes diagnostics' line numbers those
     of the cell, whose first line is the `%%moa` line. The pipeline is named after the variable it
     is bound to, as a file's is after its stem (reports such as `moa_dsl.evaluate` use the name)."""
-    from .loader import loads
-
     pipe = loads("\n" + cell, filename=CELL_FILENAME)
     if pipe.warnings:
         _print_warnings(pipe)
@@ -183,15 +186,11 @@ def load_cell(cell: str, *, name: str | None = None) -> "Pipeline":
 
 
 def _print_warnings(pipe: "Pipeline") -> None:
-    import sys
-
-    from .render import render_diagnostics
-
     print(render_diagnostics(list(pipe.warnings), pipe.sources), file=sys.stderr)
 
 
 def show_pipeline(pipe: "Pipeline") -> None:
-    display({"text/html": pipeline_html(pipe), "text/plain": pipeline_text(pipe)}, raw=True)
+    display({"text/html": pipe._repr_html_(), "text/plain": topology_text(pipe.graph, name=pipe.name)}, raw=True)
 
 
 def show_answer(result: "RunResult") -> None:
@@ -200,14 +199,11 @@ def show_answer(result: "RunResult") -> None:
 
 
 def _failure_message(result: "RunResult", var: str) -> str:
-    node = result.nodes.get(result.output_node)
-    why = (node.error if node and node.error else f"it was {node.status}" if node else "it did not run")
+    why = failure_reason(result)
     return f"run failed: the output node {result.output_node!r} failed: {why}\n(the RunResult is in {var})"
 
 
 def show_plan(pipe: "Pipeline", query: Any, *, cache: bool, cache_dir: Any) -> None:
-    from .run import format_plan, plan
-
     # On a thread without a running loop: plan() closes its provider pool with asyncio.run.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="moa-plan") as pool:
         rows = pool.submit(plan, pipe, query, cache=cache, cache_dir=cache_dir).result()
@@ -228,28 +224,31 @@ def show_plan(pipe: "Pipeline", query: Any, *, cache: bool, cache_dir: Any) -> N
 
 def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = None,
                    widgets: bool | None = _NO_FRONTEND_PANEL, **options: Any) -> "RunResult":
-    """Run on a worker thread's loop; fold its events into `panel` on this thread until it ends.
+    """Run on a worker thread's loop (runtime.bridge); fold its events into `panel` on this thread
+    until it ends, so every widget update comes from the thread that owns the widgets.
 
     KeyboardInterrupt cancels the run (calls in flight are abandoned, completed ones are already
     cached) and is reported as RunInterrupted once the worker has really stopped.
     """
-    from anyio.from_thread import start_blocking_portal
-
-    from .run import arun
-
     if panel is None:
         panel = RunPanel.for_pipeline(pipe, widgets=widgets)
         panel.show()
     events: queue.SimpleQueue = queue.SimpleQueue()
-    call = functools.partial(arun, pipe, query, on_event=events.put, **options)
+    last_tick = [time.monotonic()]
+
+    def fold() -> None:
+        batch = _take_all(events)
+        if batch:
+            panel.handle_many(batch)
+        elif time.monotonic() - last_tick[0] >= _TICK_S:
+            panel.tick()
+        else:
+            return
+        last_tick[0] = time.monotonic()
+
     try:
-        with start_blocking_portal(name="moa-run") as portal:
-            future = portal.start_task_soon(call)
-            try:
-                _pump(future, events, panel)
-            except KeyboardInterrupt:
-                future.cancel()      # leaving the portal waits until the task has unwound
-                raise
+        result = run_sync(functools.partial(arun, pipe, query, on_event=events.put, **options),
+                          on_idle=fold, tick=_FOLD_S)
     except KeyboardInterrupt:
         _drain(events, panel)
         panel.interrupt()
@@ -257,28 +256,17 @@ def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = Non
         done = sum(r.state in ("done", "cached") for r in panel.state.rows.values())
         raise RunInterrupted(f"interrupted: the calls in flight were cancelled; {done} completed "
                              "node(s) are cached, so running the cell again resumes from there") from None
-    _drain(events, panel)
-    try:
-        result = future.result()
     except BaseException:       # a missing key, a bad query, a bug: no run_finished event will come
+        _drain(events, panel)
         if panel.state.status == "waiting":
             panel.discard()
         else:
             panel.state.status = "error"
             panel.close()
         raise
+    _drain(events, panel)
     panel.close()
     return result
-
-
-def _pump(future: Any, events: queue.SimpleQueue, panel: RunPanel) -> None:
-    while not future.done():
-        try:
-            first = events.get(timeout=_TICK_S)
-        except queue.Empty:
-            panel.tick()
-            continue
-        panel.handle_many([first, *_take_all(events)])
 
 
 def _drain(events: queue.SimpleQueue, panel: RunPanel) -> None:
@@ -294,118 +282,3 @@ def _take_all(events: queue.SimpleQueue) -> list:
             out.append(events.get_nowait())
         except queue.Empty:
             return out
-
-
-# -- rich display (Pipeline._repr_html_, RunResult._repr_html_ / _repr_markdown_ call these) ---------
-
-def _graph_svg(pipe: "Pipeline") -> str | None:
-    try:
-        from .export import to_svg
-    except ImportError:
-        return None
-    try:
-        return to_svg(pipe.graph)
-    except Exception:  # a drawing problem must never hide the pipeline itself
-        return None
-
-
-def _node_label(attrs: dict) -> str:
-    sample = f" #{attrs['sample']}" if attrs.get("sample") else ""
-    return f"{attrs.get('provider', '')}:{attrs.get('model', '')}{sample}"
-
-
-def pipeline_text(pipe: "Pipeline") -> str:
-    g = pipe.graph
-    lines = [f"Pipeline {pipe.name or ''}".rstrip() + f": {_nodes(g.number_of_nodes())}, output {pipe.output}"]
-    for name in _ordered(g):
-        a = g.nodes[name]
-        ins = f" <- {', '.join(a.get('inputs', ()))}" if a.get("inputs") else ""
-        lines.append(f"  {name} = {a.get('role', '?')} {_node_label(a)}{ins}")
-    return "\n".join(lines)
-
-
-def _nodes(n: int) -> str:
-    return f"{n} node" if n == 1 else f"{n} nodes"
-
-
-def _ordered(g: Any) -> list[str]:
-    import networkx as nx
-
-    return list(nx.topological_sort(g))
-
-
-def pipeline_html(pipe: "Pipeline") -> str:
-    g = pipe.graph
-    dead = g.graph.get("dead", frozenset())
-    rows = "".join(
-        f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(g.nodes[n].get('role', ''))}</td>"
-        f"<td>{html.escape(_node_label(g.nodes[n]))}</td>"
-        f"<td>{html.escape(', '.join(g.nodes[n].get('inputs', ())))}</td>"
-        f"<td>{'dead' if n in dead else ''}</td></tr>"
-        for n in _ordered(g))
-    svg = _graph_svg(pipe)
-    title = html.escape(pipe.name or "pipeline")
-    parts = [f"<div><b>{title}</b>: {_nodes(g.number_of_nodes())}, output "
-             f"<code>{html.escape(str(pipe.output))}</code></div>"]
-    if svg:
-        parts.append(f"<div style='max-width:100%;overflow:auto'>{svg}</div>")
-    table = ("<table><thead><tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th></th>"
-             f"</tr></thead><tbody>{rows}</tbody></table>")
-    parts.append(f"<details{'' if svg else ' open'}><summary>nodes</summary>{table}</details>")
-    if pipe.warnings:
-        warn = "\n".join(f"warning[{d.code}]: {d.message}" for d in pipe.warnings)
-        parts.append(f"<pre style='color:#b26a00'>{html.escape(warn)}</pre>")
-    return "\n".join(parts)
-
-
-def _fmt_s(x: Any) -> str:
-    return "" if x is None else f"{x:.2f}s"
-
-
-def _usage_pair(u: Any) -> tuple[int, int]:
-    get = u.get if isinstance(u, dict) else lambda k, d=0: getattr(u, k, d)
-    return int(get("prompt_tokens", 0) or 0), int(get("completion_tokens", 0) or 0)
-
-
-def _usage_get(u: Any, key: str) -> int:
-    return int((u.get(key, 0) if isinstance(u, dict) else getattr(u, key, 0)) or 0)
-
-
-def _result_rows(result: "RunResult") -> list[tuple[str, str, str, str, str, str]]:
-    rows = []
-    for name, n in result.nodes.items():
-        p, c = _usage_pair(n.usage)
-        rows.append((name, n.status, f"{n.provider}:{n.model}", _fmt_s(n.latency_s),
-                     f"{p} / {c}" if (p or c) else "", n.error or ""))
-    return rows
-
-
-def _totals(result: "RunResult") -> str:
-    u = result.usage
-    return (f"{result.status}: {_usage_get(u, 'calls')} calls, {_usage_get(u, 'cache_hits')} cache hits, "
-            f"{_usage_get(u, 'prompt_tokens')} prompt + {_usage_get(u, 'completion_tokens')} completion "
-            f"tokens, {result.elapsed_s:.2f}s")
-
-
-def result_html(result: "RunResult") -> str:
-    head = ("<tr><th>node</th><th>status</th><th>model</th><th>latency</th>"
-            "<th>tokens in / out</th><th>error</th></tr>")
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in _result_rows(result))
-    answer = html.escape(result.output) if result.output is not None else "<i>no output</i>"
-    return (f"<div><b>{html.escape(_totals(result))}</b></div>"
-            f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
-            f"<div><b>{html.escape(str(result.output_node))}</b>:</div>"
-            f"<pre style='white-space:pre-wrap'>{answer}</pre>")
-
-
-def _md_cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", " ")
-
-
-def result_markdown(result: "RunResult") -> str:
-    lines = [f"**{_totals(result)}**", "", "| node | status | model | latency | tokens in / out | error |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in _result_rows(result)]
-    lines += ["", f"**{result.output_node}**:", "", result.output if result.output is not None else "_no output_"]
-    return "\n".join(lines)

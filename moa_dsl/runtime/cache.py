@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
 
-from .config import REQUEST_PARAMS
+from ..config import REQUEST_PARAMS
 
 KEY_VERSION = 1                      # bump when the key's recipe changes, so old entries are never misread
 VALUE_FIELDS = ("text", "prompt_tokens", "completion_tokens", "finish_reason")

@@ -34,11 +34,11 @@ from typing import IO, Any, Iterable, Mapping, Sequence
 
 import networkx as nx
 
-from .config import DEFAULT_CONCURRENCY, builtin_providers, cache_dir as default_cache_dir
-from .errors import ConfigError
-from .pipeline import Pipeline
-from .run import gather_or_cancel
-from .syntax import Span
+from ..config import DEFAULT_CONCURRENCY, builtin_providers, cache_dir as default_cache_dir
+from ..errors import ConfigError
+from ..runtime.pipeline import Pipeline
+from ..runtime.scheduler import gather_or_cancel
+from ..language.syntax import Span
 
 DEFAULT_JUDGE = 'openai:"gpt-4o"'
 DEFAULT_JUDGE_MAX_TOKENS = 512
@@ -165,7 +165,7 @@ def _text(value: Any, key: str, where: str) -> str:
 
 
 def _conversation_item(query: list, *, index: int, dataset: str, where: str) -> Item:
-    from .messages import normalize_query
+    from ..runtime.messages import normalize_query
 
     try:
         conversation = normalize_query(query)
@@ -402,8 +402,9 @@ def _node_latency(session: Any, conversation: list[dict[str, str]], result: Any,
 
 def _cache_key(session: Any, conversation: list[dict[str, str]], result: Any, name: str) -> str | None:
     """The node's response-cache key, rebuilt the way the runner builds it."""
-    from .cache import call_key
-    from .messages import build_messages, request_params
+    from ..runtime.cache import call_key
+    from ..config import request_params
+    from ..runtime.messages import build_messages
 
     attrs = session.graph.nodes[name]
     params = attrs["params"]
@@ -593,7 +594,7 @@ def _duration(s: float) -> str:
 # --- the evaluation -------------------------------------------------------------------------------
 
 def _pipelines(topologies: Sequence[str | os.PathLike | Pipeline]) -> list[Pipeline]:
-    from .loader import load
+    from ..language.loader import load
 
     pipes = [t if isinstance(t, Pipeline) else load(t) for t in topologies]
     if not pipes:
@@ -620,7 +621,7 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
                     verbose: bool = False) -> EvalReport:
     """Run, judge, report (see the module docstring). Raises ConfigError/MoaError before any call
     for bad input; a failing item or judge call is reported, never raised."""
-    from .run import Session, check_concurrency
+    from ..runtime.scheduler import Session, check_concurrency
 
     pipes = _pipelines(topologies)
     names = _names(pipes)
@@ -638,7 +639,7 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
     sessions: list[Any] = []
     try:
         if cache:
-            from .cache import ResponseCache
+            from ..runtime.cache import ResponseCache
 
             store = ResponseCache(default_cache_dir(cache_dir))
         ledger = LatencyLedger(default_cache_dir(cache_dir) if cache else None)

@@ -1,8 +1,7 @@
-"""Files in, a validated `Pipeline` out: parse, splice includes, build, check, raise once.
+"""Files in, a validated `Topology` out: parse, splice includes, build, check, raise once.
 
     load(path)                       a file; its includes are relative to it
     loads(text, filename="<string>") text; includes are relative to the current directory
-    apply_overrides(pipe, sets)      `--set KEY=VALUE` / `--set NODE.KEY=VALUE`, a new Pipeline
 """
 from __future__ import annotations
 
@@ -11,18 +10,20 @@ import gc
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 from . import graph as graphs
 from . import syntax as ast
 from . import validate
-from .errors import ConfigError, Diagnostic, MoaError
-from .parser import parse, parse_value
-from .pipeline import Pipeline
+from ..errors import ConfigError, Diagnostic, MoaError
+from .parser import parse
+from .topology import Topology
+
+__all__ = ["load", "loads"]
 from .syntax import Span
 
 
-def load(path: str | os.PathLike) -> Pipeline:
+def load(path: str | os.PathLike) -> Topology:
     """Parse and validate a file. A missing or unreadable file is a ConfigError (exit 2 in the CLI)."""
     p = Path(path)
     try:
@@ -34,7 +35,7 @@ def load(path: str | os.PathLike) -> Pipeline:
     return _compile(text, os.fspath(path), p.resolve(), name=p.stem)
 
 
-def loads(text: str, filename: str = "<string>") -> Pipeline:
+def loads(text: str, filename: str = "<string>") -> Topology:
     """Parse and validate text. Includes resolve against `filename`'s directory, else the cwd."""
     real = None if filename.startswith("<") else Path(filename).resolve()
     return _compile(text, filename, real, name=None)
@@ -126,12 +127,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compile(text: str, display: str, real: Path | None, *, name: str | None) -> Pipeline:
+def _compile(text: str, display: str, real: Path | None, *, name: str | None) -> Topology:
     with _gc_paused():
         return _compile_unpaused(text, display, real, name=name)
 
 
-def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None) -> Pipeline:
+def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None) -> Topology:
     src = _Sources()
     if real is not None:
         src.done.add(real)
@@ -159,7 +160,7 @@ def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str |
     diags = _ordered(diags, sources)
     if any(d.is_error for d in diags):
         raise MoaError(diagnostics=diags, sources=sources)
-    return Pipeline(graph=built.graph, sources=sources, warnings=tuple(diags), name=name)
+    return Topology(graph=built.graph, sources=sources, warnings=tuple(diags), name=name)
 
 
 def _ordered(diags: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
@@ -236,75 +237,3 @@ def _key(tok: tuple[str | None, str, int, int]) -> str:
     if kind == "str":
         return value.strip('"').lower()
     return value.lower() if kind == "name" else ""
-
-
-# ---- --set ---------------------------------------------------------------------------------
-
-_BARE = re.compile(r"^[^\"\[{]")
-
-
-def apply_overrides(pipe: Pipeline, sets: Sequence[str]) -> Pipeline:
-    """A new Pipeline (graph copied) with `KEY=VALUE` on every node or `NODE.KEY=VALUE` on one
-    node (or every member of a layer). Raises ConfigError with a did-you-mean on a bad item."""
-    graph = pipe.graph.copy()
-    for _, attrs in graph.nodes(data=True):
-        attrs["params"] = dict(attrs["params"])
-    for item in sets:
-        _apply_one(graph, item)
-    return Pipeline(graph=graph, sources=pipe.sources, warnings=pipe.warnings, name=pipe.name)
-
-
-def _apply_one(graph: Any, item: str) -> None:
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE or NODE.KEY=VALUE")
-    target, _, param = key.rpartition(".")
-    nodes = _targets(graph, target, item)
-    if param not in validate.PARAM_SCHEMA:
-        hint = validate.did_you_mean(param, validate.PARAM_SCHEMA)
-        raise ConfigError(f"--set {item!r}: unknown parameter '{param}'" + (f"; {hint}" if hint else ""))
-    value = _literal(raw.strip(), item)
-    span = Span("--set", 1, 1, 1, len(item) + 1)
-    try:
-        converted = validate.convert_param(ast.Pair(param, span, value, span), {}, where="--set")
-    except validate.Invalid as exc:
-        raise ConfigError(f"--set {item!r}: {exc.diagnostic.message}") from None
-    for name in nodes:
-        attrs = graph.nodes[name]
-        if param in validate.AGGREGATOR_ONLY and attrs["role"] != "aggregate":
-            if target:
-                raise ConfigError(f"--set {item!r}: '{param}' applies to aggregators only, and '{name}' is a proposer")
-            continue
-        if param == "min_inputs" and converted > len(attrs["inputs"]):
-            raise ConfigError(f"--set {item!r}: '{name}' has only {len(attrs['inputs'])} inputs")
-        if param == "seed" and attrs["sample"] is not None:
-            attrs["params"][param] = converted + attrs["sample"] - 1
-        else:
-            attrs["params"][param] = converted
-
-
-def _targets(graph: Any, target: str, item: str) -> list[str]:
-    if not target:
-        return list(graph)
-    if target in graph:
-        return [target]
-    members = [n for n, layer in graph.nodes(data="layer") if layer == target]
-    if members:
-        return members
-    layers = {layer for _, layer in graph.nodes(data="layer") if layer}
-    hint = validate.did_you_mean(target, list(graph) + sorted(layers))
-    raise ConfigError(f"--set {item!r}: unknown node or layer '{target}'" + (f"; {hint}" if hint else ""))
-
-
-def _literal(raw: str, item: str) -> ast.Value:
-    """A .moa literal; a bare word (or any text that is not one) is a string."""
-    value, errors = parse_value(raw, "--set") if raw else (None, [])
-    span = Span("--set", 1, 1, 1, 1)
-    if value is None:
-        if raw and not _BARE.match(raw):
-            raise ConfigError(f"--set {item!r}: {errors[0].message if errors else 'not a value'}")
-        return ast.Str(raw, span)
-    if isinstance(value, ast.NameValue):
-        return ast.Str(value.name, value.span)
-    return value

@@ -1,0 +1,1 @@
+"""The embedded runtime: llama.cpp servers (`llamacpp`) for the built-in models (`registry`)."""

@@ -1,0 +1,31 @@
+"""One call, prepared: the exact messages, the request body and the response-cache key.
+
+The scheduler, `--dry-run` and the evaluation's latency ledger all need the same three things for a
+node; this is the one place that builds them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..config import request_params
+from .cache import call_key
+from .messages import Message, build_messages
+
+__all__ = ["PreparedCall", "prepare_call"]
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    messages: list[Message]
+    body: dict[str, Any]       # only the parameters that reach the request
+    key: str                   # the response-cache key (never holds a credential)
+
+
+def prepare_call(attrs: Mapping[str, Any], conversation: Sequence[Message], refs: Sequence[str] | None,
+                 provider: Any) -> PreparedCall:
+    """`attrs`: the graph node's attributes; `refs`: the succeeded inputs' texts (None for a proposer)."""
+    params = attrs["params"]
+    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
+    body = request_params(params)
+    return PreparedCall(messages, body, call_key(provider, attrs["model"], messages, body, attrs.get("sample")))
