@@ -16,7 +16,7 @@ import pytest
 
 from moa_dsl.providers.transport import AsyncioTransport
 
-TLS = Path(__file__).parent / "fixtures" / "tls"
+TLS = Path(__file__).parents[1] / "fixtures" / "tls"
 CERT, KEY = TLS / "cert.pem", TLS / "key.pem"
 
 

@@ -3,7 +3,7 @@
 Each fixture's first line, written by hand, says which diagnostics it must produce:
 `# expect: CODE@LINE:COL, CODE@other/file.moa:LINE:COL, ...` (files relative to the fixture).
 The rendered text is compared with FIXTURE.expected; regenerate those with
-`MOA_REGEN_EXPECTED=1 pytest tests/test_validate.py` and review the diff by eye.
+`MOA_REGEN_EXPECTED=1 pytest tests/language/test_validate.py` and review the diff by eye.
 """
 from __future__ import annotations
 

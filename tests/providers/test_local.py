@@ -1,7 +1,7 @@
 """The local provider without loading a model: resolving ids, the server registry, error wording.
 
 A loopback HTTP server started here plays llama.cpp's part where the HTTP path matters; the real
-runtime is exercised in tests/test_local_e2e.py.
+runtime is exercised in tests/providers/test_local_e2e.py.
 """
 from __future__ import annotations
 

@@ -541,7 +541,7 @@ def test_a_streamed_request_body_is_sent_chunked_and_decodes_exactly(stdlib):
 @pytest.fixture(scope="module")
 def certificate() -> Path:
     """The self-signed certificate for 127.0.0.1 in tests/fixtures/tls (test_transport_tls.py says how it was made)."""
-    return Path(__file__).parent / "fixtures" / "tls"
+    return Path(__file__).parents[1] / "fixtures" / "tls"
 
 
 @pytest.fixture
