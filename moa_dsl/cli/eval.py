@@ -21,7 +21,8 @@ HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
 
 
 def register(sub: Any) -> None:
-    from ..evaluation.compare import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_OUT
+    from ..evaluation.compare import DEFAULT_OUT
+    from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
 
     p = sub.add_parser("eval", help=HELP, description=__doc__.split("\n\n")[1],
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
     pipes = _load(args.files)
     if isinstance(pipes, int):
         return pipes
-    from ..evaluation.compare import evaluate
+    from ..evaluation import evaluate
 
     try:
         report = evaluate(pipes, args.input, limit=args.limit, judge=args.judge, baseline=args.baseline,

@@ -299,7 +299,7 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
-    from ..evaluation.compare import read_jsonl_records
+    from ..evaluation.data import read_jsonl_records
 
     records = read_jsonl_records(args.input)   # every line checked (ConfigError names file:line)
     output = _open(args.output, "w", "--output") if args.output else sys.stdout

@@ -10,10 +10,13 @@ import pytest
 
 import moa_dsl
 from moa_dsl.errors import ConfigError
-from moa_dsl.evaluation.compare import (
-    SUMMARY_KEYS, EvalReport, Item, ItemRun, JudgeModel, TopologyReport, judge_pipeline, judge_prompt,
-    judgment_score, pair_score, parse_judge, parse_verdict, percentile, read_items, win_rate,
+from moa_dsl.evaluation.data import Item, read_items
+from moa_dsl.evaluation.judge import (
+    JudgeModel, judge_pipeline, judge_prompt, judgment_score, pair_score, parse_judge, parse_verdict,
 )
+from moa_dsl.evaluation.latency import ItemRun
+from moa_dsl.evaluation.report import SUMMARY_KEYS, EvalReport, TopologyReport
+from moa_dsl.evaluation.stats import percentile, win_rate
 
 from conftest import DATA
 
@@ -200,7 +203,7 @@ def test_written_files(tmp_path):
 
 
 def test_an_item_without_two_answers_is_scored_without_a_judge():
-    from moa_dsl.evaluation.compare import unjudged_score
+    from moa_dsl.evaluation.judge import unjudged_score
 
     assert unjudged_score(candidate_ok=False, baseline_ok=True) == 0.0
     assert unjudged_score(candidate_ok=True, baseline_ok=False) == 1.0
@@ -212,7 +215,7 @@ def test_item_latency_is_the_critical_path_and_cost_follows_price():
 
     from run_helpers import make_pipe, node
 
-    from moa_dsl.evaluation.compare import LatencyLedger, _account
+    from moa_dsl.evaluation.latency import LatencyLedger, _account
     from moa_dsl.runtime.result import NodeResult
 
     pipe = make_pipe({"a": node("propose", price=[1.0, 2.0]), "b": node("propose", price=[1.0, 2.0]),
@@ -225,14 +228,14 @@ def test_item_latency_is_the_critical_path_and_cost_follows_price():
              "f": NodeResult("ok", "m", "fake", "z", 10, 20, latency_s=0.25)}
     result = SimpleNamespace(nodes=nodes, output_node="f")
     run = ItemRun("ok", None)
-    _account(run, session, [{"role": "user", "content": "q"}], result, LatencyLedger(None))
+    _account(run, session, result, LatencyLedger(None))
     assert run.latency_s == pytest.approx(2.25)      # f waits for the failed b (2.0), not a -> c (1.5)
     assert run.calls == 4 and run.prompt_tokens == 30 and run.completion_tokens == 60
     assert run.cost_usd == pytest.approx((30 * 1.0 + 60 * 2.0) / 1e6)
 
 
 def test_python_api_on_pipelines_returns_a_displayable_report(tmp_path, monkeypatch):
-    from moa_dsl.evaluation.compare import evaluate
+    from moa_dsl.evaluation import evaluate
     from moa_dsl.testing import FakeLLMServer
 
     monkeypatch.setenv("MOA_TEST_KEY", "k")

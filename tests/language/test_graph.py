@@ -144,7 +144,7 @@ def test_declared_providers_are_kept_even_when_no_node_uses_them() -> None:
 
 
 def test_a_declared_unused_provider_can_be_the_judge() -> None:
-    from moa_dsl.evaluation.compare import parse_judge
+    from moa_dsl.evaluation.judge import parse_judge
     pipe = moa_dsl.loads('provider mine = openai { base_url = "http://127.0.0.1:9/v1" }\n'
                          'node a = propose openai:"m"\n')
     judge, cfg = parse_judge('mine:"m"', [pipe])
