@@ -19,7 +19,9 @@ boundary each, `raise ... from exc`. No message ever contains a credential.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
+
+Severity = Literal["error", "warning"]
 
 
 
@@ -44,7 +46,7 @@ class Span:
 
 @dataclass(frozen=True)
 class Diagnostic:
-    severity: str            # "error" | "warning"
+    severity: Severity
     code: str                # "E101" ... "W302"
     message: str
     span: Span | None

@@ -12,17 +12,18 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable, Literal, get_args
 
-EVENT_KINDS = (
+EventKind = Literal[
     "run_started", "node_started", "request_sent", "retry", "token", "cache_hit",
-    "node_finished", "node_failed", "node_skipped", "run_finished",
-)
+    "node_finished", "node_failed", "node_skipped", "run_finished"
+]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str
+    kind: EventKind
     t: float            # seconds since the run started
     node: str | None
     data: dict[str, Any]
@@ -84,7 +85,7 @@ class Emitter:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def emit(self, kind: str, node: str | None = None, data: dict[str, Any] | None = None,
+    def emit(self, kind: EventKind, node: str | None = None, data: dict[str, Any] | None = None,
              *, t: float | None = None) -> Event:
         event = Event(kind, self.now() if t is None else t, node, data if data is not None else {})
         if self._keep:

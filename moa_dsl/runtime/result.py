@@ -11,13 +11,15 @@ counted once however many attempts it took; per-node attempts are in `NodeResult
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import RunFailed
 from .events import Event
 from .report import failure_reason, result_html, result_markdown, totals_line
 
-NODE_STATUSES = ("ok", "cached", "failed", "skipped")
+NodeStatus = Literal["ok", "cached", "failed", "skipped"]
+RunStatus = Literal["ok", "failed"]
+NODE_STATUSES: tuple[NodeStatus, ...] = get_args(NodeStatus)
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Usage:
 
 @dataclass
 class NodeResult:
-    status: str                         # ok | cached | failed | skipped
+    status: NodeStatus
     model: str
     provider: str
     text: str | None = None
@@ -71,7 +73,7 @@ class NodeResult:
 class RunResult:
     output: str | None
     output_node: str
-    status: str                         # ok | failed
+    status: RunStatus
     elapsed_s: float
     usage: Usage
     nodes: dict[str, NodeResult]
