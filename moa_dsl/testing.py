@@ -222,6 +222,7 @@ class FakeLLMServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None
         self._tasks.add(task)
         self.connections += 1   # only this server's loop thread writes it
         try:
@@ -308,10 +309,11 @@ class FakeLLMServer:
 
     def _answer(self, api: str, req: RecordedRequest) -> _Answer:
         body = req.body
+        model = req.model or ""
         responder = self.responder
         if isinstance(responder, Mapping):
-            responder = responder.get(req.model) or responder.get("*")
-        text = responder(req.model, body) if responder else default_answer(req.model, body["messages"],
+            responder = responder.get(model) or responder.get("*")
+        text = responder(model, body) if responder else default_answer(model, body["messages"],
                                                                              body.get("seed"))
         tokens = [t for t in _TOKEN.findall(str(text)) if t]
         finish = "stop" if api == "openai" else "end_turn"

@@ -126,11 +126,12 @@ class _Evaluation:
         # slot busy, few enough that an interrupted evaluation has finished the items it started.
         self.item_slots = asyncio.Semaphore(max(2, concurrency))
         n = len(items)
-        self.runs: dict[str, list[ItemRun]] = {name: [None] * n for name in sessions}  # type: ignore[misc]
+        # Filled in as items finish; every slot holds an ItemRun before the report reads it.
+        self.runs: dict[str, list[ItemRun]] = {name: [ItemRun("failed", None, "not run")] * n for name in sessions}
         self.reports = {name: TopologyReport(name, self.runs[name], None if name == baseline else [0.0] * n,
                                              priced=_priced(s.graph, s.order))
                         for name, s in sessions.items()}
-        self.judge_usage = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self.judge_usage: dict[str, float] = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._judging: dict[str, asyncio.Future] = {}
 
     async def run(self, judge_model: JudgeModel) -> EvalReport:
@@ -175,8 +176,10 @@ class _Evaluation:
 
     async def _compare(self, name: str, i: int, base: ItemRun) -> None:
         run, report = self.runs[name][i], self.reports[name]
-        if run.status != "ok" or base.status != "ok":
-            report.scores[i] = unjudged_score(candidate_ok=run.status == "ok", baseline_ok=base.status == "ok")
+        scores = report.scores
+        assert scores is not None      # only non-baseline topologies are compared
+        if run.output is None or base.output is None:
+            scores[i] = unjudged_score(candidate_ok=run.status == "ok", baseline_ok=base.status == "ok")
             self.progress.unit()
             self.progress.unit()
             return
@@ -184,7 +187,7 @@ class _Evaluation:
         first, second = await asyncio.gather(
             self._judge(report, judge_prompt(question, base.output, run.output)),
             self._judge(report, judge_prompt(question, run.output, base.output)))
-        report.scores[i] = pair_score(judgment_score(first, candidate_first=False),
+        scores[i] = pair_score(judgment_score(first, candidate_first=False),
                                       judgment_score(second, candidate_first=True))
 
     async def _judge(self, report: TopologyReport, prompt: str) -> str | None:

@@ -84,7 +84,8 @@ def _account(run: ItemRun, session: Any, result: Any, ledger: LatencyLedger) -> 
         attrs = graph.nodes[name]
         # A node starts when its last input has finished, failed or been skipped.
         waits = [finish[i] for i in attrs["inputs"]]
-        ready = None if None in waits else max(waits, default=0.0)
+        known = [w for w in waits if w is not None]
+        ready = None if len(known) < len(waits) else max(known, default=0.0)
         if node.status == "skipped":
             finish[name] = ready
             continue

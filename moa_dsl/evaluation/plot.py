@@ -63,7 +63,8 @@ def _points(rows: Sequence[dict], x_key: str) -> list[Point]:
 
 def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offset: int) -> str:
     placed = [p for p in points if p.x is not None]
-    x_max = _nice_max(max((p.x for p in placed), default=0.0))
+    xs = {p.name: p.x for p in placed if p.x is not None}
+    x_max = _nice_max(max(xs.values(), default=0.0))
     plot_w = PANEL_W - MARGIN_L - MARGIN_R
     plot_h = PANEL_H - MARGIN_T - MARGIN_B
 
@@ -87,10 +88,10 @@ def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offse
                f'text-anchor="middle">win rate vs baseline</text>')
     front = pareto_front(placed)
     if len(front) > 1:
-        path = " ".join(f"{sx(p.x):.1f},{sy(p.y):.1f}" for p in front)
+        path = " ".join(f"{sx(xs[p.name]):.1f},{sy(p.y):.1f}" for p in front)
         out.append(f'<polyline points="{path}" fill="none" stroke="#555" stroke-dasharray="4 3"/>')
     for p in placed:
-        out.append(_marker(p, sx(p.x), sy, colors[p.name]))
+        out.append(_marker(p, sx(xs[p.name]), sy, colors[p.name]))
     missing = [p.name for p in points if p.x is None]
     if missing:
         note = "not plotted (no value): " + ", ".join(missing)

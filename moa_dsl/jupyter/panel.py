@@ -76,7 +76,8 @@ class PanelState:
     def text(self) -> str:
         return "".join(self.stream)
 
-    def row(self, name: str) -> NodeRow:
+    def row(self, name: str | None) -> NodeRow:
+        assert name is not None, "a node event without a node"
         if name not in self.rows:  # a node the graph did not announce: show it rather than drop it
             self.rows[name] = NodeRow(name)
         return self.rows[name]

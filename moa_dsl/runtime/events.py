@@ -47,10 +47,11 @@ class TraceWriter:
     """
 
     def __init__(self, target: str | os.PathLike | IO[str]):
-        if hasattr(target, "write"):
-            self._fh, self._owned = target, False  # type: ignore[assignment]
-        else:
+        self._fh: IO[str]
+        if isinstance(target, (str, os.PathLike)):
             self._fh, self._owned = open(target, "a", encoding="utf-8"), True
+        else:
+            self._fh, self._owned = target, False
 
     def __call__(self, event: Event) -> None:
         self.write(event)
@@ -75,10 +76,10 @@ class Emitter:
     Cheap on purpose (one dataclass and a list append per event): it sits on every call's path.
     """
 
-    def __init__(self, listeners: Iterable[OnEvent] = (), *, keep: bool = True):
+    def __init__(self, listeners: Iterable[OnEvent | None] = (), *, keep: bool = True):
         self.t0 = time.perf_counter()
         self.wall_t0 = time.time()
-        self.listeners = [f for f in listeners if f is not None]
+        self.listeners: list[OnEvent] = [f for f in listeners if f is not None]
         self.events: list[Event] = []
         self._keep = keep
 

@@ -107,7 +107,7 @@ def format_plan(rows: Iterable[PlanRow]) -> str:
     known = [r for r in rows if r.calls is not None]
     unknown = len(rows) - len(known)
     hits = sum(1 for r in rows if r.cache == "hit")
-    lines.append(f"{len(rows)} nodes: {sum(r.calls for r in known)} calls"
+    lines.append(f"{len(rows)} nodes: {sum(r.calls or 0 for r in known)} calls"
                  + (f" (+ up to {unknown} whose requests depend on uncached answers)" if unknown else "")
                  + f", {hits} expected cache hits")
     return "\n".join(lines)

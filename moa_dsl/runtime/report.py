@@ -41,7 +41,7 @@ def _fmt_s(x: float | None) -> str:
 
 
 def _rows(result: "RunResult") -> list[tuple[str, str, str, str, str, str]]:
-    rows = []
+    rows: list[tuple[str, str, str, str, str, str]] = []
     for name, n in result.nodes.items():
         p, c = n.prompt_tokens, n.completion_tokens
         rows.append((name, n.status, f"{n.provider}:{n.model}", _fmt_s(n.latency_s),

@@ -30,9 +30,9 @@ from ..providers.pool import ProviderPool
 from .bridge import run_sync
 from .cache import ResponseCache
 from .calls import prepare_call
-from .events import Emitter, OnEvent, TraceWriter
+from .events import Emitter, EventKind, OnEvent, TraceWriter
 from .messages import normalize_query
-from .result import NodeResult, RunResult, Usage
+from .result import NodeResult, RunResult, RunStatus, Usage
 
 __all__ = ["Session", "arun", "check_concurrency", "gather_or_cancel", "live_nodes", "run_blocking"]
 
@@ -153,12 +153,12 @@ class _Run:
         self.done = {n: asyncio.Event() for n in s.order}
         await gather_or_cancel(self._node(n) for n in s.order)
         out = self.results.get(self.output)
-        status = "ok" if out is not None and out.succeeded else "failed"
+        status: RunStatus = "ok" if out is not None and out.succeeded else "failed"
         elapsed = em.now()
         em.emit("run_finished", None, {"status": status, "elapsed_s": round(elapsed, 6),
                                        "usage": self.usage.to_json()})
         nodes = {n: self.results[n] for n in s.order}
-        return RunResult(output=out.text if status == "ok" else None, output_node=self.output,
+        return RunResult(output=out.text if out is not None and status == "ok" else None, output_node=self.output,
                          status=status, elapsed_s=elapsed, usage=self.usage, nodes=nodes,
                          events=em.events)
 
@@ -176,7 +176,7 @@ class _Run:
         refs = None
         if attrs["role"] == "aggregate":
             inputs = attrs["inputs"]
-            refs = [r.text for r in (self.results[i] for i in inputs) if r.succeeded]
+            refs = [r.text for r in (self.results[i] for i in inputs) if r.succeeded and r.text is not None]
             need = params.get("min_inputs", 1)
             if len(refs) < need:
                 reason = f"{len(refs)} of {len(inputs)} inputs succeeded, min_inputs is {need}"
@@ -185,7 +185,7 @@ class _Run:
         call = prepare_call(attrs, self.conversation, refs, provider)
         cache = self.s.cache if params.get("cache", True) else None
         key = call.key if cache is not None else None
-        if key is not None and not self.s.refresh:
+        if cache is not None and key is not None and not self.s.refresh:
             hit = cache.get(key)
             if hit is None and key in self.s.inflight:
                 await self.s.inflight[key].wait()
@@ -201,7 +201,7 @@ class _Run:
         try:
             return await self._call(name, attrs, provider, req, cache, call.key)
         finally:
-            if owner is not None:
+            if owner is not None and key is not None:
                 del self.s.inflight[key]
                 owner.set()
 
@@ -215,7 +215,7 @@ class _Run:
             em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
             attempts = 0
 
-            def emit(kind: str, data: dict[str, Any]) -> None:
+            def emit(kind: EventKind, data: dict[str, Any]) -> None:
                 nonlocal attempts
                 if kind == "request_sent":
                     attempts += 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 MARK = "moa-local-server: "
 
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> int:
     os._exit(0)
 
 
-def _start(config: dict) -> object:
+def _start(config: dict) -> Any:
     import xllamacpp
 
     params = xllamacpp.CommonParams()
