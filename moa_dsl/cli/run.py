@@ -119,7 +119,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
-    from ..runtime.plan import format_plan, plan
+    from ..runtime.dryrun import format_plan, plan
 
     rows = plan(pipe, query, cache=not args.no_cache, cache_dir=args.cache_dir, refresh=args.refresh)
     print(format_plan(rows))

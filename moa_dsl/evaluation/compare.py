@@ -48,6 +48,8 @@ from .latency import ItemRun, LatencyLedger, run_item
 from .progress import Progress
 from .report import EvalReport, TopologyReport
 
+__all__ = ["aevaluate", "DEFAULT_OUT", "evaluate"]
+
 DEFAULT_OUT = "moa-eval"
 
 

@@ -14,6 +14,12 @@ from ..runtime import (
     Pipeline,
 )
 
+__all__ = [
+    "DEFAULT_JUDGE", "DEFAULT_JUDGE_MAX_TOKENS", "judge_pipeline", "judge_prompt", "JUDGE_SYSTEM",
+    "JUDGE_USER", "JudgeModel", "judgment_score", "pair_score", "parse_judge", "parse_verdict",
+    "unjudged_score",
+]
+
 DEFAULT_JUDGE = 'openai:"gpt-4o"'
 DEFAULT_JUDGE_MAX_TOKENS = 512
 

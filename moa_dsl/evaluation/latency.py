@@ -8,6 +8,8 @@ from typing import Any
 
 from .data import Item
 
+__all__ = ["ItemRun", "LatencyLedger", "run_item"]
+
 # --- one topology on one item --------------------------------------------------------------------
 
 @dataclass

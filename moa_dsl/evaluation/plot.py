@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Sequence
 from xml.sax.saxutils import escape
 
+__all__ = ["COLORS", "pareto_front", "Point", "render_svg"]
+
 PANEL_W, PANEL_H = 360, 280
 MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 56, 16, 36, 44
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 from typing import IO, Any
 
+__all__ = ["Progress"]
+
 # --- progress -------------------------------------------------------------------------------------
 
 class Progress:

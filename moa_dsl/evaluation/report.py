@@ -13,6 +13,8 @@ from .judge import JudgeModel
 from .latency import ItemRun
 from .stats import percentile, win_rate
 
+__all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport"]
+
 # --- the report ----------------------------------------------------------------------------------
 
 SUMMARY_KEYS = ("name", "win_rate", "stderr", "n", "calls", "prompt_tokens", "completion_tokens",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+__all__ = ["percentile", "win_rate"]
+
 
 def win_rate(scores: Sequence[float]) -> tuple[float | None, float | None]:
     """Mean and its standard error (sample standard deviation / sqrt(n)); None where undefined."""

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
 if TYPE_CHECKING:  # pragma: no cover - the panel only reads an event's fields
     from ..runtime.events import Event
 
+__all__ = ["has_frontend", "NodeRow", "PanelState", "RunPanel", "STATES", "TextView", "WidgetView"]
+
 STATES = ("waiting", "running", "cached", "done", "failed", "skipped")
 _STATE_COLOURS = {
     "waiting": "#9e9e9e", "running": "#1e88e5", "cached": "#8e24aa",

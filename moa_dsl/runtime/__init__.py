@@ -10,7 +10,7 @@ from .cache import CacheWarning, ResponseCache
 from .calls import PreparedCall, prepare_call
 from .events import Event, TraceWriter
 from .pipeline import Pipeline, load, loads
-from .plan import PlanRow, format_plan, plan
+from .dryrun import PlanRow, format_plan, plan
 from .report import failure_reason, result_html, result_markdown, totals_line
 from .result import NodeResult, RunResult, Usage
 from .scheduler import Session, arun, check_concurrency, gather_or_cancel, live_nodes, run_blocking

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterable, Literal, get_args
 
+__all__ = ["Emitter", "Event", "EVENT_KINDS", "EventKind", "OnEvent", "TraceWriter", "UNTRACED"]
+
 EventKind = Literal[
     "run_started", "node_started", "request_sent", "retry", "token", "cache_hit",
     "node_finished", "node_failed", "node_skipped", "run_finished"

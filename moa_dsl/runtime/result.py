@@ -17,6 +17,8 @@ from ..errors import RunFailed
 from .events import Event
 from .report import failure_reason, result_html, result_markdown, totals_line
 
+__all__ = ["NODE_STATUSES", "NodeResult", "NodeStatus", "RunResult", "RunStatus", "Usage"]
+
 NodeStatus = Literal["ok", "cached", "failed", "skipped"]
 RunStatus = Literal["ok", "failed"]
 NODE_STATUSES: tuple[NodeStatus, ...] = get_args(NodeStatus)
