@@ -29,6 +29,7 @@ from typing import AsyncIterator
 
 import aiohttp
 import httpx
+import yarl
 
 MAX_CONNECTIONS = 512
 
@@ -137,13 +138,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
         kwargs = {} if (timeout := self._timeout(request)) is None else {"timeout": timeout}
         try:
-            response = await session.request(request.method, str(request.url), headers=headers, data=data,
+            # encoded=True: the URL goes out as httpx built it, byte for byte (yarl would re-quote %2F)
+            response = await session.request(request.method, yarl.URL(str(request.url), encoded=True),
+                                             headers=headers, data=data,
                                              allow_redirects=False, compress=False, **kwargs)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, TypeError) as exc:
             raise _translate(exc, request) from exc
         return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request),
                               request=request,
-                              extensions={"http_version": b"HTTP/1.1",
+                              extensions={"http_version": b"HTTP/%d.%d" % tuple(response.version),
                                           "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
 
     async def aclose(self) -> None:
