@@ -188,4 +188,4 @@ def test_max_response_bytes_reaches_the_provider_config() -> None:
                          'node a = propose p:"m"\n')
     providers = pipe.graph.graph["providers"]
     assert providers["p"].max_response_bytes == 1024
-    assert providers["together"].max_response_bytes == DEFAULT_MAX_RESPONSE_BYTES == 8 * 1024 * 1024
+    assert DEFAULT_MAX_RESPONSE_BYTES == 8 * 1024 * 1024
