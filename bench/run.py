@@ -7,7 +7,8 @@ measures, each against what no orchestrator could beat (bench/README.md says wha
 
   makespan / critical path       ours, and a per-layer barrier like the reference implementation
   first token / (critical path to the output's start + server time to first token)
-  ours / raw httpx               the same N calls at the same bound, identical httpx clients
+  ours / raw httpx               the same N calls at the same bound, httpx on the same transport
+  ours / aiohttp alone           1,001 zero-latency calls at bound 64, best of 5 each
   cached / uncached, cache hits per second
   moa check time and peak memory for 300 / 3,000 / 30,000 nodes
   AlpacaEval batch (805 prompts) through MoA-Lite: ideal time / ours
@@ -36,6 +37,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if str(ROOT) not in sys.path:   # `python bench/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
@@ -45,9 +47,7 @@ from moa_dsl.config import REFERENCE_PROMPT  # noqa: E402
 from moa_dsl.config import request_params  # noqa: E402
 from moa_dsl.runtime.messages import build_messages, normalize_query  # noqa: E402
 from moa_dsl.providers.base import CallRequest  # noqa: E402
-from moa_dsl.providers import http  # noqa: E402
-from moa_dsl.providers.http import MAX_CONNECTIONS, SHARD_CONNECTIONS  # noqa: E402
-from moa_dsl.providers.openai import OpenAIProvider  # noqa: E402
+from moa_dsl.providers.transport import MAX_CONNECTIONS, AiohttpTransport  # noqa: E402
 from moa_dsl.providers.pool import ProviderPool  # noqa: E402
 from moa_dsl.runtime.scheduler import Session, arun  # noqa: E402
 
@@ -240,63 +240,99 @@ async def ours_wide(url: str, n: int, bound: int) -> float:
     return result.elapsed_s
 
 
-def httpcore_clients(per_client: int) -> http._Shards:
-    """httpx on its default transport (httpcore), in clients of `per_client` connections each (the
-    `_Shards` interface, so raw_wide can run on it): `MAX_CONNECTIONS` is one client, as a plain user
-    writes it; `SHARD_CONNECTIONS` is what the providers did before they had their own transport."""
-    limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-    return http._Shards(lambda: httpx.AsyncClient(limits=limits, headers={"authorization": f"Bearer {KEY}"},
-                                                  trust_env=False),
-                        per_shard=per_client, max_shards=max(1, MAX_CONNECTIONS // per_client))
+def raw_client(httpcore: bool = False) -> httpx.AsyncClient:
+    """A plain httpx client: on the providers' transport (AiohttpTransport, same bound, trust_env off as
+    for a loopback provider), or on httpx's default transport (httpcore) for comparison."""
+    transport = None if httpcore else AiohttpTransport(trust_env=False, max_connections=MAX_CONNECTIONS)
+    limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+    return httpx.AsyncClient(transport=transport, limits=limits, headers={"authorization": f"Bearer {KEY}"},
+                             trust_env=False)
 
 
-async def raw_wide(url: str, n: int, bound: int, *, httpcore: int | None = None) -> float:
-    """The same N requests, dependency for dependency, with httpx and a semaphore, nothing else. The
-    clients are the provider's own (httpx on AsyncioTransport: limits, keep-alive expiry, trust_env
-    and headers identical); only the output (the aggregator) streams, as in a run. `httpcore`: httpx's
-    default transport instead, in clients of that many connections (`httpcore_clients`)."""
-    provider = OpenAIProvider(name="fake", base_url=url, api_key=KEY)
-    shards = httpcore_clients(httpcore) if httpcore else provider._shards
-    target, timeout = provider.url, httpx.Timeout(120.0)
-    sem = asyncio.Semaphore(bound)
+def _proposal(i: int) -> dict[str, Any]:
+    return {"model": f"m{i // 1000}", "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+            "temperature": 0.7, "max_tokens": 512}
+
+
+def _aggregation(refs: list[str]) -> dict[str, Any]:
     conversation = [{"role": "user", "content": "Why is the sky blue?"}]
+    return {"model": "agg", "messages": build_messages(conversation, refs=refs, prompt=REFERENCE_PROMPT),
+            "temperature": 0.7, "max_tokens": 512, "stream": True, "stream_options": {"include_usage": True}}
+
+
+def _delta(line: str) -> str:
+    if not line.startswith("data: ") or line == "data: [DONE]":
+        return ""
+    return "".join((c.get("delta") or {}).get("content") or "" for c in json.loads(line[6:]).get("choices") or ())
+
+
+async def raw_wide(url: str, n: int, bound: int, *, httpcore: bool = False) -> float:
+    """The same N requests, dependency for dependency, with httpx and a semaphore, nothing else: all
+    proposers under the bound, then the streaming aggregator. `httpcore`: httpx's default transport."""
+    client = raw_client(httpcore)
+    target, timeout = url + "/chat/completions", httpx.Timeout(120.0)
+    sem = asyncio.Semaphore(bound)
 
     async def propose(i: int) -> str:
-        body = {"model": f"m{i // 1000}", "messages": conversation, "temperature": 0.7, "max_tokens": 512}
         async with sem:
-            shard = shards.acquire()
-            try:
-                response = await shards.clients[shard].post(target, json=body, timeout=timeout)
-            finally:
-                shards.release(shard)
+            response = await client.post(target, json=_proposal(i), timeout=timeout)
         response.raise_for_status()
         return json.loads(response.content)["choices"][0]["message"]["content"]
 
     async def aggregate(refs: list[str]) -> str:
-        body = {"model": "agg", "messages": build_messages(conversation, refs=refs, prompt=REFERENCE_PROMPT),
-                "temperature": 0.7, "max_tokens": 512, "stream": True, "stream_options": {"include_usage": True}}
-        parts = []
         async with sem:
-            shard = shards.acquire()
-            try:
-                async with shards.clients[shard].stream("POST", target, json=body, timeout=timeout) as response:
-                    response.raise_for_status()
-                    async for line in response.aiter_lines():
-                        if line.startswith("data: ") and line != "data: [DONE]":
-                            for choice in json.loads(line[6:]).get("choices") or ():
-                                parts.append((choice.get("delta") or {}).get("content") or "")
-            finally:
-                shards.release(shard)
-        return "".join(parts)
+            async with client.stream("POST", target, json=_aggregation(refs), timeout=timeout) as response:
+                response.raise_for_status()
+                return "".join([_delta(line) async for line in response.aiter_lines()])
 
     try:
         t0 = time.perf_counter()
         await aggregate(await asyncio.gather(*(propose(i) for i in range(n - 1))))
         return time.perf_counter() - t0
     finally:
-        await provider.aclose()
-        if httpcore:
-            await shards.aclose()
+        await client.aclose()
+
+
+async def aiohttp_wide(url: str, n: int, bound: int) -> float:
+    """The same N requests with aiohttp alone (one session, same bound): the floor under our transport."""
+    target = url + "/chat/completions"
+    sem = asyncio.Semaphore(bound)
+    connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector, headers={"authorization": f"Bearer {KEY}"},
+                                     cookie_jar=aiohttp.DummyCookieJar()) as session:
+        async def propose(i: int) -> str:
+            async with sem:
+                async with session.post(target, json=_proposal(i)) as response:
+                    response.raise_for_status()
+                    data = await response.read()
+            return json.loads(data)["choices"][0]["message"]["content"]
+
+        async def aggregate(refs: list[str]) -> str:
+            async with sem:
+                async with session.post(target, json=_aggregation(refs)) as response:
+                    response.raise_for_status()
+                    return "".join([_delta(line.decode().rstrip("\r\n")) async for line in response.content])
+
+        t0 = time.perf_counter()
+        await aggregate(await asyncio.gather(*(propose(i) for i in range(n - 1))))
+        return time.perf_counter() - t0
+
+
+def bench_over_aiohttp(n: int, bound: int, runs: int) -> list[Row]:
+    """Our whole run (scheduler, events, providers, httpx over AiohttpTransport) over aiohttp alone, the
+    same N zero-latency calls to the same server, best of `runs` each, alternated."""
+    ours: list[float] = []
+    floor: list[float] = []
+    with Server({}, 0.0) as server:
+        asyncio.run(aiohttp_wide(server.url, 64, 64))   # imports and the server's first connections
+        asyncio.run(ours_wide(server.url, 64, 64))
+        for _ in range(runs):
+            floor.append(asyncio.run(aiohttp_wide(server.url, n, bound)))
+            ours.append(asyncio.run(ours_wide(server.url, n, bound)))
+    spread = (f"ours {min(ours):.2f}-{max(ours):.2f}s, aiohttp {min(floor):.2f}-{max(floor):.2f}s over {runs} runs; "
+              f"server max in flight {server.stats.get('max_in_flight')}")
+    return [row("overhead", f"N={n} bound={bound}, zero latency: ours / aiohttp alone (best of {runs})",
+                f"{min(ours):.2f}s / {min(floor):.2f}s; {spread}", min(ours) / min(floor), "1.0", "<= 1.2")]
 
 
 async def ours_batch(url: str, n: int, bound: int, *, cache_dir: str | None = None) -> float:
@@ -319,9 +355,8 @@ def bench_overhead(grid: list[tuple[int, int]], latency: float) -> list[Row]:
         asyncio.run(raw_wide(server.url, 64, 64))      # imports and the server's first connections
         asyncio.run(ours_wide(server.url, 64, 64))
         for k, (n, bound) in enumerate(grid):
-            if k == 0:   # what our transport saves, at the first grid point only (httpcore is slow)
-                t_one = asyncio.run(raw_wide(server.url, n, bound, httpcore=MAX_CONNECTIONS))
-                t_sharded = asyncio.run(raw_wide(server.url, n, bound, httpcore=SHARD_CONNECTIONS))
+            if k == 0:   # what aiohttp saves, at the first grid point only (httpcore is slow)
+                t_one = asyncio.run(raw_wide(server.url, n, bound, httpcore=True))
             c0 = time.process_time()
             t_raw = asyncio.run(raw_wide(server.url, n, bound))
             c1 = time.process_time()
@@ -341,9 +376,7 @@ def bench_overhead(grid: list[tuple[int, int]], latency: float) -> list[Row]:
             ]
             if k == 0:
                 rows += [
-                    row("overhead", f"N={n} bound={bound}: raw httpx, httpcore in clients of "
-                        f"{SHARD_CONNECTIONS} / ideal", f"{t_sharded:.2f}s / {ideal:.2f}s", t_sharded / ideal, "1.0"),
-                    row("overhead", f"N={n} bound={bound}: raw httpx, httpcore, one client / ideal",
+                    row("overhead", f"N={n} bound={bound}: raw httpx on httpcore (its default transport) / ideal",
                         f"{t_one:.2f}s / {ideal:.2f}s", t_one / ideal, "1.0"),
                 ]
     return rows
@@ -453,10 +486,11 @@ class Plan:
     check_sizes: tuple[int, ...]
     batch_unit: float
     batch_limit: int | None
+    aiohttp_runs: int      # best of this many, ours and aiohttp alone each
 
 
-FULL = Plan(0.2, 0.01, 0.1, ((1000, 64), (1000, 256), (10000, 256)), 2000, (300, 3000, 30000), 0.1, None)
-QUICK = Plan(0.05, 0.005, 0.05, ((200, 64),), 200, (300, 3000), 0.05, 100)
+FULL = Plan(0.2, 0.01, 0.1, ((1000, 64), (1000, 256), (10000, 256)), 2000, (300, 3000, 30000), 0.1, None, 5)
+QUICK = Plan(0.05, 0.005, 0.05, ((200, 64),), 200, (300, 3000), 0.05, 100, 2)
 
 
 def _loadavg() -> str:
@@ -493,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     # use, `moa check` and a batch are separate processes.
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("dags", lambda: bench_dags(plan.unit, plan.token_delay)),
-        ("overhead", lambda: bench_overhead(list(plan.grid), plan.call_latency)),
+        ("overhead", lambda: bench_overhead(list(plan.grid), plan.call_latency)
+         + bench_over_aiohttp(1001, 64, plan.aiohttp_runs)),
         ("cache", lambda: bench_cache(plan.unit, plan.cache_hits)),
         ("batch", lambda: bench_batch(plan.batch_unit, plan.batch_limit, 64, args.profile)),
         ("check", lambda: bench_check_sizes(list(plan.check_sizes))),

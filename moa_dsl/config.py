@@ -13,6 +13,7 @@ from typing import Any, Mapping
 DEFAULT_CONCURRENCY = 16
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 3
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024   # a response body past it fails the call (INTERFACES.md, "Limits on input")
 
 # The synthesis instruction of togethercomputer/MoA, verbatim (LANGUAGE.md, "The messages a call sends").
 REFERENCE_PROMPT = (
@@ -26,7 +27,8 @@ REFERENCE_PROMPT = (
 )
 
 PROVIDER_KINDS = ("openai", "anthropic", "local")
-PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries")
+PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries",
+                    "max_response_bytes")
 
 # Parameters that reach the HTTP request body (when set). The rest steer the runner.
 REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
@@ -59,6 +61,7 @@ class ProviderConfig:
     max_concurrency: int | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def _openai_base_url() -> str:

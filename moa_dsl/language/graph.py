@@ -133,7 +133,8 @@ class _Builder:
                 headers=dict(options.get("headers", base.headers)),
                 max_concurrency=options.get("max_concurrency", base.max_concurrency),
                 timeout=float(options.get("timeout", base.timeout)),
-                retries=int(options.get("retries", base.retries)))
+                retries=int(options.get("retries", base.retries)),
+                max_response_bytes=int(options.get("max_response_bytes", base.max_response_bytes)))
         return configs
 
     def model(self, decl: ast.ModelDecl) -> _Model:

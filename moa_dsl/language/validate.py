@@ -204,6 +204,7 @@ OPTION_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {
     "max_concurrency": lambda k, v: _number(k, v, lo=1, integer=True),
     "timeout": lambda k, v: float(_number(k, v, lo=0, lo_open=True)),
     "retries": lambda k, v: _number(k, v, lo=0, integer=True),
+    "max_response_bytes": lambda k, v: _number(k, v, lo=1, integer=True),
 }
 assert set(OPTION_SCHEMA) == set(PROVIDER_OPTIONS)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 import httpx
+from httpx_sse import ServerSentEvent
 
 from ..config import BUILTIN_PARAMS
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data, stream_json
+from .http import Failure, HTTPProvider, _TokenGate, request_params
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic's own transient error types (https://docs.anthropic.com/en/api/errors).
@@ -64,15 +65,15 @@ class AnthropicProvider(HTTPProvider):
         return Completion("".join(texts), usage.get("input_tokens"), usage.get("output_tokens"),
                           finish_reason=data.get("stop_reason"))
 
-    async def read_stream(self, response: httpx.Response, lines: AsyncIterator[str],
+    async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
                           gate: _TokenGate) -> Completion:
         parts: list[str] = []
         prompt_tokens = completion_tokens = finish_reason = None
-        async for line in lines:
-            payload = sse_data(line)
-            if not payload:
+        async for sse in events:
+            payload = sse.data   # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
+            if not payload or payload.isspace():
                 continue
-            event = stream_json(payload, gate, "event")
+            event = self.stream_json(payload, gate, "event")
             kind = event.get("type")
             if kind == "content_block_delta":
                 delta = event.get("delta") or {}
@@ -92,7 +93,8 @@ class AnthropicProvider(HTTPProvider):
             elif kind == "error":
                 error = event.get("error") or {}
                 raise Failure(ProviderResponseError,
-                              f"the stream reported {error.get('type', 'an error')}: {error.get('message', '')}",
+                              f"the stream reported {self._quote(str(error.get('type', 'an error')), 100)}: "
+                              f"{self._quote(str(error.get('message', '')))}",
                               retryable=error.get("type") in _RETRYABLE_STREAM_ERRORS and not gate.emitted)
         raise Failure(ProviderResponseError, "the stream ended before message_stop", status=response.status_code,
                       retryable=not gate.emitted)

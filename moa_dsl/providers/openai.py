@@ -1,7 +1,7 @@
 """Any OpenAI-compatible `POST {base_url}/chat/completions`: OpenAI, Together, Groq, OpenRouter,
 Ollama, llama.cpp's server (the embedded runtime), vLLM.
 
-Streams are SSE: `data: {chunk}` lines, then `data: [DONE]`. We ask for usage in the last chunk
+Streams are SSE (framed by httpx-sse): `data: {chunk}` events, then `data: [DONE]`. We ask for usage in the last chunk
 (`stream_options.include_usage`) and read it from any chunk that carries it, as servers differ.
 """
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 import httpx
+from httpx_sse import ServerSentEvent
 
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params, sse_data, stream_json
+from .http import Failure, HTTPProvider, _TokenGate, request_params
 
 
 class OpenAIProvider(HTTPProvider):
@@ -38,19 +39,19 @@ class OpenAIProvider(HTTPProvider):
         return Completion(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           finish_reason=choice.get("finish_reason"))
 
-    async def read_stream(self, response: httpx.Response, lines: AsyncIterator[str],
+    async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
                           gate: _TokenGate) -> Completion:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         finish_reason = None
-        async for line in lines:
-            payload = sse_data(line)
-            if payload is None or not payload:
+        async for event in events:
+            payload = event.data   # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
+            if not payload or payload.isspace():
                 continue
-            if payload == "[DONE]":
+            if payload.strip(" \t") == "[DONE]":
                 return Completion("".join(parts), usage.get("prompt_tokens"), usage.get("completion_tokens"),
                                   finish_reason=finish_reason)
-            chunk = _chunk(payload, gate)
+            chunk = self._chunk(payload, gate)
             for choice in chunk.get("choices") or ():
                 delta = (choice.get("delta") or {}).get("content")
                 if delta:
@@ -62,12 +63,11 @@ class OpenAIProvider(HTTPProvider):
         raise Failure(ProviderResponseError, "the stream ended before `data: [DONE]`", status=response.status_code,
                       retryable=not gate.emitted)
 
-
-def _chunk(payload: str, gate: _TokenGate) -> dict[str, Any]:
-    chunk = stream_json(payload, gate, "chunk")
-    error = chunk.get("error")
-    if error:   # some servers report a failure mid-stream as a chunk
-        message = error.get("message") if isinstance(error, dict) else error
-        raise Failure(ProviderResponseError, f"the server reported an error mid-stream: {message}",
-                      retryable=not gate.emitted)
-    return chunk
+    def _chunk(self, payload: str, gate: _TokenGate) -> dict[str, Any]:
+        chunk = self.stream_json(payload, gate, "chunk")
+        error = chunk.get("error")
+        if error:   # some servers report a failure mid-stream as a chunk
+            message = error.get("message") if isinstance(error, dict) else error
+            raise Failure(ProviderResponseError, f"the server reported an error mid-stream: "
+                          f"{self._quote(str(message))}", retryable=not gate.emitted)
+        return chunk

@@ -98,7 +98,8 @@ class ProviderPool:
             raise ConfigError(f"provider {cfg.name}: no base_url")
         headers = {k: self._resolve(v) or "" for k, v in cfg.headers.items()}
         return cls(name=cfg.name, base_url=base_url, api_key=self._resolve(cfg.api_key), headers=headers,
-                   max_concurrency=cfg.max_concurrency, transport=self._transport, backoff=self._backoff)
+                   max_concurrency=cfg.max_concurrency, transport=self._transport, backoff=self._backoff,
+                   max_response_bytes=cfg.max_response_bytes)
 
 
 def _join(parts: list[str]) -> str:

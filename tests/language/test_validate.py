@@ -132,6 +132,7 @@ def test_parameter_types_and_ranges(params: str, code: str) -> None:
 @pytest.mark.parametrize("option, code", [
     ("max_concurrency = 0", "E206"), ("headers = [1]", "E206"), ("base_url = 3", "E206"),
     ("retry = 1", "E205"), ("timeout = -2", "E206"),
+    ("max_response_bytes = 0", "E206"), ("max_response_bytes = 1.5", "E206"), ('max_response_bytes = "8M"', "E206"),
 ])
 def test_provider_options(option: str, code: str) -> None:
     diags = _errors(f'provider p = openai {{ {option} }}\nnode a = propose p:"m"\n')
@@ -177,3 +178,14 @@ def test_an_unknown_model_in_a_sampled_member_is_reported_once() -> None:
     diags = _errors('layer L = propose [nope * 3, bad:"m" * 2]\nnode f = aggregate openai:"x" <- L\n')
     assert [(d.code, d.message) for d in diags] == [("E201", "unknown model 'nope'"),
                                                     ("E201", "unknown provider 'bad'")]
+
+
+def test_max_response_bytes_reaches_the_provider_config() -> None:
+    import moa_dsl
+    from moa_dsl.config import DEFAULT_MAX_RESPONSE_BYTES
+
+    pipe = moa_dsl.loads('provider p = openai { base_url = "http://127.0.0.1:9/v1", max_response_bytes = 1024 }\n'
+                         'node a = propose p:"m"\n')
+    providers = pipe.graph.graph["providers"]
+    assert providers["p"].max_response_bytes == 1024
+    assert DEFAULT_MAX_RESPONSE_BYTES == 8 * 1024 * 1024

@@ -1,4 +1,5 @@
-"""HTTP providers' connections: kept alive across calls (streamed ones included), over real loopback sockets."""
+"""HTTP providers' connections (one aiohttp session per provider): kept alive across calls (streamed ones
+included), bounded, over real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
@@ -6,21 +7,13 @@ import asyncio
 import httpx
 import pytest
 
-from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIProvider, http
+from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIProvider
+from moa_dsl.providers import transport as transport_module
 from moa_dsl.testing import FakeLLMServer
 
 KEY = "sk-test-pool-0123456789"
 FAST = Backoff(base_s=0.001, cap_s=0.01)
 CALLS = 6
-
-
-@pytest.fixture(params=["asyncio", "httpcore"])
-def stack(request, monkeypatch):
-    """Each test twice: on our AsyncioTransport (the default) and on httpx's own transport, which the
-    providers keep when an environment proxy applies (forced here: loopback is never proxied)."""
-    if request.param == "httpcore":
-        monkeypatch.setattr(http, "_proxied", lambda *a: True)
-    return request.param
 
 
 def _request(i: int, *, stream: bool) -> CallRequest:
@@ -44,7 +37,7 @@ async def _sequential(provider, n: int, *, stream: bool) -> list[str]:
 
 @pytest.mark.parametrize("kind", [OpenAIProvider, AnthropicProvider])
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not-streamed"])
-def test_sequential_calls_reuse_one_connection(kind, stream, stack):
+def test_sequential_calls_reuse_one_connection(kind, stream):
     with FakeLLMServer() as server:
         provider = kind(name="fake", base_url=server.url, api_key=KEY, backoff=FAST)
         texts = asyncio.run(_sequential(provider, CALLS, stream=stream))
@@ -106,7 +99,7 @@ class _Chatty:
 
 
 @pytest.mark.parametrize("mode", ["flood", "stall"])
-def test_a_server_that_keeps_the_body_open_after_done_cannot_hang_a_call(mode, stack):
+def test_a_server_that_keeps_the_body_open_after_done_cannot_hang_a_call(mode):
     server = _Chatty(mode)
 
     async def main():
@@ -128,40 +121,21 @@ def test_a_server_that_keeps_the_body_open_after_done_cannot_hang_a_call(mode, s
         assert server.flooded >= 64 * 1024   # it did drain, up to the bound
 
 
-# -- shards: several small httpx pools instead of one large one -----------------------------------
-class _Client:
-    closed = False
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-def test_shards_open_only_when_all_are_full_and_calls_fill_the_first_free_one():
-    shards = http._Shards(_Client, per_shard=2, max_shards=3)
-    assert [shards.acquire() for _ in range(2)] == [0, 0] and len(shards.clients) == 1
-    assert [shards.acquire() for _ in range(4)] == [1, 1, 2, 2]        # each opened when the others were full
-    shards.release(1)
-    assert shards.acquire() == 1 and len(shards.clients) == 3           # a free slot: no new shard
-    shards.release(0), shards.release(0), shards.release(2)
-    assert shards.busy == [0, 2, 1] and shards.acquire() == 0           # the first with room, not the emptiest
-    assert [shards.acquire() for _ in range(2)] == [0, 2]
-    shards.release(2)
-    assert shards.busy == [2, 2, 1] and shards.acquire() == 2
-    assert shards.acquire() == 0 and shards.busy == [3, 2, 2]           # all full at the cap: the least busy
-    assert shards.acquire() == 1 and len(shards.clients) == 3
-    asyncio.run(shards.aclose())
-    assert all(c.closed for c in shards.clients)
-    shards.busy[:] = [5, 5, 5]
-    assert shards.acquire() in (0, 1, 2) and len(shards.clients) == 3   # closed: never opens another
-
-
 def _wide(provider, n: int) -> list:
     async def main():
         return await asyncio.gather(*(provider.complete(_request(i, stream=i % 2 == 0)) for i in range(n)))
     return asyncio.run(main())
 
 
-def test_concurrent_calls_spread_over_shards_and_keep_their_connections(stack):
+def test_concurrent_calls_keep_their_connections(monkeypatch):
+    opened: list = []
+    real = transport_module.AiohttpTransport
+
+    def recording(**kw):
+        opened.append(real(**kw))
+        return opened[-1]
+
+    monkeypatch.setattr("moa_dsl.providers.http.AiohttpTransport", recording)
     with FakeLLMServer(latency=0.2) as server:
         provider = OpenAIProvider(name="fake", base_url=server.url)
 
@@ -172,23 +146,18 @@ def test_concurrent_calls_spread_over_shards_and_keep_their_connections(stack):
                                                      for i in range(40)))
                     assert len({r.text for r in results}) == 40
                 await provider.complete(_request(99, stream=True))
-                return list(provider._shards.clients)
+                return opened[0]._session
             finally:
                 await provider.aclose()
 
-        clients = asyncio.run(main())
-        if stack == "httpcore":
-            assert len(clients) == -(-40 // http.SHARD_CONNECTIONS)   # only as many shards as 40 calls fill
-        else:
-            assert len(clients) == 1                                   # its pool needs no shards
-        assert all(c.is_closed for c in clients)     # aclose closed every shard
-        assert server.max_in_flight == 40            # sharding does not throttle
+        session = asyncio.run(main())
+        assert len(opened) == 1 and session.closed    # one session per provider, closed by aclose
+        assert server.max_in_flight == 40            # the pool does not throttle
         assert server.connections == 40              # 81 calls, no connection opened twice
 
 
-def test_the_total_connection_bound_holds_across_shards(monkeypatch, stack):
-    monkeypatch.setattr(http, "MAX_CONNECTIONS", 8)
-    monkeypatch.setattr(http, "SHARD_CONNECTIONS", 4)
+def test_the_connection_bound_holds(monkeypatch):
+    monkeypatch.setattr("moa_dsl.providers.http.MAX_CONNECTIONS", 8)
     with FakeLLMServer(latency=0.1) as server:
         provider = OpenAIProvider(name="fake", base_url=server.url)
 
@@ -196,15 +165,14 @@ def test_the_total_connection_bound_holds_across_shards(monkeypatch, stack):
             try:
                 results = await asyncio.gather(*(provider.complete(_request(i, stream=False)) for i in range(20)))
                 assert len({r.text for r in results}) == 20
-                return len(provider._shards.clients)
             finally:
                 await provider.aclose()
 
-        assert asyncio.run(main()) == (2 if stack == "httpcore" else 1)
+        asyncio.run(main())
         assert server.max_in_flight == 8 and server.connections == 8
 
 
-def test_an_injected_transport_serves_every_shard():
+def test_an_injected_transport_serves_every_call():
     seen: list[str] = []
     gate = asyncio.Event()
 
@@ -212,7 +180,7 @@ def test_an_injected_transport_serves_every_shard():
         seen.append(request.headers["authorization"])
         if len(seen) == 20:
             gate.set()
-        await gate.wait()   # hold every call in flight until all 20 are, so shards must open
+        await gate.wait()   # hold every call in flight until all 20 are
         return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
 
     provider = OpenAIProvider(name="mock", base_url="https://api.example.test/v1", api_key=KEY,
@@ -220,19 +188,18 @@ def test_an_injected_transport_serves_every_shard():
 
     async def main():
         try:
-            results = await asyncio.gather(*(provider.complete(_request(i, stream=False)) for i in range(20)))
-            return results, len(provider._shards.clients)
+            return await asyncio.gather(*(provider.complete(_request(i, stream=False)) for i in range(20)))
         finally:
             await provider.aclose()
 
-    results, shards = asyncio.run(main())
-    assert [r.text for r in results] == ["ok"] * 20 and shards == -(-20 // http.SHARD_CONNECTIONS) > 1
-    assert seen == [f"Bearer {KEY}"] * 20            # every shard carries the provider's headers
+    results = asyncio.run(main())
+    assert [r.text for r in results] == ["ok"] * 20
+    assert seen == [f"Bearer {KEY}"] * 20            # every call carries the provider's headers
 
 
 def test_requests_carry_the_clients_headers_and_a_closed_provider_refuses():
-    """Requests are built once per provider from the client's merged headers (not by client.post):
-    the key, the default headers and the JSON body still go out; after aclose nothing is sent."""
+    """Requests are built from headers merged once per provider: the key, the default headers and
+    the JSON body go out; after aclose nothing is sent."""
     with FakeLLMServer(api_key=KEY) as server:
         provider = OpenAIProvider(name="fake", base_url=server.url, api_key=KEY, backoff=FAST,
                                   headers={"x-extra": "yes"})

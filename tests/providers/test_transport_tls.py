@@ -1,4 +1,4 @@
-"""AsyncioTransport over TLS, against a real TLS server on 127.0.0.1.
+"""AiohttpTransport and the providers over TLS, against a real TLS server on 127.0.0.1.
 
 tests/fixtures/tls holds a self-signed certificate for localhost / 127.0.0.1 (valid to 2126) and its
 key, made for these tests only: `openssl req -x509 -newkey rsa:2048 -nodes -days 36500
@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from moa_dsl.providers.transport import AsyncioTransport
+from moa_dsl.providers.transport import AiohttpTransport
 
+ROOT = Path(__file__).resolve().parents[2]
 TLS = Path(__file__).parents[1] / "fixtures" / "tls"
 CERT, KEY = TLS / "cert.pem", TLS / "key.pem"
 
@@ -58,21 +61,23 @@ class _TLSServer:
             writer.close()
 
 
-async def _two_calls(transport: AsyncioTransport, url: str) -> list[dict]:
+async def _two_calls(transport: AiohttpTransport, url: str) -> list[dict]:
     async with httpx.AsyncClient(transport=transport) as client:
         first = await client.post(url, json={"q": 1})
         second = await client.get(url + "?x=2")
         return [first.json(), second.json()]
 
 
-def test_https_with_a_trusted_certificate_keeps_its_connection_alive():
+def _two_calls_in(transport: AiohttpTransport, url: str) -> list[dict]:
     async def main():
         async with _TLSServer() as server:
-            transport = AsyncioTransport(ssl_context=ssl.create_default_context(cafile=str(CERT)))
-            answers = await _two_calls(transport, f"https://127.0.0.1:{server.port}/v1/chat")
-            return answers, server.connections
+            return await _two_calls(transport, url.format(port=server.port)), server.connections
+    return asyncio.run(main())
 
-    answers, connections = asyncio.run(main())
+
+def test_https_with_a_trusted_certificate_keeps_its_connection_alive():
+    transport = AiohttpTransport(trust_env=False, ssl_context=ssl.create_default_context(cafile=str(CERT)))
+    answers, connections = _two_calls_in(transport, "https://127.0.0.1:{port}/v1/chat")
     assert answers == [{"method": "POST", "path": "/v1/chat", "body": '{"q":1}'},
                        {"method": "GET", "path": "/v1/chat?x=2", "body": ""}]
     assert connections == 1
@@ -81,7 +86,7 @@ def test_https_with_a_trusted_certificate_keeps_its_connection_alive():
 def test_an_untrusted_certificate_is_a_connect_error():
     async def main():
         async with _TLSServer() as server:
-            transport = AsyncioTransport(trust_env=False)   # httpx's default CA bundle: does not know ours
+            transport = AiohttpTransport(trust_env=False)   # aiohttp's default context: does not know ours
             async with httpx.AsyncClient(transport=transport) as client:
                 with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED") as caught:
                     await client.get(f"https://localhost:{server.port}/")
@@ -90,33 +95,44 @@ def test_an_untrusted_certificate_is_a_connect_error():
     asyncio.run(main())
 
 
-def test_the_default_context_honours_ssl_cert_file_when_trusting_the_environment(monkeypatch):
-    monkeypatch.setenv("SSL_CERT_FILE", str(CERT))
+_CHILD = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from moa_dsl.providers import CallRequest, OpenAIProvider
+async def main():
+    provider = OpenAIProvider(name="tls", base_url=sys.argv[1], api_key="sk-tls-test-0123456789")
+    try:
+        req = CallRequest(node="n", model="m", messages=[{"role": "user", "content": "hi"}], params={},
+                          retries=0, timeout=20)
+        print((await provider.complete(req)).text)
+    except Exception as exc:
+        print("FAILED", exc)
+    finally:
+        await provider.aclose()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["SSL_CERT_FILE", "default"])
+def test_a_provider_trusts_what_ssl_cert_file_names(trusted):
+    """aiohttp builds its verified context when it is imported, from OpenSSL's default paths, which
+    read SSL_CERT_FILE: so a fresh process with the variable set trusts our test certificate, and one
+    without it does not."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    if trusted:
+        env["SSL_CERT_FILE"] = str(CERT)
 
     async def main():
         async with _TLSServer() as server:
-            url = f"https://localhost:{server.port}/"
-            trusted = await _two_calls(AsyncioTransport(trust_env=True), url)
-            with pytest.raises(httpx.ConnectError):
-                await _two_calls(AsyncioTransport(trust_env=False), url)
-            return trusted
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CHILD, f"https://localhost:{server.port}/v1", str(ROOT), env=env,
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+            return out.decode()
 
-    assert [a["method"] for a in asyncio.run(main())] == ["POST", "GET"]
-
-
-def test_an_unreadable_ssl_cert_file_is_a_connect_error_naming_it(monkeypatch, tmp_path):
-    """SSL_CERT_FILE naming a missing file, the environment trusted. Before the fix the request failed
-    with a bare `FileNotFoundError: [Errno 2] No such file or directory`, naming neither the variable
-    nor the path (the context is built at the first https connection)."""
-    missing = tmp_path / "no-such-bundle.pem"
-    monkeypatch.setenv("SSL_CERT_FILE", str(missing))
-
-    async def main():
-        async with _TLSServer() as server:
-            async with httpx.AsyncClient(transport=AsyncioTransport(trust_env=True)) as client:
-                with pytest.raises(httpx.ConnectError) as caught:
-                    await client.get(f"https://127.0.0.1:{server.port}/v1")
-                return caught.value
-
-    message = str(asyncio.run(main()))
-    assert "SSL_CERT_FILE" in message and str(missing) in message
+    out = asyncio.run(main())
+    if trusted:
+        # verified and answered: the TLS server's echo is not an OpenAI answer, and says our path
+        assert "unexpected response shape" in out and "/v1/chat/completions" in out, out
+    else:
+        assert out.startswith("FAILED") and "CERTIFICATE_VERIFY_FAILED" in out
