@@ -57,6 +57,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Callable, Deque, Iterable, Mapping
 
+__all__ = ["default_answer", "FakeLLMServer", "FAULTS", "RecordedRequest", "Responder"]
+
 Responder = Callable[[str, dict], str]
 
 FAULTS = ("hang", "reset", "invalid_json", "bad_shape", "truncated_stream", "stream_error")

@@ -170,11 +170,7 @@ class _Evaluation:
             self.progress.unit()
 
     def _report_failure(self, name: str, item: Item, run: ItemRun) -> None:
-        stream = self.progress.stream
-        if stream is not None:
-            stream.write(("\r\x1b[K" if self.progress._tty else "")
-                         + f"eval: {name} failed on item {item.index}: {run.error}\n")
-            stream.flush()
+        self.progress.note(f"eval: {name} failed on item {item.index}: {run.error}")
 
     async def _compare(self, name: str, i: int, base: ItemRun) -> None:
         run, report = self.runs[name][i], self.reports[name]

@@ -44,6 +44,13 @@ class Progress:
         return (f"eval: {self.items_done}/{self.items} items, {self.calls} calls, {self.hits} cache hits, "
                 f"{self.tokens} tokens, {_duration(elapsed)} elapsed, ETA {eta}")
 
+    def note(self, text: str) -> None:
+        """A line of its own (a failed item), above the progress line on a terminal."""
+        if self.stream is None:
+            return
+        self.stream.write(("\r\x1b[K" if self._tty else "") + text + "\n")
+        self.stream.flush()
+
     def draw(self, *, final: bool = False) -> None:
         if self.stream is None:
             return

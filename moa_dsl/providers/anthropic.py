@@ -16,7 +16,9 @@ from httpx_sse import ServerSentEvent
 from ..config import BUILTIN_PARAMS
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params
+from .http import Failure, HTTPProvider, TokenGate, request_params
+
+__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider"]
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic's own transient error types (https://docs.anthropic.com/en/api/errors).
@@ -66,7 +68,7 @@ class AnthropicProvider(HTTPProvider):
                           finish_reason=data.get("stop_reason"))
 
     async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: _TokenGate) -> Completion:
+                          gate: TokenGate) -> Completion:
         parts: list[str] = []
         prompt_tokens = completion_tokens = finish_reason = None
         async for sse in events:

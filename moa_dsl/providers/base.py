@@ -11,6 +11,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from ..config import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 
+__all__ = ["CallRequest", "Completion", "Emit", "OnToken", "Provider", "Wait"]
+
 # emit(kind, data): "request_sent" {"attempt": n}; "retry" {"attempt": n, "error": str, "delay_s": x}
 Emit = Callable[[str, dict[str, Any]], None]
 OnToken = Callable[[str], None]

@@ -42,6 +42,8 @@ from ..errors import (
 from .base import CallRequest, Completion, Emit, OnToken, Wait
 from .transport import MAX_CONNECTIONS, AiohttpTransport
 
+__all__ = ["Backoff", "DEFAULT_BACKOFF", "Failure", "HTTPProvider", "request_params", "RETRYABLE_STATUS", "TokenGate"]
+
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 _MESSAGE_LIMIT = 300           # characters of a server's error text kept in our message
 _PEEK_LIMIT = 200              # bytes of a body that is not what we asked for, quoted in the message
@@ -83,7 +85,7 @@ class Failure(Exception):
         self.retryable, self.retry_after = retryable, retry_after
 
 
-class _TokenGate:
+class TokenGate:
     """Passes deltas on and remembers whether any went out (then a retry would duplicate text)."""
 
     __slots__ = ("on_token", "emitted")
@@ -176,7 +178,7 @@ class HTTPProvider:
         raise NotImplementedError
 
     async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: _TokenGate) -> Completion:
+                          gate: TokenGate) -> Completion:
         """Read the answer from `events` (the body's server-sent events, framed by httpx-sse) and
         return at the stream's end marker; `_attempt` then drains the rest of the body, so the
         connection goes back to the pool."""
@@ -185,7 +187,7 @@ class HTTPProvider:
     # -- the call ---------------------------------------------------------------------------------
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
                        emit: Emit | None = None, wait: Wait | None = None) -> Completion:
-        gate = _TokenGate(on_token)
+        gate = TokenGate(on_token)
         retries = max(0, req.retries)
         attempt = 0
         while True:
@@ -213,7 +215,7 @@ class HTTPProvider:
                                         attempt, completion.finish_reason, completion.extra)
             return completion
 
-    async def _attempt(self, req: CallRequest, gate: _TokenGate) -> Completion:
+    async def _attempt(self, req: CallRequest, gate: TokenGate) -> Completion:
         """One request, bounded as a whole by `req.timeout`: connect, send, wait, every read."""
         if self._closed:
             raise RuntimeError("Cannot send a request, as the provider has been closed.")
@@ -242,7 +244,7 @@ class HTTPProvider:
         except httpx.HTTPError as exc:   # e.g. a body that cannot be decoded
             raise Failure(ProviderResponseError, f"unreadable response: {_describe(exc)}") from exc
 
-    async def _read(self, response: httpx.Response, req: CallRequest, gate: _TokenGate,
+    async def _read(self, response: httpx.Response, req: CallRequest, gate: TokenGate,
                     deadline: asyncio.Timeout) -> Completion:
         body, capped = _capped(response, self.max_response_bytes)
         if response.status_code >= 400:
@@ -303,7 +305,7 @@ class HTTPProvider:
         return Failure(ProviderHTTPError, detail, status=status, retryable=retryable,
                        retry_after=_retry_after(response.headers) if retryable else None)
 
-    def stream_json(self, payload: str, gate: _TokenGate, what: str) -> dict[str, Any]:
+    def stream_json(self, payload: str, gate: TokenGate, what: str) -> dict[str, Any]:
         """One stream `data:` payload as a JSON object; `what` names it in errors ("chunk", "event").
         Retryable only while no token has reached the user: text is never emitted twice."""
         try:

@@ -13,7 +13,9 @@ from httpx_sse import ServerSentEvent
 
 from ..errors import ProviderResponseError
 from .base import CallRequest, Completion
-from .http import Failure, HTTPProvider, _TokenGate, request_params
+from .http import Failure, HTTPProvider, TokenGate, request_params
+
+__all__ = ["OpenAIProvider"]
 
 
 class OpenAIProvider(HTTPProvider):
@@ -40,7 +42,7 @@ class OpenAIProvider(HTTPProvider):
                           finish_reason=choice.get("finish_reason"))
 
     async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: _TokenGate) -> Completion:
+                          gate: TokenGate) -> Completion:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         finish_reason = None
@@ -63,7 +65,7 @@ class OpenAIProvider(HTTPProvider):
         raise Failure(ProviderResponseError, "the stream ended before `data: [DONE]`", status=response.status_code,
                       retryable=not gate.emitted)
 
-    def _chunk(self, payload: str, gate: _TokenGate) -> dict[str, Any]:
+    def _chunk(self, payload: str, gate: TokenGate) -> dict[str, Any]:
         chunk = self.stream_json(payload, gate, "chunk")
         error = chunk.get("error")
         if error:   # some servers report a failure mid-stream as a chunk

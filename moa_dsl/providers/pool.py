@@ -19,6 +19,8 @@ from .base import Provider
 from .http import Backoff
 from .openai import OpenAIProvider
 
+__all__ = ["ProviderPool"]
+
 _HTTP_KINDS = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
 
 

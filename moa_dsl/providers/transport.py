@@ -31,6 +31,8 @@ import aiohttp
 import httpx
 import yarl
 
+__all__ = ["AiohttpTransport", "MAX_CONNECTIONS"]
+
 MAX_CONNECTIONS = 512
 
 

