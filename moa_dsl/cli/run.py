@@ -34,7 +34,11 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="the .moa topology")
     p.add_argument("query_arg", metavar="QUERY", nargs="?", help="the query; '-' reads it from stdin")
     p.add_argument("-q", "--query", help="the query (instead of QUERY)")
-    p.add_argument("--input", metavar="FILE.jsonl", help="run every line (instruction, query or turns)")
+    p.add_argument("--input", metavar="FILE.jsonl",
+                   help="run every line (instruction, query or turns); '-' reads stdin; the names "
+                        "alpaca-eval and mt-bench are the shipped datasets (a name is a name only when "
+                        "no file of that name exists)")
+    p.add_argument("--limit", type=int, metavar="N", help="with --input: only the first N items")
     p.add_argument("--output", metavar="FILE.jsonl", help="with --input: where results go (default stdout)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="[NODE.]KEY=VALUE",
                    help="override a parameter for every node, or for one (repeatable)")
@@ -60,6 +64,10 @@ def main(args: argparse.Namespace) -> int:
         return _usage(f"--concurrency must be >= 1, not {args.concurrency}")
     if args.output and not args.input:
         return _usage("--output goes with --input")
+    if args.limit is not None and not args.input:
+        return _usage("--limit goes with --input")
+    if args.limit is not None and args.limit < 1:
+        return _usage(f"--limit must be >= 1, not {args.limit}")
     if args.no_cache and args.refresh:
         return _usage("--no-cache and --refresh contradict each other")
     if not Path(args.file).is_file():
@@ -299,9 +307,13 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
-    from ..evaluation.data import read_jsonl_records
+    from ..evaluation.data import read_jsonl_records, read_jsonl_stream
 
-    records = read_jsonl_records(args.input)   # every line checked (ConfigError names file:line)
+    # Every line checked before anything runs (ConfigError names file:line: exit 2).
+    if args.input == "-":
+        records = read_jsonl_stream(sys.stdin.buffer, name="<stdin>", dataset="stdin", limit=args.limit)
+    else:
+        records = read_jsonl_records(args.input, limit=args.limit)
     output = _open(args.output, "w", "--output") if args.output else sys.stdout
     if isinstance(output, int):
         return output

@@ -9,7 +9,7 @@ import pytest
 from moa_dsl.cli import main
 from moa_dsl.testing import FakeLLMServer
 
-from conftest import DATA
+from conftest import DATASETS
 
 KEY = "sk-cli-test-key-0000"
 
@@ -132,9 +132,9 @@ def test_trace_and_no_cache(moa_file, server, tmp_path, capsys):
 
 def test_batch_alpaca_and_mt_bench_in_input_order(moa_file, server, tmp_path, capsys):
     lines = []
-    with open(DATA / "alpaca_eval_instructions.jsonl") as f:
+    with open(DATASETS / "alpaca_eval.jsonl") as f:
         lines += list(itertools.islice(f, 3))
-    with open(DATA / "mt_bench_questions.jsonl") as f:
+    with open(DATASETS / "mt_bench.jsonl") as f:
         lines += list(itertools.islice(f, 2))
     lines.append(json.dumps({"query": [{"role": "user", "content": "conv"}]}) + "\n")
     inp, outp = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
