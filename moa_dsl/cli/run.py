@@ -85,20 +85,34 @@ def main(args: argparse.Namespace) -> int:
     trace = _open(args.trace, "a", "--trace") if args.trace else None
     if isinstance(trace, int):
         return trace
+    stdout = _Sink(sys.stdout, "stdout")
     try:
-        return _single(pipe, query, args, trace)
+        code = _single(pipe, query, args, trace, stdout)
     finally:
         if trace is not None:
             trace.close()
+    return _unwritten([stdout, trace]) or code
 
 
-def _open(path: str, mode: str, flag: str) -> TextIO | int:
-    """The file, opened now so a bad path is a usage error before any call is made, not a
-    traceback after every call was (the exit code when it is not a file)."""
+def _open(path: str, mode: str, flag: str) -> "_Sink | int":
+    """The file, opened now so a bad path is a usage error (exit 2) before any call is made, not a
+    traceback after every call was."""
     try:
-        return open(path, mode, encoding="utf-8")
+        return _Sink(open(path, mode, encoding="utf-8"), f"{flag} {path}", owned=True)
     except OSError as exc:
         return _usage(f"{flag} {path}: cannot open it ({exc.strerror or exc})")
+
+
+def _unwritten(sinks: list["_Sink | None"]) -> int:
+    """After the run: each destination that could not be written (a full disk), said once; exit 3,
+    since the run did not deliver what it was asked for (its completed calls are in the cache)."""
+    failed = [s for s in sinks if s is not None and s.error is not None]
+    for sink in failed:
+        print(f"moa run: cannot write {sink.label}: {sink.error.strerror or sink.error}", file=sys.stderr)
+    if failed:
+        print("moa run: the completed calls are in the response cache; a rerun makes only the missing ones",
+              file=sys.stderr)
+    return EXIT_RUN_FAILED if failed else EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -168,10 +182,9 @@ class NodeLines:
         return None
 
 
-def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | None) -> int:
+def _single(pipe: Any, query: str, args: argparse.Namespace, trace: "_Sink | None", write: "_Sink") -> int:
     from ..runtime.scheduler import arun
 
-    write = _Printer(sys.stdout)
     streamed: list[str] = []
     lines = NodeLines(sys.stderr, quiet=args.quiet)
 
@@ -193,7 +206,7 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | Non
     result = asyncio.run(arun(pipe, query, **_options(args), on_event=on_event,
                               trace=trace, on_token=on_token, **_verbose(args)))
     if args.json:
-        write(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n")
+        write(json.dumps(result.to_json(), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     elif result.output is not None and not streamed:  # a provider that could not stream
         write(result.output if result.output.endswith("\n") else result.output + "\n")
     end_line()
@@ -207,23 +220,61 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | Non
     return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
 
 
-class _Printer:
-    """Writes and flushes to stdout until its reader goes away (`| head -1`); then the run goes on,
-    unprinted. A BrokenPipeError raised inside on_token would reach the runner and fail the output
-    node; raised while writing a batch's rows it would stop a batch that is still filling the cache."""
+class _Sink:
+    """Where the run writes as it goes (stdout, --output, --trace), flushed at every write.
 
-    def __init__(self, out: TextIO):
-        self.out, self.reader_gone = out, False
+    A failure to write never reaches the runner (raised inside on_token or an event listener it
+    would fail the node being written about, or tear the run down mid-call): stdout's reader going
+    away (`| head -1`) silences stdout for the rest of the run; any other OSError (a full disk) is
+    kept in `error`, later writes are dropped, and the CLI reports it when the run is over.
+    """
+
+    def __init__(self, out: TextIO, label: str, *, owned: bool = False):
+        self.out, self.label, self.owned = out, label, owned
+        self.reader_gone = False
+        self.error: OSError | None = None
 
     def __call__(self, text: str) -> None:
-        if self.reader_gone:
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        if self.reader_gone or self.error is not None:
             return
         try:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
+            if self.out is not sys.stdout:   # only stdout's reader may leave: a file is not a pipe
+                self.error = OSError(32, "its reader went away")
             self.reader_gone = True
+            self._abandon()
+        except OSError as exc:
+            self.error = exc
+            self._abandon()
+
+    def flush(self) -> None:   # every write is flushed already (TraceWriter calls this)
+        pass
+
+    def close(self) -> None:
+        if not self.owned:
+            return
+        try:
+            self.out.close()
+        except OSError as exc:   # the last buffered bytes did not fit either
+            if self.error is None:
+                self.error = exc
+
+    def _abandon(self) -> None:
+        """What is still buffered can never be written: drop it, so neither close() nor the
+        interpreter's flush at exit raises again."""
+        if self.out is sys.stdout:
             _discard_stdout()
+        elif self.owned:
+            try:
+                self.out.close()
+            except OSError:
+                pass
+            self.owned = False
 
 
 def _discard_stdout() -> None:
@@ -314,7 +365,7 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
         records = read_jsonl_stream(sys.stdin.buffer, name="<stdin>", dataset="stdin", limit=args.limit)
     else:
         records = read_jsonl_records(args.input, limit=args.limit)
-    output = _open(args.output, "w", "--output") if args.output else sys.stdout
+    output = _open(args.output, "w", "--output") if args.output else _Sink(sys.stdout, "stdout")
     if isinstance(output, int):
         return output
     trace = _open(args.trace, "a", "--trace") if args.trace else None
@@ -323,9 +374,10 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
             return trace
         rows = asyncio.run(_abatch(pipe, records, args, trace, _RowWriter(output)))
     finally:
-        for fh in (output, trace):
-            if fh is not None and not isinstance(fh, int) and fh is not sys.stdout:
-                fh.close()
+        for sink in (output, trace):
+            if isinstance(sink, _Sink):
+                sink.close()
+    unwritten = _unwritten([output, trace])
     failed = sum(row["status"] != "ok" for row in rows)
     if not args.quiet:
         calls = sum(row["usage"]["calls"] for row in rows)
@@ -333,25 +385,25 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
         tokens = sum(row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"] for row in rows)
         print(f"moa: {len(rows) - failed}/{len(rows)} ok: {calls} calls, {hits} cache hits, {tokens} tokens",
               file=sys.stderr)
-    return EXIT_OK if not failed else EXIT_RUN_FAILED
+    return unwritten or (EXIT_OK if not failed else EXIT_RUN_FAILED)
 
 
 class _RowWriter:
     """Output rows in input order, each written (and flushed) as soon as every row before it is done:
     a batch that is killed or interrupted leaves a valid prefix of its output, not nothing."""
 
-    def __init__(self, out: TextIO):
-        self.write, self.rows, self.written = _Printer(out), {}, 0
+    def __init__(self, out: _Sink):
+        self.write, self.rows, self.written = out, {}, 0
 
     def done(self, index: int, row: dict[str, Any]) -> None:
         self.rows[index] = row
         while self.written in self.rows:
-            self.write(json.dumps(self.rows.pop(self.written), ensure_ascii=False) + "\n")
+            self.write(json.dumps(self.rows.pop(self.written), ensure_ascii=False, allow_nan=False) + "\n")
             self.written += 1
 
 
 async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
-                  trace: TextIO | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
+                  trace: _Sink | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
     from ..runtime.scheduler import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)
