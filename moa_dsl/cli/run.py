@@ -77,7 +77,9 @@ def main(args: argparse.Namespace) -> int:
         return pipe
     if args.input:
         return _batch(pipe, args)
-    query = sys.stdin.read() if args.query_arg == "-" else given[0]
+    query = _read_stdin() if args.query_arg == "-" else given[0]
+    if query is None or not _is_utf8(query):
+        return _usage("the query is not valid UTF-8")
     if not query.strip():
         return _usage("the query is empty")
     if args.dry_run:
@@ -92,6 +94,26 @@ def main(args: argparse.Namespace) -> int:
         if trace is not None:
             trace.close()
     return _unwritten([stdout, trace]) or code
+
+
+def _read_stdin() -> str | None:
+    """The query from stdin, decoded strictly (None when it is not UTF-8; a UTF-8 BOM is dropped)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:   # a text stream with no bytes under it (a test's StringIO)
+        return sys.stdin.read()
+    try:
+        return buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_utf8(text: str) -> bool:
+    """False for argv with bytes that were not UTF-8 (Python carries them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _open(path: str, mode: str, flag: str) -> "_Sink | int":

@@ -123,3 +123,25 @@ def test_separators_inside_strings_and_a_bom_are_text_and_the_output_is_json(moa
     row = json.loads(line)
     assert row["instruction"] == text and row["status"] == "ok"
     assert server.requests_for("a")[0].body["messages"][-1]["content"] == text
+
+
+@pytest.mark.parametrize("how", ["argv", "stdin", "-q", "--no-cache"])
+def test_a_query_that_is_not_utf8_is_exit_2_before_any_call(moa_file, server, how):
+    raw = b"caf\xe9"
+    if how == "stdin":
+        done = subprocess.run([sys.executable, "-m", "moa_dsl", "run", moa_file, "-"], input=raw,
+                              capture_output=True, timeout=120, env=os.environ.copy())
+    else:
+        argv = {"argv": [raw], "-q": [b"-q", raw], "--no-cache": [raw, b"--no-cache"]}[how]
+        done = subprocess.run([sys.executable.encode(), b"-m", b"moa_dsl", b"run", moa_file.encode(), *argv],
+                              capture_output=True, timeout=120, env=os.environ.copy())
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, err
+    assert "the query is not valid UTF-8" in err and "Traceback" not in err
+    assert server.requests == []
+
+
+def test_a_stdin_query_with_a_bom_is_the_text_after_it(moa_file, server):
+    done = subprocess.run([sys.executable, "-m", "moa_dsl", "run", moa_file, "-", "--quiet"],
+                          input="\ufeffcafé".encode(), capture_output=True, timeout=120, env=os.environ.copy())
+    assert done.returncode == 0 and server.requests_for("a")[0].body["messages"][-1]["content"] == "café"
