@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 from ..errors import MoaError
 from ..runtime.events import Event, TraceWriter
+from ..runtime.report import failure_reason, totals_line
 
 HELP = "run the topology on a query"
 
@@ -233,9 +234,7 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: "_Sink | Non
         write(result.output if result.output.endswith("\n") else result.output + "\n")
     end_line()
     if result.status != "ok":
-        node = result.nodes.get(result.output_node)
-        why = node.error if node is not None and node.error else "no answer"
-        print(f"moa run: the output node '{result.output_node}' {node.status if node else 'did not run'}: {why}",
+        print(f"moa run: the output node '{result.output_node}' did not answer: {failure_reason(result)}",
               file=sys.stderr)
     if not args.quiet:
         print(f"moa: {result.summary()}", file=sys.stderr)
@@ -346,10 +345,7 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
 
 
 def _error(result: Any) -> str | None:
-    if result.status == "ok":
-        return None
-    node = result.nodes.get(result.output_node)
-    return node.error if node is not None else "the output node did not run"
+    return None if result.status == "ok" else failure_reason(result)
 
 
 class Progress:
@@ -402,11 +398,9 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     unwritten = _unwritten([output, trace])
     failed = sum(row["status"] != "ok" for row in rows)
     if not args.quiet:
-        calls = sum(row["usage"]["calls"] for row in rows)
-        hits = sum(row["usage"]["cache_hits"] for row in rows)
-        tokens = sum(row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"] for row in rows)
-        print(f"moa: {len(rows) - failed}/{len(rows)} ok: {calls} calls, {hits} cache hits, {tokens} tokens",
-              file=sys.stderr)
+        usage = {k: sum(row["usage"][k] for row in rows)
+                 for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")}
+        print(f"moa: {totals_line(f'{len(rows) - failed}/{len(rows)} ok', usage, None)}", file=sys.stderr)
     return unwritten or (EXIT_OK if not failed else EXIT_RUN_FAILED)
 
 
