@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import moa_dsl  # noqa: E402
 from moa_dsl.providers.local import registry as models  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "alpaca_eval_instructions.jsonl"
+DATA = ROOT / "moa_dsl" / "evaluation" / "datasets" / "alpaca_eval.jsonl"   # shipped with the package
 
 
 def critical_path(graph: nx.DiGraph, result) -> tuple[float, list[str]]:

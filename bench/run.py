@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = ROOT / "moa_dsl" / "evaluation" / "datasets"   # the shipped datasets
 if str(ROOT) not in sys.path:   # `python bench/run.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
@@ -436,7 +436,7 @@ def lite_topology(workdir: Path, url: str) -> Path:
 def bench_batch(unit: float, limit: int | None, bound: int, profile: bool) -> tuple[list[Row], str]:
     from moa_dsl.cli import main as moa
 
-    lines = (DATA / "alpaca_eval_instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (DATA / "alpaca_eval.jsonl").read_text(encoding="utf-8").splitlines()
     lines = [ln for ln in lines if ln.strip()][:limit]
     latency = {m: u * unit for m, u in LITE_LATENCY.items()}
     hot = ""

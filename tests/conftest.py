@@ -8,7 +8,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-DATA = ROOT.parent / "shared" / "data"
+DATASETS = ROOT / "moa_dsl" / "evaluation" / "datasets"   # the shipped alpaca_eval.jsonl, mt_bench.jsonl
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from ..errors import ConfigError, MoaError
@@ -68,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"moa: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -80,6 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line on stderr, without Python's source line: the runtime warns (it never
+    prints), the CLI says it the way a command does."""
+    from ..runtime.cache import CacheWarning
+
+    if isinstance(message, CacheWarning):
+        text = f"response cache at {message.directory} unusable ({message.reason}); continuing without it"
+    else:
+        text = str(message)
+    print(f"moa: warning: {text}", file=sys.stderr)
 
 
 def run() -> None:

@@ -27,16 +27,29 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"nothing to clear: {directory} does not exist")
         return 0
+    if not directory.is_dir():
+        raise ConfigError(f"the cache directory {directory} is not a directory")
+    if args.action == "stats":   # read-only work: it must work on a read-only cache too
+        _print_stats(_read_stats(directory))
+        return 0
     cache = _open(directory)
     try:
-        if args.action == "stats":
-            _print_stats(cache.stats())
-        else:
-            removed = cache.clear()
-            print(f"removed {removed} cached response{'' if removed == 1 else 's'} from {directory}")
+        removed = cache.clear()
+        print(f"removed {removed} cached response{'' if removed == 1 else 's'} from {directory}")
     finally:
         cache.close()
     return 0
+
+
+def _read_stats(directory: Path) -> dict:
+    import sqlite3
+
+    from ..runtime.cache import ResponseCache, storage_reason
+
+    try:
+        return ResponseCache.read_stats(directory)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigError(f"cannot read the response cache at {directory} ({storage_reason(exc)})") from None
 
 
 def _open(directory: Path):
@@ -46,8 +59,8 @@ def _open(directory: Path):
         warnings.simplefilter("always", CacheWarning)
         cache = ResponseCache(directory)
     if not cache.enabled:
-        reason = str(caught[0].message) if caught else f"{directory} cannot be opened"
-        raise ConfigError(reason)
+        reason = caught[0].message.reason if caught else "it cannot be opened"
+        raise ConfigError(f"cannot use the response cache at {directory} ({reason})")
     return cache
 
 

@@ -55,7 +55,7 @@ def run_check(args: argparse.Namespace) -> int:
         if args.format == "text" and diags:
             print(render_diagnostics(diags, sources, color=args.color))
     if args.format == "json":
-        print(json.dumps([d.to_json() for d in every], indent=2, ensure_ascii=False))
+        print(json.dumps([d.to_json() for d in every], indent=2, ensure_ascii=False, allow_nan=False))
     elif checked:
         print(f"{summary(every)} in {checked} file{'s' if checked != 1 else ''}", file=sys.stderr)
     if usage:

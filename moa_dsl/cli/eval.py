@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", metavar="FILE", nargs="+", help=".moa topologies; each is named by its file's stem")
     p.add_argument("--input", required=True, metavar="DATA.jsonl",
-                   help="one JSON object a line: instruction, query or turns (MT-Bench)")
+                   help="one JSON object a line: instruction, query or turns (MT-Bench); or the name of a "
+                        "shipped dataset, alpaca-eval or mt-bench (a name is a name only when no file of "
+                        "that name exists)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
     p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="MODELREF",
                    help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})')
@@ -80,7 +82,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
     if args.no_cache and args.refresh:
         return "--no-cache and --refresh contradict each other"
-    for f in [*args.files, args.input]:
+    for f in args.files:   # --input (a file or a dataset's name) is checked as it is read, line by line
         if not Path(f).is_file():
             return f"no such file: {f}"
     return None

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 from ..errors import MoaError
 from ..runtime.events import Event, TraceWriter
+from ..runtime.report import failure_reason, totals_line
 
 HELP = "run the topology on a query"
 
@@ -34,7 +35,11 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="the .moa topology")
     p.add_argument("query_arg", metavar="QUERY", nargs="?", help="the query; '-' reads it from stdin")
     p.add_argument("-q", "--query", help="the query (instead of QUERY)")
-    p.add_argument("--input", metavar="FILE.jsonl", help="run every line (instruction, query or turns)")
+    p.add_argument("--input", metavar="FILE.jsonl",
+                   help="run every line (instruction, query or turns); '-' reads stdin; the names "
+                        "alpaca-eval and mt-bench are the shipped datasets (a name is a name only when "
+                        "no file of that name exists)")
+    p.add_argument("--limit", type=int, metavar="N", help="with --input: only the first N items")
     p.add_argument("--output", metavar="FILE.jsonl", help="with --input: where results go (default stdout)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="[NODE.]KEY=VALUE",
                    help="override a parameter for every node, or for one (repeatable)")
@@ -60,6 +65,10 @@ def main(args: argparse.Namespace) -> int:
         return _usage(f"--concurrency must be >= 1, not {args.concurrency}")
     if args.output and not args.input:
         return _usage("--output goes with --input")
+    if args.limit is not None and not args.input:
+        return _usage("--limit goes with --input")
+    if args.limit is not None and args.limit < 1:
+        return _usage(f"--limit must be >= 1, not {args.limit}")
     if args.no_cache and args.refresh:
         return _usage("--no-cache and --refresh contradict each other")
     if not Path(args.file).is_file():
@@ -69,7 +78,9 @@ def main(args: argparse.Namespace) -> int:
         return pipe
     if args.input:
         return _batch(pipe, args)
-    query = sys.stdin.read() if args.query_arg == "-" else given[0]
+    query = _read_stdin() if args.query_arg == "-" else given[0]
+    if query is None or not _is_utf8(query):
+        return _usage("the query is not valid UTF-8")
     if not query.strip():
         return _usage("the query is empty")
     if args.dry_run:
@@ -77,20 +88,54 @@ def main(args: argparse.Namespace) -> int:
     trace = _open(args.trace, "a", "--trace") if args.trace else None
     if isinstance(trace, int):
         return trace
+    stdout = _Sink(sys.stdout, "stdout")
     try:
-        return _single(pipe, query, args, trace)
+        code = _single(pipe, query, args, trace, stdout)
     finally:
         if trace is not None:
             trace.close()
+    return _unwritten([stdout, trace]) or code
 
 
-def _open(path: str, mode: str, flag: str) -> TextIO | int:
-    """The file, opened now so a bad path is a usage error before any call is made, not a
-    traceback after every call was (the exit code when it is not a file)."""
+def _read_stdin() -> str | None:
+    """The query from stdin, decoded strictly (None when it is not UTF-8; a UTF-8 BOM is dropped)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:   # a text stream with no bytes under it (a test's StringIO)
+        return sys.stdin.read()
     try:
-        return open(path, mode, encoding="utf-8")
+        return buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+
+
+def _is_utf8(text: str) -> bool:
+    """False for argv with bytes that were not UTF-8 (Python carries them as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _open(path: str, mode: str, flag: str) -> "_Sink | int":
+    """The file, opened now so a bad path is a usage error (exit 2) before any call is made, not a
+    traceback after every call was."""
+    try:
+        return _Sink(open(path, mode, encoding="utf-8"), f"{flag} {path}", owned=True)
     except OSError as exc:
         return _usage(f"{flag} {path}: cannot open it ({exc.strerror or exc})")
+
+
+def _unwritten(sinks: list["_Sink | None"]) -> int:
+    """After the run: each destination that could not be written (a full disk), said once; exit 3,
+    since the run did not deliver what it was asked for (its completed calls are in the cache)."""
+    failed = [s for s in sinks if s is not None and s.error is not None]
+    for sink in failed:
+        print(f"moa run: cannot write {sink.label}: {sink.error.strerror or sink.error}", file=sys.stderr)
+    if failed:
+        print("moa run: the completed calls are in the response cache; a rerun makes only the missing ones",
+              file=sys.stderr)
+    return EXIT_RUN_FAILED if failed else EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -160,10 +205,9 @@ class NodeLines:
         return None
 
 
-def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | None) -> int:
+def _single(pipe: Any, query: str, args: argparse.Namespace, trace: "_Sink | None", write: "_Sink") -> int:
     from ..runtime.scheduler import arun
 
-    write = _Printer(sys.stdout)
     streamed: list[str] = []
     lines = NodeLines(sys.stderr, quiet=args.quiet)
 
@@ -185,37 +229,73 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: TextIO | Non
     result = asyncio.run(arun(pipe, query, **_options(args), on_event=on_event,
                               trace=trace, on_token=on_token, **_verbose(args)))
     if args.json:
-        write(json.dumps(result.to_json(), ensure_ascii=False, indent=2) + "\n")
+        write(json.dumps(result.to_json(), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     elif result.output is not None and not streamed:  # a provider that could not stream
         write(result.output if result.output.endswith("\n") else result.output + "\n")
     end_line()
     if result.status != "ok":
-        node = result.nodes.get(result.output_node)
-        why = node.error if node is not None and node.error else "no answer"
-        print(f"moa run: the output node '{result.output_node}' {node.status if node else 'did not run'}: {why}",
+        print(f"moa run: the output node '{result.output_node}' did not answer: {failure_reason(result)}",
               file=sys.stderr)
     if not args.quiet:
         print(f"moa: {result.summary()}", file=sys.stderr)
     return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
 
 
-class _Printer:
-    """Writes and flushes to stdout until its reader goes away (`| head -1`); then the run goes on,
-    unprinted. A BrokenPipeError raised inside on_token would reach the runner and fail the output
-    node; raised while writing a batch's rows it would stop a batch that is still filling the cache."""
+class _Sink:
+    """Where the run writes as it goes (stdout, --output, --trace), flushed at every write.
 
-    def __init__(self, out: TextIO):
-        self.out, self.reader_gone = out, False
+    A failure to write never reaches the runner (raised inside on_token or an event listener it
+    would fail the node being written about, or tear the run down mid-call): stdout's reader going
+    away (`| head -1`) silences stdout for the rest of the run; any other OSError (a full disk) is
+    kept in `error`, later writes are dropped, and the CLI reports it when the run is over.
+    """
+
+    def __init__(self, out: TextIO, label: str, *, owned: bool = False):
+        self.out, self.label, self.owned = out, label, owned
+        self.reader_gone = False
+        self.error: OSError | None = None
 
     def __call__(self, text: str) -> None:
-        if self.reader_gone:
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        if self.reader_gone or self.error is not None:
             return
         try:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
+            if self.out is not sys.stdout:   # only stdout's reader may leave: a file is not a pipe
+                self.error = OSError(32, "its reader went away")
             self.reader_gone = True
+            self._abandon()
+        except OSError as exc:
+            self.error = exc
+            self._abandon()
+
+    def flush(self) -> None:   # every write is flushed already (TraceWriter calls this)
+        pass
+
+    def close(self) -> None:
+        if not self.owned:
+            return
+        try:
+            self.out.close()
+        except OSError as exc:   # the last buffered bytes did not fit either
+            if self.error is None:
+                self.error = exc
+
+    def _abandon(self) -> None:
+        """What is still buffered can never be written: drop it, so neither close() nor the
+        interpreter's flush at exit raises again."""
+        if self.out is sys.stdout:
             _discard_stdout()
+        elif self.owned:
+            try:
+                self.out.close()
+            except OSError:
+                pass
+            self.owned = False
 
 
 def _discard_stdout() -> None:
@@ -265,10 +345,7 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
 
 
 def _error(result: Any) -> str | None:
-    if result.status == "ok":
-        return None
-    node = result.nodes.get(result.output_node)
-    return node.error if node is not None else "the output node did not run"
+    return None if result.status == "ok" else failure_reason(result)
 
 
 class Progress:
@@ -299,10 +376,14 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
-    from ..evaluation.data import read_jsonl_records
+    from ..evaluation.data import read_jsonl_records, read_jsonl_stream
 
-    records = read_jsonl_records(args.input)   # every line checked (ConfigError names file:line)
-    output = _open(args.output, "w", "--output") if args.output else sys.stdout
+    # Every line checked before anything runs (ConfigError names file:line: exit 2).
+    if args.input == "-":
+        records = read_jsonl_stream(sys.stdin.buffer, name="<stdin>", dataset="stdin", limit=args.limit)
+    else:
+        records = read_jsonl_records(args.input, limit=args.limit)
+    output = _open(args.output, "w", "--output") if args.output else _Sink(sys.stdout, "stdout")
     if isinstance(output, int):
         return output
     trace = _open(args.trace, "a", "--trace") if args.trace else None
@@ -311,35 +392,34 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
             return trace
         rows = asyncio.run(_abatch(pipe, records, args, trace, _RowWriter(output)))
     finally:
-        for fh in (output, trace):
-            if fh is not None and not isinstance(fh, int) and fh is not sys.stdout:
-                fh.close()
+        for sink in (output, trace):
+            if isinstance(sink, _Sink):
+                sink.close()
+    unwritten = _unwritten([output, trace])
     failed = sum(row["status"] != "ok" for row in rows)
     if not args.quiet:
-        calls = sum(row["usage"]["calls"] for row in rows)
-        hits = sum(row["usage"]["cache_hits"] for row in rows)
-        tokens = sum(row["usage"]["prompt_tokens"] + row["usage"]["completion_tokens"] for row in rows)
-        print(f"moa: {len(rows) - failed}/{len(rows)} ok: {calls} calls, {hits} cache hits, {tokens} tokens",
-              file=sys.stderr)
-    return EXIT_OK if not failed else EXIT_RUN_FAILED
+        usage = {k: sum(row["usage"][k] for row in rows)
+                 for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")}
+        print(f"moa: {totals_line(f'{len(rows) - failed}/{len(rows)} ok', usage, None)}", file=sys.stderr)
+    return unwritten or (EXIT_OK if not failed else EXIT_RUN_FAILED)
 
 
 class _RowWriter:
     """Output rows in input order, each written (and flushed) as soon as every row before it is done:
     a batch that is killed or interrupted leaves a valid prefix of its output, not nothing."""
 
-    def __init__(self, out: TextIO):
-        self.write, self.rows, self.written = _Printer(out), {}, 0
+    def __init__(self, out: _Sink):
+        self.write, self.rows, self.written = out, {}, 0
 
     def done(self, index: int, row: dict[str, Any]) -> None:
         self.rows[index] = row
         while self.written in self.rows:
-            self.write(json.dumps(self.rows.pop(self.written), ensure_ascii=False) + "\n")
+            self.write(json.dumps(self.rows.pop(self.written), ensure_ascii=False, allow_nan=False) + "\n")
             self.written += 1
 
 
 async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
-                  trace: TextIO | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
+                  trace: _Sink | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
     from ..runtime.scheduler import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..runtime.messages import normalize_query
@@ -67,11 +70,12 @@ def _conversation_item(query: list, *, index: int, dataset: str, where: str) -> 
 
 
 def read_items(data: str | os.PathLike | Iterable[Mapping], *, limit: int | None = None) -> list[Item]:
-    """A JSONL file (blank lines skipped) or an iterable of records; the first `limit` of them."""
+    """A JSONL file (blank lines skipped), a shipped dataset's name (`alpaca-eval`, `mt-bench`: only
+    when no file of that name exists), or an iterable of records; the first `limit` of them."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be an integer >= 1, not {limit!r}")
     if isinstance(data, (str, os.PathLike)):
-        return _read_jsonl(Path(data), limit)
+        return _read_jsonl(data, limit)
     items = []
     for i, record in enumerate(data):
         if limit is not None and len(items) >= limit:
@@ -82,32 +86,150 @@ def read_items(data: str | os.PathLike | Iterable[Mapping], *, limit: int | None
     return items
 
 
-def _read_jsonl(path: Path, limit: int | None) -> list[Item]:
+def _read_jsonl(path: str | os.PathLike, limit: int | None) -> list[Item]:
     return [item for _, item in read_jsonl_records(path, limit=limit)]
 
 
-def read_jsonl_records(path: str | os.PathLike, *, limit: int | None = None) -> list[tuple[dict, Item]]:
-    """Every line of a JSONL file as (the object as written, its Item), each line checked as it is
-    read: a bad line raises ConfigError naming `file:line` before anything runs."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text") from exc
-    records: list[tuple[dict, Item]] = []
-    for lineno, line in enumerate(lines, 1):
-        if limit is not None and len(records) >= limit:
-            break
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
+# --- reading JSONL: by name or path, bounded, exact ------------------------------------------------
+
+DATASETS = {"alpaca-eval": "alpaca_eval.jsonl", "mt-bench": "mt_bench.jsonl"}   # name -> file in datasets/
+MAX_LINE_BYTES = 1024 * 1024    # an --input line longer than this is refused, never read whole
+MAX_DEPTH = 256                 # JSON nesting a line may have (deeper would only overflow the stack later)
+_BOM = b"\xef\xbb\xbf"
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def _open_dataset(data: str | os.PathLike) -> tuple[BinaryIO, str, str]:
+    """(a binary stream, the name errors show, the dataset's default name) for a path or a shipped
+    dataset's name. A path that exists is always the file; a name is a name only when no such file
+    exists. Anything that is not a regular file (a directory, /dev/zero, a FIFO) is refused."""
+    path = os.fspath(data)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if isinstance(data, str) and data in DATASETS and not os.path.lexists(data):
+        resource = resources.files(__package__).joinpath("datasets", DATASETS[data])
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from exc
-        records.append((record, item_from_record(record, index=len(records), dataset=path.stem, where=where)))
+            return resource.open("rb"), data, Path(DATASETS[data]).stem
+        except OSError as exc:   # a broken install
+            raise ConfigError(f"the shipped dataset {data!r} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        names = "" if os.sep in path else f" (nor a shipped dataset's name: {', '.join(DATASETS)})"
+        raise ConfigError(f"no such file: {path}{names}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{path}: is a directory, not a JSONL file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{path}: not a regular file (a device, FIFO or socket); give a JSONL file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb"), path, Path(path).stem
+
+
+def read_jsonl_records(path: str | os.PathLike, *, limit: int | None = None) -> list[tuple[dict, Item]]:
+    """Every line of a JSONL file (or shipped dataset, by name) as (the object as written, its
+    Item), each line checked as it is read: a bad line raises ConfigError naming `file:line` before
+    anything runs."""
+    stream, where, stem = _open_dataset(path)
+    with stream:
+        return read_jsonl_stream(stream, name=where, dataset=stem, limit=limit)
+
+
+def read_jsonl_stream(stream: BinaryIO, *, name: str, dataset: str,
+                      limit: int | None = None) -> list[tuple[dict, Item]]:
+    """JSONL from a binary stream (a file, stdin). Lines end at `\n` (or `\r\n`) only -- never at
+    U+2028 and the other characters `str.splitlines` breaks on -- and each is read with at most
+    MAX_LINE_BYTES (plus its line break) in memory. A UTF-8 BOM at the start is skipped."""
+    records: list[tuple[dict, Item]] = []
+    lineno = 0
+    while limit is None or len(records) < limit:
+        try:
+            raw = stream.readline(MAX_LINE_BYTES + 2)
+        except OSError as exc:
+            raise ConfigError(f"{name}:{lineno + 1}: cannot read it ({exc.strerror or exc})") from None
+        if not raw:
+            break
+        lineno += 1
+        where = f"{name}:{lineno}"
+        if raw.endswith(b"\n"):
+            body = raw[:-1]
+            if body.endswith(b"\r"):
+                body = body[:-1]
+        elif len(raw) == MAX_LINE_BYTES + 2:   # stopped before the line's end
+            raise ConfigError(f"{where}: line longer than 1 MiB")
+        else:
+            body = raw
+        if len(body) > MAX_LINE_BYTES:
+            raise ConfigError(f"{where}: line longer than 1 MiB")
+        if lineno == 1 and body.startswith(_BOM):
+            body = body[len(_BOM):]
+        record = _parse_line(body, where)
+        if record is None:
+            continue
+        records.append((record, item_from_record(record, index=len(records), dataset=dataset, where=where)))
     if not records:
-        raise ConfigError(f"{path}: no items")
+        raise ConfigError(f"{name}: no items")
     return records
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):   # 1e999: it would be written back out as Infinity, which is not JSON
+        raise _NotFinite(text)
+    return value
+
+
+def _parse_line(body: bytes, where: str) -> Any:
+    """One line's JSON value, or None for a blank line."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{body[exc.start]:02x} at column {exc.start + 1})") from None
+    if not text.strip(" \t\r"):
+        return None
+    try:
+        # strict=False: a raw control character (U+001C ...) inside a string is text, as in a file
+        # the user wrote; it is escaped again whenever the record is written out.
+        record = json.loads(text, strict=False, parse_constant=_reject_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise ConfigError(f"{where}: {exc} is not a JSON number (NaN and infinities are not allowed)") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
+    if _depth(record) > MAX_DEPTH:
+        raise ConfigError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
+    return record
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in v)
+    return deepest

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..runtime.report import failure_reason
 from .data import Item
 
 __all__ = ["ItemRun", "LatencyLedger", "run_item"]
@@ -69,9 +70,8 @@ async def run_item(session: Any, item: Item, *, ledger: LatencyLedger, on_event:
         result = await session.run(list(conversation), on_event=on_event)
         _account(run, session, result, ledger)
         if result.status != "ok":
-            out = result.nodes.get(result.output_node)
             run.status, run.output = "failed", None
-            run.error = f"{result.output_node}: {out.error if out is not None and out.error else 'failed'}"
+            run.error = f"{result.output_node}: {failure_reason(result)}"
             return run
         run.output = result.output
         conversation.append({"role": "assistant", "content": result.output})

@@ -152,15 +152,17 @@ class PanelState:
                 r.state, r.detail = "skipped", "interrupted"
 
     def totals_line(self) -> str:
+        """The run's totals in the words RunResult.summary() uses (runtime.report.totals_line)."""
+        from ..runtime.report import totals_line
+
         u = self.usage
-        calls = u.get("calls", sum(r.state == "done" or r.state == "failed" for r in self.rows.values()))
-        hits = u.get("cache_hits", sum(r.state == "cached" for r in self.rows.values()))
-        tokens = u.get("prompt_tokens", 0) + u.get("completion_tokens", 0)
-        secs = self.elapsed_s if self.elapsed_s is not None else self.last_t
-        saved = sum(r.prompt_tokens + r.completion_tokens for r in self.rows.values() if r.state == "cached")
-        return (f"{self.status}: {calls} calls, {hits} cache hits, {tokens} tokens "
-                f"({u.get('prompt_tokens', 0)} in, {u.get('completion_tokens', 0)} out)"
-                + (f", {saved} saved by the cache" if saved else "") + f", {secs:.1f}s")
+        cached = [r for r in self.rows.values() if r.state == "cached"]
+        usage = {"calls": u.get("calls", sum(r.state in ("done", "failed") for r in self.rows.values())),
+                 "cache_hits": u.get("cache_hits", len(cached)),
+                 "prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
+                 "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
+                 "saved_completion_tokens": sum(r.completion_tokens for r in cached)}
+        return totals_line(self.status, usage, self.elapsed_s if self.elapsed_s is not None else self.last_t)
 
 
 def _fmt_elapsed(s: float | None) -> str:

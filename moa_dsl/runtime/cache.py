@@ -24,6 +24,7 @@ import sqlite3
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
+import urllib.parse
 from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
@@ -37,7 +38,20 @@ _STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
 class CacheWarning(UserWarning):
-    """The response cache could not be used and was turned off for this run."""
+    """The response cache could not be used and was turned off for this run. `directory` and
+    `reason` (the error in words) let a face print it its own way (the CLI: one line)."""
+
+    def __init__(self, directory: str | os.PathLike, reason: str):
+        super().__init__(f"the response cache at {directory} cannot be used ({reason}); continuing without it")
+        self.directory, self.reason = str(directory), reason
+
+
+def storage_reason(exc: BaseException) -> str:
+    """An error from the cache's storage in words: 'Not a directory', 'attempt to write a readonly
+    database' (the path is said once, by whoever reports it)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def cache_key(kind: str, endpoint: str, model: str, messages: list[dict[str, Any]],
@@ -81,6 +95,11 @@ class ResponseCache:
         self._cache: diskcache.Cache | None = None
         self._warned = False
         if enabled:
+            in_the_way = _not_a_directory(self.directory)
+            if in_the_way is not None:   # diskcache would say "could not be created" or "unable to open"
+                what = "it is" if in_the_way == self.directory else f"{in_the_way} is"
+                self._disable(NotADirectoryError(20, f"{what} not a directory"))
+                return
             try:
                 self._cache = diskcache.Cache(str(self.directory))
             except _STORAGE_ERRORS as exc:
@@ -122,6 +141,26 @@ class ResponseCache:
                 self._disable(exc)
         return {"directory": str(self.directory), "enabled": self.enabled, "entries": entries, "size_bytes": size}
 
+    @staticmethod
+    def read_stats(directory: str | os.PathLike) -> dict[str, Any]:
+        """{"directory", "entries", "size_bytes"} of an existing cache, read without writing anything
+        (SQLite opened read-only), so a read-only or full directory still reports. Raises OSError
+        (not a directory, unreadable) or sqlite3.Error (not a cache) when it cannot."""
+        directory = Path(directory).expanduser()
+        if not directory.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(directory))
+        db = directory / "cache.db"
+        entries = 0
+        if db.exists():
+            try:
+                entries = _count(db, "mode=ro")
+            except sqlite3.OperationalError:
+                # A WAL database on a read-only filesystem cannot make its shared-memory file; read
+                # it as immutable (nothing can be writing to a read-only filesystem anyway).
+                entries = _count(db, "mode=ro&immutable=1")
+        size = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        return {"directory": str(directory), "entries": entries, "size_bytes": size}
+
     def clear(self) -> int:
         """Remove every entry; returns how many."""
         if self._cache is None:
@@ -151,8 +190,23 @@ class ResponseCache:
                 pass
         if not self._warned:
             self._warned = True
-            warnings.warn(f"the response cache at {self.directory} cannot be used ({type(exc).__name__}: {exc}); "
-                          "continuing without it", CacheWarning, stacklevel=3)
+            warnings.warn(CacheWarning(self.directory, storage_reason(exc)), stacklevel=3)
+
+
+def _count(db: Path, options: str) -> int:
+    con = sqlite3.connect("file:" + urllib.parse.quote(str(db)) + "?" + options, uri=True)
+    try:
+        return con.execute("SELECT COUNT(*) FROM Cache").fetchone()[0]
+    finally:
+        con.close()
+
+
+def _not_a_directory(directory: Path) -> Path | None:
+    """The path itself, or the nearest existing one above it, when that is not a directory."""
+    for p in (directory, *directory.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
 
 
 def _decode(raw: Any) -> dict[str, Any] | None:

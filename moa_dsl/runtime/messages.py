@@ -23,6 +23,7 @@ def normalize_query(query: Any) -> list[Message]:
     if isinstance(query, str):
         if not query.strip():
             raise ConfigError("the query is empty")
+        _check_utf8(query, "the query")
         return [{"role": "user", "content": query}]
     if not isinstance(query, (list, tuple)) or not query:
         raise ConfigError(
@@ -36,12 +37,22 @@ def normalize_query(query: Any) -> list[Message]:
             raise ConfigError(f"query message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
         if not isinstance(content, str):
             raise ConfigError(f"query message {i}: content must be a string")
+        _check_utf8(content, f"query message {i}")
         if role == "system" and i != 0:
             raise ConfigError(f"query message {i}: a system message may only come first")
         conversation.append({"role": role, "content": content})
     if conversation[-1]["role"] != "user":
         raise ConfigError("the last message of a query conversation must be the user's")
     return conversation
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """A str with lone surrogates (bytes that were not UTF-8, as argv and stdin carry them with
+    surrogateescape) cannot be sent, hashed into a cache key or printed: refuse it up front."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{what} is not valid UTF-8") from None
 
 
 def references_block(refs: Iterable[str], prompt: str = REFERENCE_PROMPT) -> str:

@@ -220,3 +220,19 @@ def test_judge_with_a_bad_escape_is_a_usage_error(tmp_path, server, cache_dir, c
     err = capsys.readouterr().err
     assert "--judge" in err and "escape" in err and "Traceback" not in err
     assert not server.requests
+
+
+def test_input_takes_a_shipped_dataset_by_name(tmp_path, server, cache_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # no file called mt-bench here: the name is the shipped dataset
+    files, _ = _files(tmp_path, server)
+    assert _eval(files, "mt-bench", tmp_path, cache_dir, "--limit", "2") == 0
+    outputs = json.loads((tmp_path / "out" / "marked" / "model_outputs.json").read_text())
+    assert len(outputs) == 2 and outputs[0]["instruction"].startswith("Turn 1: Compose an engaging travel blog")
+    assert outputs[0]["dataset"] == "mt_bench"
+
+
+def test_help_says_when_a_name_is_a_dataset(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split()).replace("- ", "-")   # argparse wraps at hyphens
+    assert "alpaca-eval" in out and "mt-bench" in out and "only when no file of that name exists" in out

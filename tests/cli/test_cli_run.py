@@ -9,7 +9,7 @@ import pytest
 from moa_dsl.cli import main
 from moa_dsl.testing import FakeLLMServer
 
-from conftest import DATA
+from conftest import DATASETS
 
 KEY = "sk-cli-test-key-0000"
 
@@ -132,9 +132,9 @@ def test_trace_and_no_cache(moa_file, server, tmp_path, capsys):
 
 def test_batch_alpaca_and_mt_bench_in_input_order(moa_file, server, tmp_path, capsys):
     lines = []
-    with open(DATA / "alpaca_eval_instructions.jsonl") as f:
+    with open(DATASETS / "alpaca_eval.jsonl") as f:
         lines += list(itertools.islice(f, 3))
-    with open(DATA / "mt_bench_questions.jsonl") as f:
+    with open(DATASETS / "mt_bench.jsonl") as f:
         lines += list(itertools.islice(f, 2))
     lines.append(json.dumps({"query": [{"role": "user", "content": "conv"}]}) + "\n")
     inp, outp = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -255,3 +255,22 @@ def test_a_batch_piped_into_head_exits_cleanly_and_still_fills_the_cache(moa_fil
     assert json.loads(done.stdout)["instruction"] == "question 0"       # the first row, whole
     assert main(["run", moa_file, "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 0
     assert len(server.requests) == 18                                   # the rerun called nothing
+
+
+def test_failure_and_totals_are_worded_by_runtime_report(moa_file, server, tmp_path, capsys):
+    """One wording for why the output failed and for the totals: runtime.report's, in run and batch."""
+    server.inject("agg", "400", message="refused")
+    assert main(["run", moa_file, "q", "--json"]) == 3
+    out, err = capsys.readouterr()
+    from moa_dsl.runtime.report import failure_reason, totals_line
+    from moa_dsl.runtime.result import NodeResult, RunResult, Usage
+
+    node = json.loads(out)["nodes"]["final"]
+    result = RunResult(None, "final", "failed", 0.0, Usage(), {"final": NodeResult("failed", "agg", "fake",
+                                                                                     error=node["error"])})
+    assert f"moa run: the output node 'final' did not answer: {failure_reason(result)}\n" in err
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"instruction": "q2"}\n')
+    assert main(["run", moa_file, "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 0
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    assert f"moa: {totals_line('1/1 ok', row['usage'], None)}\n" in capsys.readouterr().err

@@ -65,8 +65,8 @@ def test_states_follow_the_events():
     assert (state.rows["b"].prompt_tokens, state.rows["b"].completion_tokens) == (7, 3)
     assert state.text == "Blue light."
     assert state.status == "ok"
-    assert state.totals_line() == ("ok: 2 calls, 1 cache hits, 30 tokens (20 in, 10 out), "
-                                   "10 saved by the cache, 1.5s")
+    assert state.totals_line() == ("ok: 2 calls, 1 cache hits, 20 prompt + 10 completion tokens "
+                                   "(10 saved by the cache), 1.50s")   # RunResult.summary()'s words
 
 
 def test_only_the_output_node_streams_and_unknown_kinds_are_ignored():

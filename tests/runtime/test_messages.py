@@ -78,3 +78,10 @@ def test_request_params_only_the_set_ones_in_order():
               "seed": 3, "stop": ["\n"], "prompt": "P", "min_inputs": 1}
     assert request_params(params) == {"temperature": 0.7, "max_tokens": 512, "seed": 3, "stop": ["\n"]}
     assert "top_p" in request_params({"top_p": 0.9})
+
+
+@pytest.mark.parametrize("query", ["caf\udce9", [{"role": "user", "content": "caf\udce9"}]])
+def test_a_query_that_is_not_utf8_is_a_config_error(query):
+    """Lone surrogates (argv or stdin bytes that were not UTF-8) cannot be sent or hashed."""
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        normalize_query(query)
