@@ -8,6 +8,8 @@ from typing import Sequence
 
 from ..errors import ConfigError, MoaError
 
+__all__ = ["add_call_options", "build_parser", "main", "run", "usage_error"]
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
 
 _COMMANDS = ("check", "run", "eval", "cache", "models")  # modules under moa_dsl.cli

@@ -8,6 +8,8 @@ from pathlib import Path
 from .. import config
 from ..errors import ConfigError
 
+__all__ = ["register", "run"]
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("cache", help="inspect or empty the response cache",

@@ -12,6 +12,8 @@ from ..language.loader import load
 from ..errors import render_diagnostics, summary
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
+__all__ = ["register", "run_check", "run_graph"]
+
 
 def register(sub: Any) -> None:
     check = sub.add_parser("check", help="parse and validate .moa files; print every diagnostic",

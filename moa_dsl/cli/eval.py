@@ -17,6 +17,8 @@ from typing import Any
 from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
 from ..errors import ConfigError, MoaError
 
+__all__ = ["HELP", "main", "register"]
+
 HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
 
 

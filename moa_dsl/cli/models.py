@@ -7,6 +7,8 @@ from .. import config
 from ..providers.local import registry as models
 from . import EXIT_OK
 
+__all__ = ["register", "run_list", "run_pull"]
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("models", help="list or download the embedded runtime's built-in models",

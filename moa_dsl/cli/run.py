@@ -27,6 +27,8 @@ from ..errors import MoaError
 from ..runtime.events import Event, TraceWriter
 from ..runtime.report import failure_reason, totals_line
 
+__all__ = ["HELP", "main", "NodeLines", "Progress", "register", "run_item"]
+
 HELP = "run the topology on a query"
 
 

@@ -13,6 +13,11 @@ from typing import Any, BinaryIO, Iterable, Mapping
 from ..errors import ConfigError
 from ..runtime.messages import normalize_query
 
+__all__ = [
+    "dataset_names", "DATASETS", "Item", "item_from_record", "MAX_DEPTH", "MAX_LINE_BYTES", "read_items",
+    "read_jsonl_records", "read_jsonl_stream",
+]
+
 # --- the dataset --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

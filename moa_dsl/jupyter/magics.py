@@ -45,6 +45,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.pipeline import Pipeline
     from ..runtime.result import RunResult
 
+__all__ = [
+    "CELL_FILENAME", "DEFAULT_PIPELINE_VAR", "DEFAULT_RESULT_VAR", "load_cell", "load_ipython_extension",
+    "MoaMagics", "run_with_panel", "RunInterrupted", "show_answer", "show_pipeline", "show_plan",
+    "split_and_expand",
+]
+
 DEFAULT_PIPELINE_VAR = "moa_pipeline"
 DEFAULT_RESULT_VAR = "_moa"
 CELL_FILENAME = "<cell>"

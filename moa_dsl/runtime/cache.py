@@ -31,6 +31,11 @@ import diskcache
 
 from ..config import REQUEST_PARAMS
 
+__all__ = [
+    "cache_key", "CacheWarning", "call_key", "KEY_VERSION", "ResponseCache", "storage_reason",
+    "VALUE_FIELDS",
+]
+
 KEY_VERSION = 1                      # bump when the key's recipe changes, so old entries are never misread
 VALUE_FIELDS = ("text", "prompt_tokens", "completion_tokens", "finish_reason")
 # What a broken directory raises: the filesystem, SQLite (full, locked, corrupt), diskcache's own timeout.
