@@ -1,1 +1,3 @@
 """The embedded runtime: llama.cpp servers (`llamacpp`) for the built-in models (`registry`)."""
+
+__all__: list[str] = []
