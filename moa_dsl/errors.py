@@ -18,11 +18,11 @@ boundary each, `raise ... from exc`. No message ever contains a credential.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
 Severity = Literal["error", "warning"]
-
 
 
 @dataclass(frozen=True, order=True)
@@ -120,6 +120,75 @@ class RunFailed(MoaError):
     def __init__(self, message: str, result: Any = None):
         self.result = result
         super().__init__(message)
+
+
+# ---- secrets: starred before any line of source is shown ------------------------------------------
+#
+# One compiled pattern, one pass, linear in the text (possessive quantifiers: no backtracking into a
+# long name or string). It needs no parse, so it works on text with syntax errors too:
+#   - the value after a secret-looking key and `=` or `:` (`api_key = "..."`, `apikey: '...'`,
+#     `"Authorization" = "..."`, `token = [...]`, `password = bare`), wherever it stands, comments too;
+#   - anything shaped like a key (`sk-...`, `sk-ant-...`, `gsk_...`, `Bearer xxx`, ...), anywhere.
+# Starring keeps every character's place (newlines stay), so spans and columns still fit.
+
+_SECRET_KEY = re.compile(r"(?:^|[_\-\s])(?:api[_-]?key|apikey|key|token|secret|password|passwd|passphrase"
+                         r"|authorization|auth|credentials?|bearer)(?:$|[_\-\s])", re.I)
+_SECRETS = re.compile(r"""
+    (?<![\w-])(?P<key>[A-Za-z_][\w-]*+|"[^"\n]{1,100}+"|'[^'\n]{1,100}+')
+    [ \t]*+[=:][ \t]*+
+    (?=(?P<value>                                        # looked at, not consumed: a value that is
+        \"\"\"[^"]*+(?:"(?!"")[^"]*+)*+(?:\"\"\"|\Z)       # not a secret is scanned like the rest
+      | "[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"?                 # a string, may be unterminated
+      | '[^'\n]*+'?                                     # single quotes (a syntax error, still a key)
+      | \[[^\[\]\n]*+\]?                                 # a list on one line
+      | (?!env[ \t]*\(|(?:[-+]?[0-9][0-9.]*+(?:[eE][-+]?[0-9]++)?+|true|false)(?![^\s,;{}\[\]()\#"'=:]))
+        [^\s,;{}\[\]()\#"'=:]++=*+                       # a bare word, not a number (`max_token = 10`)
+    ))
+  | (?<![\w-])(?:sk-|gsk_|ghp_|gho_|ghs_|github_pat_|xox[abposr]-|hf_|AKIA|AIza)
+               (?P<rest>[A-Za-z0-9_\-]{8,}+)
+  | \b[Bb]earer[ \t]++(?P<token>[A-Za-z0-9._~+/=\-]{8,}+)
+""", re.X)
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
+def _stars(text: str) -> str:
+    return _NOT_NEWLINE.sub("*", text)
+
+
+def _secret_range(m: "re.Match[str]") -> tuple[int, int] | None:
+    """The part of a match to star, if any: inside the quotes or brackets of a value."""
+    if m.group("value") is not None:
+        if not _SECRET_KEY.search(m.group("key").strip("\"'")):
+            return None
+        value, a = m.group("value"), m.start("value")
+        q = 3 if value.startswith('\"\"\"') else 1 if value[:1] in "\"'[" else 0
+        closing = {'"': '"', "'": "'", "[": "]"}.get(value[:1], "")
+        close = q if q and len(value) >= 2 * q and value.endswith(closing * q) else 0
+        return a + q, a + len(value) - close
+    group = "rest" if m.group("rest") is not None else "token"
+    return m.start(group), m.end(group)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every secret-looking value starred, same length, same lines."""
+    pieces: list[str] = []
+    done = 0  # text[:done] is in pieces
+    for m in _SECRETS.finditer(text):
+        span = _secret_range(m)
+        if span is None or span[1] <= done:
+            continue
+        a, b = max(span[0], done), span[1]
+        pieces += [text[done:a], _stars(text[a:b])]
+        done = b
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def mask_value(value: str) -> str:
+    """A value that may be a secret, for a message: at most its first 3 characters, then `…`."""
+    return (value[:3] if len(value) >= 12 else "") + "…"
 
 
 # ---- rendering, as a compiler prints it ----------------------------------------------------------
