@@ -49,9 +49,10 @@ class EnvRef:
         return (os.environ if environ is None else environ).get(self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ProviderConfig:
-    """A provider as declared (or built in). `api_key` is a literal, an EnvRef, or None."""
+    """A provider as declared (or built in). `api_key` is a literal, an EnvRef, or None.
+    Its repr stars a literal api_key and literal header values (an EnvRef is a name: shown)."""
 
     name: str
     kind: str                                  # "openai" | "anthropic" | "local"
@@ -62,6 +63,14 @@ class ProviderConfig:
     timeout: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+    def __repr__(self) -> str:
+        def shown(value: Any) -> str:
+            return "'***'" if isinstance(value, str) else repr(value)
+        headers = "{" + ", ".join(f"{k!r}: {shown(v)}" for k, v in self.headers.items()) + "}"
+        return (f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r}, "
+                f"api_key={shown(self.api_key)}, headers={headers}, max_concurrency={self.max_concurrency!r}, "
+                f"timeout={self.timeout!r}, retries={self.retries!r})")
 
 
 def _openai_base_url() -> str:

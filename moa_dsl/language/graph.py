@@ -129,7 +129,9 @@ class _Builder:
             configs[name] = ProviderConfig(
                 name=name, kind=kind,
                 base_url=options.get("base_url", base.base_url),
-                api_key=options.get("api_key", base.api_key),
+                # Never inherited: a key goes only where the statement says (an inherited OPENAI_API_KEY
+                # would be sent to whatever base_url the statement names).
+                api_key=options.get("api_key"),
                 headers=dict(options.get("headers", base.headers)),
                 max_concurrency=options.get("max_concurrency", base.max_concurrency),
                 timeout=float(options.get("timeout", base.timeout)),

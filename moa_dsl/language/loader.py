@@ -129,7 +129,9 @@ def _too_large(display: str, span: Span, prefix: str = "") -> Diagnostic:
 class _Sources:
     """Every file read, by display name; includes spliced in place, each file once."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path, root_display: str) -> None:
+        self.root = root                  # resolved; nothing outside it is read
+        self.root_display = root_display  # how messages name it
         self.texts: dict[str, str] = {}
         self.done: set[Path] = set()
         self.diags: list[Diagnostic] = []
@@ -147,7 +149,16 @@ class _Sources:
     def include(self, inc: ast.Include, display_from: str, base: Path,
                 stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
         rel = inc.path.value
+        # Only files under the top file's directory: nothing of another target is read, nor is it
+        # said whether it exists (`include "../.env"` would show the key on its first line).
+        hint = f"includes stay under {self.root_display}; copy or link the file there"
+        if rel and (os.path.isabs(rel) or rel.startswith("~")):
+            self.error(f"cannot include '{rel}': an include path must be relative", inc.path.span, hint)
+            return []
         target = _resolve(base, rel)
+        if target is not None and not target.is_relative_to(self.root):  # symlinks resolved first
+            self.error(f"cannot include '{rel}': it leads outside {self.root_display}", inc.path.span, hint)
+            return []
         display = os.path.normpath(os.path.join(os.path.dirname(display_from) if not display_from.startswith("<")
                                                 else "", rel)) if rel else rel
         chain = [d for p, d in stack] + [display]
@@ -217,11 +228,12 @@ def _compile(text: str, display: str, real: Path | None, *, name: str | None) ->
 
 
 def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None) -> Topology:
-    src = _Sources()
+    base = real.parent if real is not None else Path.cwd().resolve()
+    where = "the current directory" if real is None else f"the directory of {display}"
+    src = _Sources(base, where)
     if real is not None:
         src.done.add(real)
     module = src.parse(text, display)
-    base = real.parent if real is not None else Path.cwd()
     statements = src.expand(module, real, base, ((real, display),)) if module else []
     diags = list(src.diags)
     scanned = _mask_all(src.texts)  # before any diagnostic can show a line
