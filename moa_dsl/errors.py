@@ -19,6 +19,7 @@ boundary each, `raise ... from exc`. No message ever contains a credential.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
@@ -207,6 +208,43 @@ def _paint(text: str, style: str, color: bool) -> str:
     return f"{_COLORS[style]}{text}{_RESET}" if color else text
 
 
+MAX_SHOWN_CELLS = 120  # of a source line, around the caret; `…` marks a cut end
+_TAB_CELLS = 4         # a guess, only for deciding where to cut: tabs are printed as tabs
+
+
+def _cells(ch: str) -> int:
+    """Terminal columns a character takes: wide (W/F) 2, combining marks 0, others 1."""
+    if ch.isascii():
+        return _TAB_CELLS if ch == "\t" else 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _window(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """At most about MAX_SHOWN_CELLS of `text` around [start, end): (shown, start, end) in it.
+    Only the characters near the caret are looked at, so a 1 MB line costs nothing."""
+    if len(text) * 2 <= MAX_SHOWN_CELLS:  # fits whatever the characters
+        return text, start, end
+    budget = MAX_SHOWN_CELLS - 2  # room for the two `…`
+    lo, used = start, 0
+    while lo > 0 and used + _cells(text[lo - 1]) <= budget // 3:  # a third of the room before the caret
+        lo -= 1
+        used += _cells(text[lo])
+    hi = start
+    while hi < len(text) and used + _cells(text[hi]) <= budget:
+        used += _cells(text[hi])
+        hi += 1
+    while lo > 0 and used + _cells(text[lo - 1]) <= budget:  # the line ended early: show more before
+        lo -= 1
+        used += _cells(text[lo])
+    if lo == 0 and hi == len(text):
+        return text, start, end
+    left, right = ("…" if lo > 0 else ""), ("…" if hi < len(text) else "")
+    shift = len(left) - lo
+    return left + text[lo:hi] + right, start + shift, min(end, hi) + shift
+
+
 def render_diagnostic(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
     s = d.span
     where = f"{s.file}:{s.line}:{s.column}: " if s else ""
@@ -219,9 +257,12 @@ def render_diagnostic(d: Diagnostic, sources: Mapping[str, str], color: bool = F
         pad = " " * len(gutter)
         start = max(0, min(s.column - 1, len(text)))
         end = s.end_column - 1 if s.end_line == s.line else len(text)
-        width = max(1, end - start)
-        # Keep tabs in the prefix so the caret lines up however the terminal expands them.
-        prefix = "".join(ch if ch == "\t" else " " for ch in text[:start])
+        end = max(start, min(end, len(text)))
+        text, start, end = _window(mask_secrets(text), start, end)  # masked again: whatever the caller gave
+        width = max(1, sum(_cells(ch) for ch in text[start:end]))
+        # Keep tabs in the prefix so the caret lines up however the terminal expands them; a wide
+        # character takes two cells, a combining mark none.
+        prefix = "".join(ch if ch == "\t" else " " * _cells(ch) for ch in text[:start])
         out.append(f" {_paint(gutter, 'dim', color)} | {text}")
         out.append(f" {pad} | {prefix}{_paint('^' + '~' * (width - 1), d.severity, color)}")
     if d.hint:

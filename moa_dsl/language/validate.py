@@ -10,6 +10,7 @@ import difflib
 import math
 import re
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 import networkx as nx
 
@@ -227,8 +228,36 @@ def _headers(key: str, v: ast.Value) -> dict[str, str | EnvRef]:
     return {p.key: _str_or_env(f"{key}.{p.key}", p.value) for p in v.pairs}
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with an API root (urllib's reading of it), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http or https URL (http://HOST[:PORT]/PATH)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "has an invalid port: it must be a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _base_url(key: str, v: ast.Value) -> str | EnvRef:
+    """Checked here, not when the first call fails; the URL itself is not echoed (it may hold a password)."""
+    value = _str_or_env(key, v)
+    problem = url_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise Invalid("E206", f"'{key}' {problem}", v.span, 'e.g. base_url = "http://10.0.0.5:8000/v1"')
+    return value
+
+
 OPTION_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {
-    "base_url": _str_or_env,
+    "base_url": _base_url,
     "api_key": _str_or_env,
     "headers": _headers,
     "max_concurrency": lambda k, v: _number(k, v, lo=1, integer=True),
