@@ -6,7 +6,7 @@ provider pool resolves when a run starts).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -65,12 +65,15 @@ class ProviderConfig:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     def __repr__(self) -> str:
-        def shown(value: Any) -> str:
-            return "'***'" if isinstance(value, str) else repr(value)
-        headers = "{" + ", ".join(f"{k!r}: {shown(v)}" for k, v in self.headers.items()) + "}"
-        return (f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r}, "
-                f"api_key={shown(self.api_key)}, headers={headers}, max_concurrency={self.max_concurrency!r}, "
-                f"timeout={self.timeout!r}, retries={self.retries!r})")
+        def shown(name: str, value: Any) -> str:
+            if name == "api_key" and isinstance(value, str):
+                return "'***'"
+            if name == "headers":
+                return "{" + ", ".join(f"{k!r}: " + ("'***'" if isinstance(v, str) else repr(v))
+                                       for k, v in value.items()) + "}"
+            return repr(value)
+        parts = ", ".join(f"{f.name}={shown(f.name, getattr(self, f.name))}" for f in fields(self))
+        return f"ProviderConfig({parts})"
 
 
 def _openai_base_url() -> str:
