@@ -6,7 +6,7 @@ provider pool resolves when a run starts).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,9 +49,10 @@ class EnvRef:
         return (os.environ if environ is None else environ).get(self.name)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ProviderConfig:
-    """A provider as declared (or built in). `api_key` is a literal, an EnvRef, or None."""
+    """A provider as declared (or built in). `api_key` is a literal, an EnvRef, or None.
+    Its repr stars a literal api_key and literal header values (an EnvRef is a name: shown)."""
 
     name: str
     kind: str                                  # "openai" | "anthropic" | "local"
@@ -62,6 +63,17 @@ class ProviderConfig:
     timeout: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+    def __repr__(self) -> str:
+        def shown(name: str, value: Any) -> str:
+            if name == "api_key" and isinstance(value, str):
+                return "'***'"
+            if name == "headers":
+                return "{" + ", ".join(f"{k!r}: " + ("'***'" if isinstance(v, str) else repr(v))
+                                       for k, v in value.items()) + "}"
+            return repr(value)
+        parts = ", ".join(f"{f.name}={shown(f.name, getattr(self, f.name))}" for f in fields(self))
+        return f"ProviderConfig({parts})"
 
 
 def _openai_base_url() -> str:

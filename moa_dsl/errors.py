@@ -18,11 +18,12 @@ boundary each, `raise ... from exc`. No message ever contains a credential.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
 Severity = Literal["error", "warning"]
-
 
 
 @dataclass(frozen=True, order=True)
@@ -122,6 +123,75 @@ class RunFailed(MoaError):
         super().__init__(message)
 
 
+# ---- secrets: starred before any line of source is shown ------------------------------------------
+#
+# One compiled pattern, one pass, linear in the text (possessive quantifiers: no backtracking into a
+# long name or string). It needs no parse, so it works on text with syntax errors too:
+#   - the value after a secret-looking key and `=` or `:` (`api_key = "..."`, `apikey: '...'`,
+#     `"Authorization" = "..."`, `token = [...]`, `password = bare`), wherever it stands, comments too;
+#   - anything shaped like a key (`sk-...`, `sk-ant-...`, `gsk_...`, `Bearer xxx`, ...), anywhere.
+# Starring keeps every character's place (newlines stay), so spans and columns still fit.
+
+_SECRET_KEY = re.compile(r"(?:^|[_\-\s])(?:api[_-]?key|apikey|key|token|secret|password|passwd|passphrase"
+                         r"|authorization|auth|credentials?|bearer)(?:$|[_\-\s])", re.I)
+_SECRETS = re.compile(r"""
+    (?<![\w-])(?P<key>[A-Za-z_][\w-]*+|"[^"\n]{1,100}+"|'[^'\n]{1,100}+')
+    [ \t]*+[=:][ \t]*+
+    (?=(?P<value>                                        # looked at, not consumed: a value that is
+        \"\"\"[^"]*+(?:"(?!"")[^"]*+)*+(?:\"\"\"|\Z)       # not a secret is scanned like the rest
+      | "[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"?                 # a string, may be unterminated
+      | '[^'\n]*+'?                                     # single quotes (a syntax error, still a key)
+      | \[[^\[\]\n]*+\]?                                 # a list on one line
+      | (?!env[ \t]*\(|(?:[-+]?[0-9][0-9.]*+(?:[eE][-+]?[0-9]++)?+|true|false)(?![^\s,;{}\[\]()\#"'=:]))
+        [^\s,;{}\[\]()\#"'=:]++=*+                       # a bare word, not a number (`max_token = 10`)
+    ))
+  | (?<![\w-])(?:sk-|gsk_|ghp_|gho_|ghs_|github_pat_|xox[abposr]-|hf_|AKIA|AIza)
+               (?P<rest>[A-Za-z0-9_\-]{8,}+)
+  | \b[Bb]earer[ \t]++(?P<token>[A-Za-z0-9._~+/=\-]{8,}+)
+""", re.X)
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
+def _stars(text: str) -> str:
+    return _NOT_NEWLINE.sub("*", text)
+
+
+def _secret_range(m: "re.Match[str]") -> tuple[int, int] | None:
+    """The part of a match to star, if any: inside the quotes or brackets of a value."""
+    if m.group("value") is not None:
+        if not _SECRET_KEY.search(m.group("key").strip("\"'")):
+            return None
+        value, a = m.group("value"), m.start("value")
+        q = 3 if value.startswith('\"\"\"') else 1 if value[:1] in "\"'[" else 0
+        closing = {'"': '"', "'": "'", "[": "]"}.get(value[:1], "")
+        close = q if q and len(value) >= 2 * q and value.endswith(closing * q) else 0
+        return a + q, a + len(value) - close
+    group = "rest" if m.group("rest") is not None else "token"
+    return m.start(group), m.end(group)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every secret-looking value starred, same length, same lines."""
+    pieces: list[str] = []
+    done = 0  # text[:done] is in pieces
+    for m in _SECRETS.finditer(text):
+        span = _secret_range(m)
+        if span is None or span[1] <= done:
+            continue
+        a, b = max(span[0], done), span[1]
+        pieces += [text[done:a], _stars(text[a:b])]
+        done = b
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
+
+
+def mask_value(value: str) -> str:
+    """A value that may be a secret, for a message: at most its first 3 characters, then `…`."""
+    return (value[:3] if len(value) >= 12 else "") + "…"
+
+
 # ---- rendering, as a compiler prints it ----------------------------------------------------------
 #
 #     examples/bad.moa:3:18: error[E201]: unknown model 'qwn'
@@ -138,6 +208,43 @@ def _paint(text: str, style: str, color: bool) -> str:
     return f"{_COLORS[style]}{text}{_RESET}" if color else text
 
 
+MAX_SHOWN_CELLS = 120  # of a source line, around the caret; `…` marks a cut end
+_TAB_CELLS = 4         # a guess, only for deciding where to cut: tabs are printed as tabs
+
+
+def _cells(ch: str) -> int:
+    """Terminal columns a character takes: wide (W/F) 2, combining marks 0, others 1."""
+    if ch.isascii():
+        return _TAB_CELLS if ch == "\t" else 1
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _window(text: str, start: int, end: int) -> tuple[str, int, int]:
+    """At most about MAX_SHOWN_CELLS of `text` around [start, end): (shown, start, end) in it.
+    Only the characters near the caret are looked at, so a 1 MB line costs nothing."""
+    if len(text) * 2 <= MAX_SHOWN_CELLS:  # fits whatever the characters
+        return text, start, end
+    budget = MAX_SHOWN_CELLS - 2  # room for the two `…`
+    lo, used = start, 0
+    while lo > 0 and used + _cells(text[lo - 1]) <= budget // 3:  # a third of the room before the caret
+        lo -= 1
+        used += _cells(text[lo])
+    hi = start
+    while hi < len(text) and used + _cells(text[hi]) <= budget:
+        used += _cells(text[hi])
+        hi += 1
+    while lo > 0 and used + _cells(text[lo - 1]) <= budget:  # the line ended early: show more before
+        lo -= 1
+        used += _cells(text[lo])
+    if lo == 0 and hi == len(text):
+        return text, start, end
+    left, right = ("…" if lo > 0 else ""), ("…" if hi < len(text) else "")
+    shift = len(left) - lo
+    return left + text[lo:hi] + right, start + shift, min(end, hi) + shift
+
+
 def render_diagnostic(d: Diagnostic, sources: Mapping[str, str], color: bool = False) -> str:
     s = d.span
     where = f"{s.file}:{s.line}:{s.column}: " if s else ""
@@ -150,9 +257,12 @@ def render_diagnostic(d: Diagnostic, sources: Mapping[str, str], color: bool = F
         pad = " " * len(gutter)
         start = max(0, min(s.column - 1, len(text)))
         end = s.end_column - 1 if s.end_line == s.line else len(text)
-        width = max(1, end - start)
-        # Keep tabs in the prefix so the caret lines up however the terminal expands them.
-        prefix = "".join(ch if ch == "\t" else " " for ch in text[:start])
+        end = max(start, min(end, len(text)))
+        text, start, end = _window(mask_secrets(text), start, end)  # masked again: whatever the caller gave
+        width = max(1, sum(_cells(ch) for ch in text[start:end]))
+        # Keep tabs in the prefix so the caret lines up however the terminal expands them; a wide
+        # character takes two cells, a combining mark none.
+        prefix = "".join(ch if ch == "\t" else " " * _cells(ch) for ch in text[:start])
         out.append(f" {_paint(gutter, 'dim', color)} | {text}")
         out.append(f" {pad} | {prefix}{_paint('^' + '~' * (width - 1), d.severity, color)}")
     if d.hint:

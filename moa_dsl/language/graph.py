@@ -26,7 +26,7 @@ _MAX_HINTS = 50   # did-you-mean is linear in the names known: bound it on patho
 
 def sanitize(model_id: str) -> str:
     """An inline model id as a member name: every character outside [A-Za-z0-9_] becomes `_`."""
-    return _UNSAFE.sub("_", model_id)
+    return _UNSAFE.sub("_", model_id) or "_"   # "" is E206; its member still needs a name
 
 
 @dataclass
@@ -129,7 +129,9 @@ class _Builder:
             configs[name] = ProviderConfig(
                 name=name, kind=kind,
                 base_url=options.get("base_url", base.base_url),
-                api_key=options.get("api_key", base.api_key),
+                # Never inherited: a key goes only where the statement says (an inherited OPENAI_API_KEY
+                # would be sent to whatever base_url the statement names).
+                api_key=options.get("api_key"),
                 headers=dict(options.get("headers", base.headers)),
                 max_concurrency=options.get("max_concurrency", base.max_concurrency),
                 timeout=float(options.get("timeout", base.timeout)),
@@ -160,6 +162,9 @@ class _Builder:
         """The id sent to the provider. A relative GGUF path for the embedded runtime is relative to
         the file that names it, as includes are, not to wherever `moa` happens to run."""
         model_id = ref.model_id.value  # type: ignore[union-attr]
+        if not model_id:
+            self.diags.append(v.error("E206", "empty model id", ref.model_id.span,  # type: ignore[union-attr]
+                                      f'name the model: {ref.provider.text}:"MODEL-ID"'))  # type: ignore[union-attr]
         cfg = self.providers.get(ref.provider.text)  # type: ignore[union-attr]
         where = ref.model_id.span.file  # type: ignore[union-attr]
         if (cfg is not None and cfg.kind == "local" and ("/" in model_id or model_id.lower().endswith(".gguf"))
@@ -194,18 +199,20 @@ class _Builder:
     def expand(self, layer: ast.LayerDecl) -> list[tuple[str, ast.Member, int | None]]:
         """Member node names: `L.name`, or `L.name.1..k` where a name occurs k > 1 times."""
         bases, counts = [], []
-        explicit: dict[str, ast.Name] = {}
+        first: dict[str, tuple[Span, bool]] = {}  # base name -> where it first occurs, named explicitly?
         for m in layer.members:
             if m.name is not None:
-                if m.name.text in explicit:
-                    self.diags.append(v.error("E202", f"member '{m.name.text}' is defined twice in layer "
-                                                      f"'{layer.name.text}'", m.name.span))
-                explicit[m.name.text] = m.name
-                base = m.name.text
+                base, at = m.name.text, m.name.span
             elif m.model.name is not None:
-                base = m.model.name.text
+                base, at = m.model.name.text, m.model.name.span
             else:
-                base = sanitize(m.model.model_id.value)  # type: ignore[union-attr]
+                base, at = sanitize(m.model.model_id.value), m.span  # type: ignore[union-attr]
+            # Several unnamed samples of one model are numbered (L.m.1, L.m.2); a name given
+            # explicitly must not be renamed that way behind the user's back.
+            if base in first and (m.name is not None or first[base][1]):
+                self.diags.append(v.error("E202", f"member '{base}' is defined twice in layer "
+                                                  f"'{layer.name.text}' (first at {v.where(first[base][0])})", at))
+            first.setdefault(base, (at, m.name is not None))
             bases.append(base)
             counts.append(v.sample_count(m, self.diags))
         totals: dict[str, int] = {}

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
 
 import networkx as nx
 
 from . import syntax as ast
 from ..config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
-from ..errors import Diagnostic
+from ..errors import Diagnostic, mask_value
 from .syntax import Span
 
 MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
@@ -182,12 +184,41 @@ def where(span: Span) -> str:
 _SECRET_HEADER_WORDS = ("authorization", "api-key", "api_key", "apikey", "token", "secret")
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_PREFIXES = ("sk-", "sk_", "gsk_", "ghp_", "gho_", "github_pat_", "xoxb-", "xoxp-", "hf_", "AKIA", "AIza", "Bearer ")
+ENV_HINT = 'env() takes the variable\'s name, e.g. env("OPENAI_API_KEY")'
+
+
+def looks_like_key(value: str) -> bool:
+    """A known key prefix, or long and high-entropy (lower and upper case and digits mixed)."""
+    if value.startswith(_KEY_PREFIXES):
+        return True
+    return len(value) >= 20 and any(c.islower() for c in value) and any(c.isupper() for c in value) \
+        and sum(c.isdigit() for c in value) >= 2
+
+
+def env_ref(key: str, v: ast.Env) -> EnvRef:
+    """`env("NAME")` with NAME a variable's name: a key pasted there is E206, shown masked."""
+    name = v.name
+    if not name:
+        raise Invalid("E206", f"'{key}' = env(\"\"): the variable's name is empty", v.span, ENV_HINT)
+    if looks_like_key(name):
+        raise Invalid("E206", f"'{key}' = env(\"{mask_value(name)}\"): this looks like a key, not the "
+                              "name of an environment variable", v.span, ENV_HINT)
+    if not _ENV_NAME.fullmatch(name):
+        raise Invalid("E206", f"'{key}' = env(\"{mask_value(name)}\"): not a valid environment variable name "
+                              "(letters, digits and _, not starting with a digit)", v.span, ENV_HINT)
+    return EnvRef(name)
+
+
 def _str_or_env(key: str, v: ast.Value) -> str | EnvRef:
     if isinstance(v, ast.Env):
-        return EnvRef(v.name)
+        return env_ref(key, v)
     if isinstance(v, ast.Str):
         return v.value
-    raise Invalid("E206", f"'{key}' must be a string or env(\"NAME\"), not {describe_value(v)}", v.span)
+    # Not describe_value(v): a bare name here may be a key pasted without quotes.
+    got = "a bare name" if isinstance(v, ast.NameValue) else describe_value(v)
+    raise Invalid("E206", f"'{key}' must be a string or env(\"NAME\"), not {got}", v.span)
 
 
 def _headers(key: str, v: ast.Value) -> dict[str, str | EnvRef]:
@@ -197,8 +228,36 @@ def _headers(key: str, v: ast.Value) -> dict[str, str | EnvRef]:
     return {p.key: _str_or_env(f"{key}.{p.key}", p.value) for p in v.pairs}
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with an API root (urllib's reading of it), or None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must be an http or https URL (http://HOST[:PORT]/PATH)"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "has an invalid port: it must be a number from 1 to 65535"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _base_url(key: str, v: ast.Value) -> str | EnvRef:
+    """Checked here, not when the first call fails; the URL itself is not echoed (it may hold a password)."""
+    value = _str_or_env(key, v)
+    problem = url_problem(value) if isinstance(value, str) else None
+    if problem:
+        raise Invalid("E206", f"'{key}' {problem}", v.span, 'e.g. base_url = "http://10.0.0.5:8000/v1"')
+    return value
+
+
 OPTION_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {
-    "base_url": _str_or_env,
+    "base_url": _base_url,
     "api_key": _str_or_env,
     "headers": _headers,
     "max_concurrency": lambda k, v: _number(k, v, lo=1, integer=True),
@@ -245,8 +304,9 @@ def _secret_warnings(decl: ast.ProviderDecl, pair: ast.Pair) -> list[Diagnostic]
 
 
 def secret_spans(diags: Iterable[Diagnostic]) -> list[Span]:
-    """Where literal secrets sit in the source, so the loader can mask them before rendering."""
-    return [d.span for d in diags if d.code == "W302" and d.span is not None]
+    """Where literal secrets sit in the source, so the loader can mask them before rendering: a
+    literal api_key or secret header (W302), a value pasted into env() (E206 with ENV_HINT)."""
+    return [d.span for d in diags if d.span is not None and (d.code == "W302" or d.hint == ENV_HINT)]
 
 
 # ---- roles and samples ----------------------------------------------------------------------

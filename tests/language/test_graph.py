@@ -78,7 +78,7 @@ def test_builtin_providers_and_replacement() -> None:
     providers = g.graph["providers"]
     assert set(providers) == {"together", "openai", "local", "anthropic"}
     assert providers["together"] == ProviderConfig("together", "openai", "http://127.0.0.1:8/v1",
-                                                   EnvRef("TOGETHER_API_KEY"), {}, 2, 120.0, 3)
+                                                   None, {}, 2, 120.0, 3)  # a statement's key: only its own
     assert providers["openai"].api_key == EnvRef("OPENAI_API_KEY")
     assert providers["local"].kind == "local" and providers["anthropic"].kind == "anthropic"
     assert all(isinstance(p, ProviderConfig) for p in providers.values())

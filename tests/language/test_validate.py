@@ -189,3 +189,52 @@ def test_max_response_bytes_reaches_the_provider_config() -> None:
     providers = pipe.graph.graph["providers"]
     assert providers["p"].max_response_bytes == 1024
     assert DEFAULT_MAX_RESPONSE_BYTES == 8 * 1024 * 1024
+
+
+# ---- checked at `moa check` time, not at run time ------------------------------------------------
+
+@pytest.mark.parametrize("url, words", [
+    ("http://[::1/v1", "not a valid URL"),
+    ("ftp://h/v1", "http or https"),
+    ("localhost:8000/v1", "http or https"),
+    ("http:///v1", "no host"),
+    ("http://h:0/v1", "port"),
+    ("http://h:65536/v1", "port"),
+    ("http://h:http/v1", "port"),
+    ("", "http or https"),
+])
+def test_a_bad_base_url_is_e206_at_check_time(url: str, words: str) -> None:
+    [d] = _errors(f'provider p = openai {{ base_url = "{url}", api_key = env("K") }}\nnode a = propose p:"x"\n')
+    assert d.code == "E206" and "base_url" in d.message and words in d.message
+    assert (d.span.line, d.span.column) == (1, 34)
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.5:8000/v1", "https://api.example.com/v1/", "http://[::1]:8080/v1",
+                                 "http://localhost/v1", "https://h:65535"])
+def test_good_base_urls_pass(url: str) -> None:
+    pipe = moa_dsl.loads(f'provider p = openai {{ base_url = "{url}", api_key = env("K") }}\nnode a = propose p:"x"\n')
+    assert pipe.graph.graph["providers"]["p"].base_url == url
+
+
+def test_an_empty_model_id_is_e206_where_it_is() -> None:
+    diags = _errors('model m = openai:""\nlayer L = propose [openai:"", openai:"ok"]\nnode f = aggregate openai:"a" <- L\n')
+    assert [(d.code, d.span.line, d.span.column) for d in diags] == [("E206", 1, 18), ("E206", 2, 27)]
+    assert all("empty model id" in d.message for d in diags)
+
+
+def test_an_explicit_member_name_colliding_with_another_member_is_e202() -> None:
+    diags = _errors('model x = openai:"m"\nlayer L = propose [x, x = openai:"y"]\n'
+                    'node f = aggregate openai:"a" <- L\n')
+    [d] = diags
+    assert d.code == "E202" and (d.span.line, d.span.column) == (2, 23)
+    assert "'x'" in d.message and "<string>:2:20" in d.message  # both positions
+
+
+def test_two_explicit_members_with_one_name_say_where_the_first_is() -> None:
+    [d] = _errors('layer L = propose [a = openai:"m", a = openai:"n"]\nnode f = aggregate openai:"z" <- L\n')
+    assert d.code == "E202" and "<string>:1:20" in d.message and d.span.column == 36
+
+
+def test_samples_of_one_unnamed_model_are_still_numbered() -> None:
+    pipe = moa_dsl.loads('layer L = propose [openai:"m", openai:"m" * 2]\nnode f = aggregate openai:"z" <- L\n')
+    assert [n for n in pipe.graph if n.startswith("L.")] == ["L.m.1", "L.m.2", "L.m.3"]
