@@ -10,6 +10,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+__all__ = [
+    "BASE_URL_FALLBACKS", "BUILTIN_PARAMS", "builtin_providers", "cache_dir", "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "EnvRef", "models_dir",
+    "PARAM_KEYS", "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "REFERENCE_PROMPT",
+    "REQUEST_PARAMS", "request_params",
+]
+
 DEFAULT_CONCURRENCY = 16
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_RETRIES = 3

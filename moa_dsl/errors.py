@@ -23,6 +23,13 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
+__all__ = [
+    "ConfigError", "Diagnostic", "LocalModelError", "mask_secrets", "mask_value", "MAX_SHOWN_CELLS",
+    "MoaError", "ProviderConnectionError", "ProviderError", "ProviderHTTPError", "ProviderResponseError",
+    "ProviderTimeout", "render_diagnostic", "render_diagnostics", "RunFailed", "Severity", "Span",
+    "summary",
+]
+
 Severity = Literal["error", "warning"]
 
 

@@ -15,6 +15,11 @@ import networkx as nx
 from ..config import EnvRef
 from ..errors import Diagnostic
 
+__all__ = [
+    "depths", "FORMATS", "to_dot", "to_json", "to_json_text", "to_mermaid", "to_svg", "topology_html",
+    "topology_text",
+]
+
 
 def _plain(value: Any) -> Any:
     """JSON-safe, and never an environment value: EnvRef shows as `env("X")`."""

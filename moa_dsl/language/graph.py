@@ -20,6 +20,8 @@ from ..config import BUILTIN_PARAMS, REFERENCE_PROMPT, ProviderConfig, builtin_p
 from ..errors import Diagnostic
 from .syntax import Span
 
+__all__ = ["build", "Built", "resolve_output", "sanitize"]
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 _MAX_HINTS = 50   # did-you-mean is linear in the names known: bound it on pathological files
 

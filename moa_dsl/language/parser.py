@@ -19,6 +19,8 @@ from . import syntax as ast
 from ..errors import Diagnostic
 from .syntax import Span
 
+__all__ = ["dedent_triple", "describe", "KEYWORDS", "MAX_DEPTH", "parse", "parse_value"]
+
 KEYWORDS = ("provider", "model", "prompt", "defaults", "node", "layer", "output", "include",
             "propose", "aggregate", "true", "false", "env")
 _STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE")

@@ -6,6 +6,12 @@ from typing import Union
 
 from ..errors import Span
 
+__all__ = [
+    "Bool", "Defaults", "Env", "Include", "LayerDecl", "ListValue", "MapValue", "Member", "ModelDecl",
+    "ModelRef", "Module", "Name", "NameValue", "NodeDecl", "Num", "Output", "Pair", "PromptDecl",
+    "ProviderDecl", "Ref", "Statement", "Str", "Value",
+]
+
 
 # ---- values --------------------------------------------------------------------------------
 

@@ -19,6 +19,13 @@ from ..config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
 from ..errors import Diagnostic, mask_value
 from .syntax import Span
 
+__all__ = [
+    "AGGREGATOR_ONLY", "check_cycles", "check_dead", "check_role", "convert_options", "convert_param",
+    "convert_params", "dead_nodes", "describe_value", "did_you_mean", "ENV_HINT", "env_ref", "error",
+    "Invalid", "listing", "looks_like_key", "MAX_SAMPLES", "OPTION_SCHEMA", "PARAM_SCHEMA", "sample_count",
+    "secret_spans", "sinks", "url_problem", "warning", "where",
+]
+
 MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
 _LIST_SHOWN = 8             # names listed in one message before "and N more"
 
