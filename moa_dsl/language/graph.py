@@ -67,7 +67,7 @@ class _Builder:
         if name.text in table:
             first = table[name.text]
             self.diags.append(v.error("E202", f"{what} '{name.text}' is defined twice "
-                                              f"(first at {v.where(first.name.span)})", name.span))
+                                              f"(first at {v.position(first.name.span)})", name.span))
             return False
         table[name.text] = value
         return True
@@ -114,7 +114,7 @@ class _Builder:
             elif isinstance(s, ast.Output):
                 if self.outputs:
                     self.diags.append(v.error("E202", f"the output is set twice (first at "
-                                                      f"{v.where(self.outputs[0].span)})", s.span))
+                                                      f"{v.position(self.outputs[0].span)})", s.span))
                 else:
                     self.outputs.append(s)
         return list(table.values())
@@ -213,7 +213,7 @@ class _Builder:
             # explicitly must not be renamed that way behind the user's back.
             if base in first and (m.name is not None or first[base][1]):
                 self.diags.append(v.error("E202", f"member '{base}' is defined twice in layer "
-                                                  f"'{layer.name.text}' (first at {v.where(first[base][0])})", at))
+                                                  f"'{layer.name.text}' (first at {v.position(first[base][0])})", at))
             first.setdefault(base, (at, m.name is not None))
             bases.append(base)
             counts.append(v.sample_count(m, self.diags))
@@ -236,7 +236,7 @@ class _Builder:
                  layer: str | None = None) -> None:
         if name in self.graph:  # a member name that collides with another layer's member
             self.diags.append(v.error("E202", f"node '{name}' is defined twice "
-                                              f"(first at {v.where(self.graph.nodes[name]['span'])})", span))
+                                              f"(first at {v.position(self.graph.nodes[name]['span'])})", span))
             return
         provider = model.provider if model else None
         config = self.providers.get(provider) if provider else None

@@ -23,7 +23,7 @@ __all__ = [
     "AGGREGATOR_ONLY", "check_cycles", "check_dead", "check_role", "convert_options", "convert_param",
     "convert_params", "dead_nodes", "describe_value", "did_you_mean", "ENV_HINT", "env_ref", "error",
     "Invalid", "listing", "looks_like_key", "MAX_SAMPLES", "OPTION_SCHEMA", "PARAM_SCHEMA", "sample_count",
-    "secret_spans", "sinks", "url_problem", "warning", "where",
+    "secret_spans", "sinks", "url_problem", "warning", "position",
 ]
 
 MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
@@ -172,7 +172,7 @@ def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, w
     for pair in params.pairs:
         if pair.key in seen:
             diags.append(error("E202", f"'{pair.key}' is set twice in this block "
-                                       f"(first at {where(seen[pair.key])})", pair.key_span))
+                                       f"(first at {position(seen[pair.key])})", pair.key_span))
             continue
         seen[pair.key] = pair.key_span
         try:
@@ -182,7 +182,7 @@ def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, w
     return out
 
 
-def where(span: Span) -> str:
+def position(span: Span) -> str:
     return f"{span.file}:{span.line}:{span.column}"
 
 

@@ -238,3 +238,13 @@ def test_two_explicit_members_with_one_name_say_where_the_first_is() -> None:
 def test_samples_of_one_unnamed_model_are_still_numbered() -> None:
     pipe = moa_dsl.loads('layer L = propose [openai:"m", openai:"m" * 2]\nnode f = aggregate openai:"z" <- L\n')
     assert [n for n in pipe.graph if n.startswith("L.")] == ["L.m.1", "L.m.2", "L.m.3"]
+
+
+def test_a_key_set_twice_in_a_block_with_a_prompt_name_is_a_diagnostic_not_a_crash():
+    """Found by the fuzzer: the block's `where=` argument shadowed the position formatter."""
+    src = ('prompt critic = "x"\nnode a = propose openai:"m"\n'
+           'node b = aggregate openai:"m" <- a { prompt = critic, temperature = 0.1, temperature = 0.2 }\n')
+    with pytest.raises(MoaError) as info:
+        moa_dsl.loads(src)
+    assert [d.code for d in info.value.diagnostics] == ["E202"]
+    assert "'temperature' is set twice in this block (first at <string>:3:" in str(info.value)
