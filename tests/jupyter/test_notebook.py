@@ -20,6 +20,8 @@ from moa_dsl.runtime import result_html, result_markdown
 from moa_dsl.runtime.cache import ResponseCache
 from moa_dsl.testing import FakeLLMServer
 
+from conftest import KEY
+
 
 @pytest.fixture(scope="module")
 def ip():
@@ -33,13 +35,7 @@ def ip():
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
-    monkeypatch.setenv("MOA_NB_TEST_KEY", "sk-test-notebook")
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as s:
-        yield s
+    monkeypatch.setenv("MOA_NB_TEST_KEY", KEY)   # conftest's `server` requires it
 
 
 def run(ip, code: str):

@@ -16,7 +16,9 @@ from moa_dsl.providers import http
 from moa_dsl.runtime.scheduler import Session
 from moa_dsl.testing import FakeLLMServer
 
-KEY = "sk-soak-secret-key"
+from conftest import KEY
+
+pytestmark = pytest.mark.slow
 WIDTH = 10          # proposers per item
 ITEMS = 220         # 220 * 11 = 2,420 nodes, more requests with the retries
 BOUND = 24
