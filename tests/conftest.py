@@ -47,7 +47,20 @@ def cache_dir(tmp_path):
 
 
 @pytest.fixture
-def server():
+def make_server():
+    """`make_server(**options)`: a FakeLLMServer with the test's own answers, latency or key, started
+    now and closed after the test (however it ends)."""
+    started: list[FakeLLMServer] = []
+
+    def make(**options) -> FakeLLMServer:
+        started.append(FakeLLMServer(**options).start())
+        return started[-1]
+    yield make
+    for s in started:
+        s.close()
+
+
+@pytest.fixture
+def server(make_server):
     """A FakeLLMServer on 127.0.0.1 that requires KEY, started for the test and closed after it."""
-    with FakeLLMServer(api_key=KEY) as s:
-        yield s
+    return make_server(api_key=KEY)
