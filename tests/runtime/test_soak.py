@@ -62,10 +62,11 @@ class InFlight:
             self.now -= 1
 
 
-# Attempts that end before the request's first byte is written: no server can have seen them. A
-# connect that waits longer than the timeout (a starved loop on a loaded machine) is one: the node
-# counts it, it retries, and the server records nothing. Their `retry` / `node_failed` text names them.
-UNSENT = ("(ConnectTimeout)", "(PoolTimeout)", "ConnectError:")
+# Attempts that end before the server can read the request: no server can have seen them. A connect
+# that waits longer than the timeout (a starved loop on a loaded machine) is one: the node counts it,
+# it retries, and the server records nothing; so is a request written to a connection the server had
+# already closed (WriteError). Their `retry` / `node_failed` text names them.
+UNSENT = ("(ConnectTimeout)", "(PoolTimeout)", "ConnectError:", "WriteError:")
 
 
 class Outcomes:
