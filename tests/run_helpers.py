@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import networkx as nx
 
@@ -42,7 +42,8 @@ class FakeProvider:
     """Sleeps `latency[node]` (or `default_latency`) seconds, then answers "answer of NODE".
 
     Records, per node, the start and finish times (time.perf_counter) and the request; counts calls in
-    flight (`max_running`). Nodes in `fail` raise a non-retryable ProviderHTTPError.
+    flight (`max_running`). Nodes in `fail` raise a non-retryable ProviderHTTPError. `hold(node)`, if
+    given, is awaited while the call counts as running: a test's ordering without a clock.
     """
 
     kind = "openai"
@@ -50,13 +51,14 @@ class FakeProvider:
 
     def __init__(self, *, name: str = "fake", latency: Mapping[str, float] | None = None,
                  default_latency: float = 0.0, fail: Iterable[str] = (), max_concurrency: int | None = None,
-                 stream_chunks: int = 3):
+                 stream_chunks: int = 3, hold: Callable[[str], Awaitable[None]] | None = None):
         self.name = name
         self.latency = dict(latency or {})
         self.default_latency = default_latency
         self.fail = set(fail)
         self.max_concurrency = max_concurrency
         self.stream_chunks = stream_chunks
+        self.hold = hold
         self.started: dict[str, float] = {}
         self.finished: dict[str, float] = {}
         self.requests: dict[str, CallRequest] = {}
@@ -72,6 +74,8 @@ class FakeProvider:
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         try:
+            if self.hold is not None:
+                await self.hold(req.node)
             await asyncio.sleep(self.latency.get(req.node, self.default_latency))
         except asyncio.CancelledError:
             self.cancelled.append(req.node)

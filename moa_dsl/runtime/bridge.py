@@ -59,15 +59,21 @@ def _run_in_thread(make_coro: Callable[[], Coroutine[Any, Any, T]], on_idle: Cal
             finally:
                 finished.set()
 
-    threading.Thread(target=worker, name="moa-run", daemon=True).start()
+    runner = threading.Thread(target=worker, name="moa-run", daemon=True)
     try:
+        # Inside the try: the worker may start the calls before start() returns here, and a Ctrl-C
+        # in that window must cancel them too, not leave them running on an orphaned loop.
+        runner.start()
         while not finished.wait(tick):
             if on_idle is not None:
                 on_idle()
     except KeyboardInterrupt:
         loop.call_soon_threadsafe(task.cancel)
+        waited = 0
         while not finished.wait(tick):
-            pass
+            waited += 1
+            if runner.ident is None and waited * tick >= 1.0:
+                break   # interrupted before the thread was created: nothing ran, nothing to wait for
         raise
     if "error" in outcome:
         raise outcome["error"]

@@ -15,6 +15,8 @@ import pytest
 from moa_dsl.cli import main
 from moa_dsl.testing import FakeLLMServer
 
+from conftest import KEY
+
 MARK = "MARK-42"
 ITEMS = [{"instruction": f"question number {i}?", "dataset": "toy"} for i in range(4)]
 
@@ -39,14 +41,13 @@ def responder(model, body):
 
 @pytest.fixture(autouse=True)
 def key(monkeypatch):
-    monkeypatch.setenv("MOA_TEST_KEY", "test-key")
+    monkeypatch.setenv("MOA_TEST_KEY", KEY)
 
 
 @pytest.fixture
-def server():
+def server(make_server):
     UNPARSEABLE.clear()
-    with FakeLLMServer(responder=responder, latency={"marker": 0.02}) as srv:
-        yield srv
+    return make_server(responder=responder, latency={"marker": 0.02})
 
 
 def _files(tmp_path, server):

@@ -7,17 +7,8 @@ import json
 import pytest
 
 from moa_dsl.cli import main
-from moa_dsl.testing import FakeLLMServer
 
-from conftest import DATASETS
-
-KEY = "sk-cli-test-key-0000"
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer(api_key=KEY) as s:
-        yield s
+from conftest import DATASETS, KEY
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ from moa_dsl.errors import ConfigError, MoaError, RunFailed
 from moa_dsl.jupyter.magics import RunInterrupted
 from moa_dsl.language.export import topology_text
 from moa_dsl.runtime import result_html, result_markdown
+from moa_dsl.runtime.cache import ResponseCache
 from moa_dsl.testing import FakeLLMServer
+
+from conftest import KEY
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,7 @@ def ip():
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
-    monkeypatch.setenv("MOA_NB_TEST_KEY", "sk-test-notebook")
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer() as s:
-        yield s
+    monkeypatch.setenv("MOA_NB_TEST_KEY", KEY)   # conftest's `server` requires it
 
 
 def run(ip, code: str):
@@ -202,13 +199,17 @@ def test_interrupt_cancels_calls_in_flight_and_keeps_completed_ones(ip, cache_di
         baseline = {t.ident for t in threading.enumerate()}
 
         def interrupt_when_b_is_in_flight():
+            # Not a fixed pause: wait until b is at the server and a's answer is in the cache (the
+            # runner stores it before a's node_finished), then interrupt.
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if server.requests_for("mb") and server.requests_for("ma")[0:1] and \
                         server.requests_for("ma")[0].finished is not None:
                     break
                 time.sleep(0.02)
-            time.sleep(0.2)  # let the completed call reach the cache
+            with ResponseCache(cache_dir) as cache:
+                while time.monotonic() < deadline and cache.stats()["entries"] < 1:
+                    time.sleep(0.02)
             _thread.interrupt_main()
 
         timer = threading.Thread(target=interrupt_when_b_is_in_flight, daemon=True)

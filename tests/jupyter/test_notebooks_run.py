@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.local_models
+pytestmark = [pytest.mark.local_models, pytest.mark.slow]
 
 NOTEBOOKS = ROOT / "notebooks"
 KERNEL = "moa-dsl-test"

@@ -3,6 +3,7 @@ loopback FakeLLMServer), the ipywidgets view and the plain-text fallback."""
 from __future__ import annotations
 
 import io
+import threading
 
 import networkx as nx
 import pytest
@@ -186,27 +187,41 @@ node final = aggregate fake:"md" <- a, both
 
 
 class SpyPanel(RunPanel):
-    """Records every row's state after each batch the driver hands over."""
+    """Records every row's state after each batch the driver hands over; `a_running` is set once a
+    batch has shown node a running."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.seen: list[dict[str, str]] = []
+        self.a_running = threading.Event()
 
     def handle_many(self, events):
         super().handle_many(events)
         self.seen.append({n: r.state for n, r in self.state.rows.items()})
+        if self.seen[-1].get("a") == "running":
+            self.a_running.set()
 
 
 def test_panel_after_a_run_with_a_failed_and_a_skipped_node(monkeypatch):
     from moa_dsl import loads
     from moa_dsl.jupyter.magics import run_with_panel
-    from moa_dsl.testing import FakeLLMServer
+    from moa_dsl.testing import FakeLLMServer, default_answer
 
     monkeypatch.setenv("MOA_WIDGET_TEST_KEY", "sk-widget")
-    with FakeLLMServer(latency={"ma": 0.4, "md": 0.2}, token_delay=0.01) as server:
+    panels: list[SpyPanel] = []
+
+    def answer_once_the_panel_showed_a_running(model, body):
+        # Not a latency long enough to be seen: a's answer waits until a panel batch has shown a
+        # running (on the server's thread; b's fault and the others do not need it)
+        panels[0].a_running.wait(30)
+        return default_answer(model, body["messages"])
+
+    with FakeLLMServer(responder={"ma": answer_once_the_panel_showed_a_running, "*": lambda m, b:
+                                  default_answer(m, b["messages"])}, latency={"md": 0.2}, token_delay=0.01) as server:
         server.inject("mb", "400", message="bad request for mb")
         pipe = loads(TOPOLOGY.format(url=server.url))
         panel = SpyPanel.for_pipeline(pipe, widgets=True)
+        panels.append(panel)
         result = run_with_panel(pipe, "Why is the sky blue?", panel=panel, cache=False)
 
     states = {n: r.state for n, r in panel.state.rows.items()}

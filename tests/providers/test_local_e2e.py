@@ -1,7 +1,8 @@
 """The embedded default for real: pull the three built-ins, run examples/local.moa on llama.cpp.
 
-Models go to the default models directory (cached between runs on one machine: ~1.7 GB the first
-time, a few seconds of size checks after). The response cache is private to each test.
+Models go to the tests' own models directory (conftest's test_models_dir: $MOA_TEST_MODELS_DIR or
+.pytest-models/, never ~/.cache/moa-dsl/models), kept between runs: ~1.7 GB the first time, a few
+seconds of size checks after. The response cache is private to each test.
 """
 from __future__ import annotations
 

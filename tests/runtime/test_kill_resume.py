@@ -9,9 +9,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from moa_dsl.testing import FakeLLMServer
 
-KEY = "sk-kill-resume-secret-4242"
+from conftest import KEY
+
+pytestmark = pytest.mark.slow
 FAST, SLOW = ["f1", "f2", "f3"], ["s1", "s2", "s3"]
 
 

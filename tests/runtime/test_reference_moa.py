@@ -1,8 +1,10 @@
-"""The requests a `.moa` topology sends equal those of the paper's code (togethercomputer/MoA).
+"""The requests a `.moa` topology sends equal those of the paper's message construction
+(togethercomputer/MoA), as re-implemented here.
 
-The reference's message construction is re-implemented here, minimally and faithfully (not
-imported): `advanced-moa.py` (4 proposers, 3 layers: every layer-2 model and the final aggregator
-get `system = PROMPT + "\\n" + "\\n".join(f"{i+1}. {r}" ...)` in front of the user message) and
+This is NOT the reference's code, vendored or imported: it is our re-implementation of its
+documented behaviour, written from reading it, so a misreading of the reference would be repeated
+on both sides and pass. What it re-implements: `advanced-moa.py` (4 proposers, 3 layers: every
+layer-2 model and the final aggregator get `system = PROMPT + "\\n" + "\\n".join(f"{i+1}. {r}" ...)` in front of the user message) and
 `utils.py: inject_references_to_messages` (the bot's multi-turn path: the block is appended with
 "\\n\\n" to a leading system message, else put in front). Answers come back stripped in the reference
 (`generate_together` does `output.strip()`), as refs are stripped here.
@@ -42,7 +44,7 @@ def responder(model: str, body: dict) -> str:
     return f"\n  {model.split('/')[-1]} says {digest}  \n"
 
 
-# --- the reference, re-implemented ---------------------------------------------------------------
+# --- the reference's behaviour, re-implemented (not its code) ---------------------------------------------------------------
 
 def ref_final_system_prompt(system_prompt: str, results: list[str]) -> str:  # getFinalSystemPrompt
     return system_prompt + "\n" + "\n".join([f"{i+1}. {str(element)}" for i, element in enumerate(results)])

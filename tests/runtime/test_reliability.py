@@ -20,7 +20,7 @@ from moa_dsl.cli import main as moa
 from moa_dsl.runtime.scheduler import arun
 from moa_dsl.testing import FakeLLMServer
 
-KEY = "sk-reliability-secret"
+from conftest import KEY
 ENV = {"K": KEY}
 
 

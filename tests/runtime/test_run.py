@@ -10,9 +10,9 @@ import pytest
 from moa_dsl import loads
 from moa_dsl.errors import ConfigError
 from moa_dsl.runtime import arun, plan, run_blocking
-from moa_dsl.testing import FakeLLMServer
 
-KEY = "sk-test-0123456789abcdef"
+from conftest import KEY
+
 ENV = {"FAKE_KEY": KEY}
 
 
@@ -22,12 +22,6 @@ provider fake = openai {{ base_url = "{url}", api_key = env("FAKE_KEY") }}
 layer first = propose [fake:"a", fake:"b", fake:"c"]
 node final = aggregate fake:"agg" <- first {extra}
 """
-
-
-@pytest.fixture
-def server():
-    with FakeLLMServer(api_key=KEY) as s:
-        yield s
 
 
 def go(pipe, query="Why is the sky blue?", **kw):
