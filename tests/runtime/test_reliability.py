@@ -67,6 +67,42 @@ def test_full_disk_runs_without_the_cache_cli(monkeypatch, tmp_path, capsys):
     assert "Traceback" not in out.err
 
 
+def _can_mount_tmpfs() -> bool:
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and mount namespaces (unshare -m)")
+def test_a_really_full_disk_turns_the_cache_off_and_the_run_goes_on(tmp_path):
+    """Not simulated: the cache lives on a 1 MiB tmpfs (in a private mount namespace, gone when the
+    command exits) that is created, then filled to the last byte, before `moa run` writes to it."""
+    cache_dir = tmp_path / "c"
+    cache_dir.mkdir()
+    with FakeLLMServer() as server:
+        path = tmp_path / "t.moa"
+        path.write_text(source(server.url))
+        moa_cmd = f'"{sys.executable}" -m moa_dsl'
+        script = (f'mount -t tmpfs -o size=1m tmpfs "{cache_dir}" && '
+                  f'{moa_cmd} cache stats --cache-dir "{cache_dir}" >/dev/null && '      # the database exists
+                  f'(dd if=/dev/zero of="{cache_dir}/filler" bs=4k 2>/dev/null; true) && '  # ... and the disk is full
+                  f'{moa_cmd} run "{path}" "Why is the sky blue?" --cache-dir "{cache_dir}"')
+        proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "K": KEY}, timeout=100)
+        calls = len(server.requests)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("agg on ")
+    warnings = [x for x in proc.stderr.splitlines() if x.startswith("moa: warning: response cache")]
+    assert len(warnings) == 1 and warnings[0].endswith("; continuing without it"), proc.stderr
+    assert "full" in warnings[0] or "space" in warnings[0], warnings[0]   # sqlite: "database or disk is full"
+    assert "Traceback" not in proc.stderr
+    assert calls == 3
+
+
 def _unusable(tmp_path, how: str):
     if how == "under a regular file":
         (tmp_path / "file").write_text("not a directory")
