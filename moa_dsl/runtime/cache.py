@@ -6,7 +6,8 @@
     cache.set(key, value)
 
 The key is a SHA-256 over canonical JSON of the provider's kind and endpoint (userinfo stripped),
-the model id, the exact messages, every parameter that reaches the request, and the sample index.
+the model id, the exact messages, every parameter that reaches the request, and the sample index
+(1 for an unrepeated call: `MODEL` and the first of `MODEL * 3` are the same call).
 No credential goes into a key or a value: values are exactly the four fields above, stored as JSON
 text (never pickles, so reading a shared directory cannot run code).
 
@@ -36,7 +37,8 @@ __all__ = [
     "VALUE_FIELDS",
 ]
 
-KEY_VERSION = 1                      # bump when the key's recipe changes, so old entries are never misread
+KEY_VERSION = 2                      # bump when the key's recipe changes, so old entries are never misread
+                                     # 2: an unrepeated member is sample 1 (it was None)
 VALUE_FIELDS = ("text", "prompt_tokens", "completion_tokens", "finish_reason")
 # What a broken directory raises: the filesystem, SQLite (full, locked, corrupt), diskcache's own timeout.
 _STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -70,7 +72,9 @@ def cache_key(kind: str, endpoint: str, model: str, messages: list[dict[str, Any
         "model": model,
         "messages": messages,
         "params": {k: params[k] for k in REQUEST_PARAMS if params.get(k) is not None},
-        "sample": sample,
+        # A member's position among its N samples; an unrepeated member is the first of one, so
+        # `p.n=1` and `p.n=3` (moa sweep) share their first sample.
+        "sample": sample or 1,
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
