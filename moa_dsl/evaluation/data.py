@@ -26,6 +26,7 @@ class Item:
     turns: tuple[str, ...]          # the user's messages, one run each (MT-Bench has two)
     dataset: str
     prefix: tuple[tuple[str, str], ...] = ()   # (role, content) before the turns: a `query` conversation
+    category: str | None = None     # MT-Bench's `category` (writing, coding, ...): per-category win rates
 
     @property
     def instruction(self) -> str:
@@ -54,8 +55,13 @@ def item_from_record(record: Any, *, index: int, dataset: str, where: str) -> It
         if (not isinstance(turns, list) or not turns
                 or not all(isinstance(t, str) and t.strip() for t in turns)):
             raise ConfigError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
-        return Item(index, tuple(turns), ds)
+        return Item(index, tuple(turns), ds, category=_category(record))
     raise ConfigError(f"{where}: no 'instruction', 'query' or 'turns' field")
+
+
+def _category(record: Mapping) -> str | None:
+    category = record.get("category")
+    return category if isinstance(category, str) and category.strip() else None
 
 
 def _text(value: Any, key: str, where: str) -> str:
