@@ -11,14 +11,15 @@ from typing import Any, Sequence
 from .data import Item
 from .judge import JudgeModel
 from .latency import ItemRun
-from .stats import percentile, win_rate
+from .stats import bootstrap_ci, lc_win_rate, pareto_flags, percentile, win_rate
 
-__all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport"]
+__all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport", "dir_name"]
 
 # --- the report ----------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("name", "win_rate", "stderr", "n", "calls", "prompt_tokens", "completion_tokens",
-                "cost_usd", "latency_mean_s", "latency_p95_s")
+SUMMARY_KEYS = ("name", "win_rate", "stderr", "win_rate_ci", "lc_win_rate", "n", "calls", "prompt_tokens",
+                "completion_tokens", "cost_usd", "latency_mean_s", "latency_p95_s", "avg_length", "by_category",
+                "pareto_cost", "pareto_latency")
 
 
 @dataclass
@@ -30,21 +31,45 @@ class TopologyReport:
     judge_errors: int = 0
     priced: bool = True
 
-    def row(self, items: Sequence[Item]) -> dict[str, Any]:
+    def row(self, items: Sequence[Item], baseline: Sequence[ItemRun] | None = None) -> dict[str, Any]:
+        """summary.json's row; `baseline`: the baseline's runs on the same items (for the length
+        control). The Pareto flags need every row: EvalReport.summary adds them."""
         rate, stderr = win_rate(self.scores) if self.scores is not None else (None, None)
         latencies = [r.latency_s for r in self.runs if r.status == "ok" and r.latency_s is not None]
         mean = sum(latencies) / len(latencies) if latencies else None
         cost = sum(r.cost_usd or 0.0 for r in self.runs) if self.priced else None
+        lengths = [len(r.output) for r in self.runs if r.status == "ok" and r.output is not None]
+        ci = bootstrap_ci(self.scores) if self.scores else None
         return {
-            "name": self.name, "win_rate": _r(rate), "stderr": _r(stderr), "n": len(self.runs),
+            "name": self.name, "win_rate": _r(rate), "stderr": _r(stderr),
+            "win_rate_ci": None if ci is None else [_r(ci[0]), _r(ci[1])],
+            "lc_win_rate": _r(self._lc(baseline)), "n": len(self.runs),
             "calls": sum(r.calls for r in self.runs),
             "prompt_tokens": sum(r.prompt_tokens for r in self.runs),
             "completion_tokens": sum(r.completion_tokens for r in self.runs),
             "cost_usd": _r(cost, 8), "latency_mean_s": _r(mean), "latency_p95_s": _r(percentile(latencies, 95)),
+            "avg_length": _r(sum(lengths) / len(lengths), 1) if lengths else None,
+            "by_category": self._by_category(items),
             "ties_unparseable": self.ties_unparseable, "judge_errors": self.judge_errors,
             "failed_items": [{"index": items[i].index, "error": r.error}
                              for i, r in enumerate(self.runs) if r.status != "ok"],
         }
+
+    def _lc(self, baseline: Sequence[ItemRun] | None) -> float | None:
+        """Over the items both answered (a failed answer has no length to control for)."""
+        if self.scores is None or baseline is None:
+            return None
+        both = [(s, len(r.output), len(b.output)) for s, r, b in zip(self.scores, self.runs, baseline)
+                if r.output is not None and b.output is not None]
+        return lc_win_rate([s for s, _, _ in both], [c for _, c, _ in both], [b for _, _, b in both])
+
+    def _by_category(self, items: Sequence[Item]) -> dict[str, float] | None:
+        if self.scores is None or not any(item.category for item in items[:len(self.scores)]):
+            return None
+        per: dict[str, list[float]] = {}
+        for item, score in zip(items, self.scores):
+            per.setdefault(item.category or "uncategorised", []).append(score)
+        return {c: round(sum(v) / len(v), 6) for c, v in per.items()}
 
 
 def _r(x: float | None, digits: int = 6) -> float | None:
@@ -64,9 +89,20 @@ class EvalReport:
 
     @property
     def summary(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "judge": self.judge.ref,
-                "topologies": [t.row(self.items) for t in self.topologies],
+        return {"baseline": self.baseline, "judge": self.judge.ref, "topologies": self.rows(),
                 "items": len(self.items), "judge_usage": self.judge_usage}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per topology, with `pareto_cost`/`pareto_latency`: on the front of win rate
+        against cost per item (rows can cover different numbers of items: a halving sweep) and
+        against mean latency. The baseline takes part at 0.5, where it would score against itself."""
+        base = next((t.runs for t in self.topologies if t.name == self.baseline), None)
+        rows = [t.row(self.items, base) for t in self.topologies]
+        for key, x_of in (("pareto_cost", cost_per_item), ("pareto_latency", lambda r: r["latency_mean_s"])):
+            flags = pareto_flags([(x_of(r), quality(r)) for r in rows])
+            for row, flag in zip(rows, flags):
+                row[key] = flag
+        return rows
 
     def model_outputs(self, name: str) -> list[dict[str, str]]:
         """AlpacaEval's format; a failed item's output is "" (it is listed in summary.json)."""
@@ -75,23 +111,44 @@ class EvalReport:
                  "dataset": item.dataset} for item, run in zip(self.items, topo.runs)]
 
     def to_markdown(self) -> str:
-        head = ("| topology | win rate | ± s.e. | n | calls | prompt tok | completion tok | cost USD "
-                "| mean latency s | p95 latency s | failed |")
+        return self._table(self.summary["topologies"]) + "\n" + "\n".join(self._notes()) + "\n"
+
+    def _table(self, rows: list[dict[str, Any]]) -> str:
+        head = ("| topology | win rate | 95% CI | LC win rate | ± s.e. | n | calls | prompt tok | completion tok "
+                "| cost USD | mean latency s | p95 latency s | avg length | failed | Pareto |")
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
-        for row in self.summary["topologies"]:
+        for row in rows:
             rate = "baseline" if row["win_rate"] is None else f"{row['win_rate']:.3f}"
+            ci = row["win_rate_ci"]
+            front = ", ".join(k for k in ("cost", "latency") if row.get(f"pareto_{k}"))
             lines.append("| " + " | ".join([
-                row["name"], rate, _fmt(row["stderr"], 3), str(row["n"]), str(row["calls"]),
+                row["name"], rate, "—" if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}", _fmt(row["lc_win_rate"], 3),
+                _fmt(row["stderr"], 3), str(row["n"]), str(row["calls"]),
                 str(row["prompt_tokens"]), str(row["completion_tokens"]), _fmt(row["cost_usd"], 6),
-                _fmt(row["latency_mean_s"], 2), _fmt(row["latency_p95_s"], 2), str(len(row["failed_items"])),
+                _fmt(row["latency_mean_s"], 2), _fmt(row["latency_p95_s"], 2), _fmt(row["avg_length"], 0),
+                str(len(row["failed_items"])), front or "—",
             ]) + " |")
+        table = "\n".join(lines) + "\n"
+        categories = list(dict.fromkeys(c for row in rows for c in (row["by_category"] or {})))
+        if categories:
+            table += "\n| win rate by category | " + " | ".join(categories) + " |\n"
+            table += "|" + "---|" * (len(categories) + 1) + "\n"
+            for row in rows:
+                if row["by_category"] is not None:
+                    table += (f"| {row['name']} | "
+                              + " | ".join(_fmt(row["by_category"].get(c), 3) for c in categories) + " |\n")
+        return table
+
+    def _notes(self) -> list[str]:
         notes = [f"judge: `{self.judge.ref}`, each pair judged in both orders; baseline: {self.baseline}; "
-                 f"{len(self.items)} items"]
+                 f"{len(self.items)} items; 95% CI: bootstrap over items; LC: length-controlled win rate "
+                 "(AlpacaEval 2.0's logistic fit, without its instruction-difficulty term); avg length in characters; "
+                 "Pareto: on the front of win rate against cost per item / mean latency"]
         unparsed = sum(t.ties_unparseable for t in self.topologies)
         errors = sum(t.judge_errors for t in self.topologies)
         if unparsed or errors:
             notes.append(f"{unparsed} unparseable verdicts and {errors} failed judge calls counted as ties")
-        return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+        return notes
 
     def to_svg(self) -> str:
         from .plot import render_svg
@@ -102,8 +159,8 @@ class EvalReport:
     def write(self, out: str | os.PathLike) -> Path:
         out = Path(out)
         for topo in self.topologies:
-            (out / topo.name).mkdir(parents=True, exist_ok=True)
-            _write(out / topo.name / "model_outputs.json",
+            (out / dir_name(topo.name)).mkdir(parents=True, exist_ok=True)
+            _write(out / dir_name(topo.name) / "model_outputs.json",
                    json.dumps(self.model_outputs(topo.name), indent=2, ensure_ascii=False) + "\n")
         _write(out / "summary.json", json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
         _write(out / "summary.md", self.to_markdown())
@@ -112,14 +169,40 @@ class EvalReport:
         return out
 
     def _repr_html_(self) -> str:
-        rows = "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in line.strip("|").split("|"))
-                       + "</tr>" for line in self.to_markdown().splitlines()[2:] if line.startswith("|"))
-        head = "".join(f"<th>{escape(c.strip())}</th>" for c in self.to_markdown().splitlines()[0].strip("|").split("|"))
-        return (f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-                f"<p>{escape(self.to_markdown().split(chr(10) * 2, 1)[1].strip())}</p>{self.to_svg()}")
+        """The table(s), the notes and the plot(s); a pure string (no IPython)."""
+        return _html_tables(self.to_markdown()) + self.to_svg()
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+def _html_tables(markdown: str) -> str:
+    """Our own markdown (pipe tables and plain paragraphs) as HTML."""
+    out = []
+    for block in markdown.strip().split("\n\n"):
+        lines = block.strip().splitlines()
+        if lines and lines[0].startswith("|"):
+            cells = [[escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in lines]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[2:])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            out.append("".join(f"<p>{escape(line)}</p>" for line in lines))
+    return "".join(out)
+
+
+def quality(row: dict[str, Any]) -> float | None:
+    """A row's win rate for plots and fronts: the baseline sits at 0.5."""
+    return 0.5 if row["win_rate"] is None else row["win_rate"]
+
+
+def cost_per_item(row: dict[str, Any]) -> float | None:
+    return None if row["cost_usd"] is None or not row["n"] else row["cost_usd"] / row["n"]
+
+
+def dir_name(name: str) -> str:
+    """A topology's directory under --out: its name, with path separators replaced."""
+    return name.replace("/", "_").replace("\\", "_").replace("\0", "_") or "_"
 
 
 def _fmt(x: float | None, digits: int) -> str:

@@ -183,6 +183,17 @@ def test_summary_shape():
     assert moa["latency_mean_s"] == 2.0  # the failed item has no latency
     assert moa["failed_items"] == [{"index": 1, "error": "final: boom"}]
     assert moa["ties_unparseable"] == 1
+    # the new statistics: an interval around the estimate, the length control over the items both
+    # answered (only item 0: won), lengths in characters, no categories in this dataset
+    low, high = moa["win_rate_ci"]
+    assert low <= moa["win_rate"] <= high
+    assert moa["lc_win_rate"] == 1.0 and moa["avg_length"] == 2.0 and moa["by_category"] is None
+    assert base["win_rate_ci"] is None and base["lc_win_rate"] is None and base["by_category"] is None
+    assert base["avg_length"] == 2.0
+    # Pareto: the baseline (0.5, priced) is on the cost front alone (moa is unpriced); on latency
+    # both sit at 2.0 s and 0.5
+    assert (base["pareto_cost"], moa["pareto_cost"]) == (True, False)
+    assert (base["pareto_latency"], moa["pareto_latency"]) == (True, True)
 
 
 def test_written_files(tmp_path):
@@ -193,7 +204,7 @@ def test_written_files(tmp_path):
                        {"instruction": "q1", "output": "", "generator": "moa", "dataset": "ds"}]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == report.summary
     md = (tmp_path / "out" / "summary.md").read_text()
-    assert "| moa | 0.500 | 0.500 | 2 | 8 |" in md and "| base | baseline |" in md
+    assert "| moa | 0.500 | 0.000–1.000 | 1.000 | 0.500 | 2 | 8 |" in md and "| base | baseline | — | — |" in md
     assert "1 unparseable verdicts" in md
     ET.fromstring((tmp_path / "out" / "summary.svg").read_text())
     html = report._repr_html_()
@@ -267,3 +278,22 @@ def test_read_items_names_the_line_of_a_bad_conversation_and_rejects_non_utf8(tm
     latin.write_bytes('{"instruction": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match="not UTF-8"):
         read_items(latin)
+
+
+def test_mt_bench_rows_carry_categories():
+    items = [Item(0, ("q0", "f0"), "mt", category="writing"), Item(1, ("q1", "f1"), "mt", category="coding"),
+             Item(2, ("q2", "f2"), "mt", category="writing")]
+    runs = [ItemRun("ok", "a" * 10), ItemRun("ok", "b" * 20), ItemRun("ok", "c")]
+    base = TopologyReport("base", runs)
+    cand = TopologyReport("cand", runs, scores=[1.0, 0.0, 0.5])
+    summary = EvalReport("base", JudgeModel('openai:"gpt-4o"', "openai", "gpt-4o"), items, [base, cand]).summary
+    base_row, cand_row = summary["topologies"]
+    assert cand_row["by_category"] == {"writing": 0.75, "coding": 0.0}
+    assert base_row["by_category"] is None
+    md = EvalReport("base", JudgeModel('openai:"gpt-4o"', "openai", "gpt-4o"), items, [base, cand]).to_markdown()
+    assert "| win rate by category | writing | coding |" in md and "| cand | 0.750 | 0.000 |" in md
+
+
+def test_mt_bench_records_keep_their_category():
+    items = read_items([{"turns": ["a", "b"], "category": "math"}, {"instruction": "x"}])
+    assert items[0].category == "math" and items[1].category is None
