@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import IO, Any, Iterable, Mapping, Sequence
+from typing import IO, Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 
@@ -48,7 +48,7 @@ from .latency import ItemRun, LatencyLedger, run_item
 from .progress import Progress
 from .report import EvalReport, TopologyReport
 
-__all__ = ["aevaluate", "DEFAULT_OUT", "evaluate"]
+__all__ = ["aevaluate", "check_judge", "DEFAULT_OUT", "Evaluation", "evaluate", "run_evaluation"]
 
 DEFAULT_OUT = "moa-eval"
 
@@ -87,26 +87,54 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
     if base not in names:
         raise ConfigError(f"--baseline {base}: not one of the topologies ({', '.join(names)})")
     items = read_items(data, limit=limit)
+    judge_model, judge_pipe = check_judge(judge, pipes, judge_max_tokens)
+
+    async def plan(evaluation: Evaluation) -> None:
+        await evaluation.run_round(names, len(items))
+
+    report = await run_evaluation(dict(zip(names, pipes)), items, base, judge_model, judge_pipe, plan,
+                                  concurrency=concurrency, cache=cache, cache_dir=cache_dir, refresh=refresh,
+                                  progress=Progress(items=len(items), units=0, stream=progress),
+                                  environ=environ, transport=transport, verbose=verbose)
+    if out is not None:
+        report.write(out)
+    return report
+
+
+def check_judge(judge: str, pipes: Sequence[Pipeline], judge_max_tokens: int) -> tuple[JudgeModel, Pipeline]:
+    """The judge's model and its one-node pipeline; ConfigError for a bad reference or budget."""
     judge_model, provider_cfg = parse_judge(judge, pipes)
     if isinstance(judge_max_tokens, bool) or not isinstance(judge_max_tokens, int) or judge_max_tokens < 1:
         raise ConfigError(f"judge_max_tokens must be an integer >= 1, not {judge_max_tokens!r}")
-    judge_pipe = judge_pipeline(judge_model, provider_cfg, max_tokens=judge_max_tokens)
-    limiter = asyncio.Semaphore(check_concurrency(concurrency))
+    return judge_model, judge_pipeline(judge_model, provider_cfg, max_tokens=judge_max_tokens)
 
+
+async def run_evaluation(pipes: Mapping[str, Pipeline], items: list[Item], baseline: str, judge_model: JudgeModel,
+                         judge_pipe: Pipeline, plan: Callable[["Evaluation"], Awaitable[None]], *,
+                         concurrency: int, cache: bool, cache_dir: str | os.PathLike | None, refresh: bool,
+                         progress: Progress, environ: Mapping[str, str] | None, transport: Any,
+                         verbose: bool) -> EvalReport:
+    """Open one session per topology and one for the judge, all under one bound and one cache;
+    `plan` decides which topologies answer which items (`Evaluation.run_round`); the report has
+    every topology with the items it answered."""
+    limiter = asyncio.Semaphore(check_concurrency(concurrency))
     store = ledger = None
     sessions: list[Any] = []
     try:
         if cache:
             store = ResponseCache(default_cache_dir(cache_dir))
         ledger = LatencyLedger(default_cache_dir(cache_dir) if cache else None)
-        for pipe in [*pipes, judge_pipe]:
+        for pipe in [*pipes.values(), judge_pipe]:
             # One bound for everything in flight, across topologies and the judge.
             sessions.append(Session(pipe, concurrency=concurrency, cache=cache, refresh=refresh, environ=environ,
                                     transport=transport, response_cache=store, verbose=verbose, limiter=limiter))
-        evaluation = _Evaluation(dict(zip(names, sessions)), sessions[-1], items, base, ledger,
-                                 Progress(items=len(items), units=len(items) * (len(names) + 2 * (len(names) - 1)),
-                                          stream=progress), concurrency)
-        report = await evaluation.run(judge_model)
+        evaluation = Evaluation(dict(zip(pipes, sessions)), sessions[-1], items, baseline, ledger, progress,
+                                concurrency)
+        try:
+            await plan(evaluation)
+        finally:
+            progress.close()
+        return evaluation.report(judge_model)
     finally:
         for session in sessions:
             await session.aclose()
@@ -114,12 +142,13 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
             store.close()
         if ledger is not None:
             ledger.close()
-    if out is not None:
-        report.write(out)
-    return report
 
 
-class _Evaluation:
+class Evaluation:
+    """Topologies answering items and a judge comparing them with the baseline's answers, round by
+    round: `run_round(names, upto)` has `names` (and the baseline) answer the first `upto` items,
+    skipping what an earlier round already did."""
+
     def __init__(self, sessions: dict[str, Any], judge: Any, items: list[Item], baseline: str,
                  ledger: LatencyLedger, progress: Progress, concurrency: int):
         self.sessions, self.judge, self.items, self.baseline = sessions, judge, items, baseline
@@ -128,54 +157,87 @@ class _Evaluation:
         # slot busy, few enough that an interrupted evaluation has finished the items it started.
         self.item_slots = asyncio.Semaphore(max(2, concurrency))
         n = len(items)
-        # Filled in as items finish; every slot holds an ItemRun before the report reads it.
-        self.runs: dict[str, list[ItemRun]] = {name: [ItemRun("failed", None, "not run")] * n for name in sessions}
-        self.reports = {name: TopologyReport(name, self.runs[name], None if name == baseline else [0.0] * n,
+        self.runs: dict[str, list[ItemRun | None]] = {name: [None] * n for name in sessions}
+        self.scores: dict[str, list[float | None]] = {name: [None] * n for name in sessions if name != baseline}
+        self.reports = {name: TopologyReport(name, [], None if name == baseline else [],
                                              priced=_priced(s.graph, s.order))
                         for name, s in sessions.items()}
+        self.listeners = {name: progress.listener(s.graph) for name, s in sessions.items()}
+        self.judge_listener = progress.listener(judge.graph)
         self.judge_usage: dict[str, float] = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._judging: dict[str, asyncio.Future] = {}
 
-    async def run(self, judge_model: JudgeModel) -> EvalReport:
-        try:
-            await gather_or_cancel(self._item(i) for i in range(len(self.items)))
-        finally:
-            self.progress.draw(final=True)
+    def answered(self, name: str) -> int:
+        """How many items (a prefix of the dataset) `name` has answered and had judged."""
+        runs, scores = self.runs[name], self.scores.get(name)
+        k = 0
+        while k < len(runs) and runs[k] is not None and (scores is None or scores[k] is not None):
+            k += 1
+        return k
+
+    def win_rate(self, name: str) -> float:
+        """The mean score over the items judged so far (0.5 for the baseline or none)."""
+        done = [s for s in self.scores.get(name, []) if s is not None]
+        return sum(done) / len(done) if done else 0.5
+
+    async def run_round(self, names: Sequence[str], upto: int) -> None:
+        order = [self.baseline] + [n for n in names if n != self.baseline]
+        todo, units = [], 0
+        for i in range(upto):
+            runs = sum(1 for n in order if self.runs[n][i] is None)
+            judged = sum(2 for n in order if n != self.baseline and self.scores[n][i] is None)
+            if runs or judged:
+                todo.append(i)
+                units += runs + judged
+        self.progress.add(units=units)
+        await gather_or_cancel(self._item(i, order) for i in todo)
+
+    def report(self, judge_model: JudgeModel) -> EvalReport:
+        for name, report in self.reports.items():
+            k = self.answered(name)
+            report.runs = [r for r in self.runs[name][:k] if r is not None]
+            if report.scores is not None:
+                report.scores = [s for s in self.scores[name][:k] if s is not None]
         usage = dict(self.judge_usage)
         if judge_model.price is not None:
             usage["cost_usd"] = round((usage["prompt_tokens"] * judge_model.price[0]
                                        + usage["completion_tokens"] * judge_model.price[1]) / 1e6, 8)
         return EvalReport(self.baseline, judge_model, self.items, list(self.reports.values()), usage)
 
-    async def _item(self, i: int) -> None:
+    async def _item(self, i: int, order: list[str]) -> None:
         async with self.item_slots:
             item = self.items[i]
-            names = list(self.sessions)
             # One topology after another within an item (items still run side by side): two
             # topologies often make the same call (a lone model that is also a proposer). Made at
             # once, both would miss the cache and sample twice, and a rerun, served one stored answer
             # for both, would report something else. In turn, the second is served the first's answer.
-            for name in names:
-                run = self.runs[name][i] = await self._run(name, item)
-                if run.status != "ok":
-                    self._report_failure(name, item, run)
+            fresh = []
+            for name in order:
+                if self.runs[name][i] is None:
+                    run = self.runs[name][i] = await self._run(name, item)
+                    fresh.append(name)
+                    if run.status != "ok":
+                        self._report_failure(name, item, run)
             base = self.runs[self.baseline][i]
-            await asyncio.gather(*(self._compare(name, i, base) for name in names if name != self.baseline))
+            assert base is not None
+            pending = [n for n in order if n != self.baseline and self.scores[n][i] is None]
+            await asyncio.gather(*(self._compare(name, i, base) for name in pending))
+            for name in dict.fromkeys([*fresh, *pending]):
+                self.progress.variant_item(name)
             self.progress.item()
 
     async def _run(self, name: str, item: Item) -> ItemRun:
         try:
-            return await run_item(self.sessions[name], item, ledger=self.ledger, on_event=self.progress.on_event)
+            return await run_item(self.sessions[name], item, ledger=self.ledger, on_event=self.listeners[name])
         finally:
             self.progress.unit()
 
     def _report_failure(self, name: str, item: Item, run: ItemRun) -> None:
-        self.progress.note(f"eval: {name} failed on item {item.index}: {run.error}")
+        self.progress.note(f"{self.progress.label}: {name} failed on item {item.index}: {run.error}")
 
     async def _compare(self, name: str, i: int, base: ItemRun) -> None:
-        run, report = self.runs[name][i], self.reports[name]
-        scores = report.scores
-        assert scores is not None      # only non-baseline topologies are compared
+        run, report, scores = self.runs[name][i], self.reports[name], self.scores[name]
+        assert run is not None
         if run.output is None or base.output is None:
             scores[i] = unjudged_score(candidate_ok=run.status == "ok", baseline_ok=base.status == "ok")
             self.progress.unit()
@@ -186,7 +248,7 @@ class _Evaluation:
             self._judge(report, judge_prompt(question, base.output, run.output)),
             self._judge(report, judge_prompt(question, run.output, base.output)))
         scores[i] = pair_score(judgment_score(first, candidate_first=False),
-                                      judgment_score(second, candidate_first=True))
+                               judgment_score(second, candidate_first=True))
 
     async def _judge(self, report: TopologyReport, prompt: str) -> str | None:
         try:
@@ -211,7 +273,7 @@ class _Evaluation:
         return task
 
     def _judge_event(self, event: Any) -> None:
-        self.progress.on_event(event)
+        self.judge_listener(event)
         if event.kind == "node_finished":
             usage = event.data.get("usage", {})
             self.judge_usage["calls" if event.data.get("status") == "ok" else "cache_hits"] += 1

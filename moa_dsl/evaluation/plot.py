@@ -85,7 +85,8 @@ def render_param_svg(rows: Sequence[dict], key: str, values: Sequence[str], *, t
     parts.append(f'<rect x="{MARGIN_L}" y="{MARGIN_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
     for i in range(6):
         y = i / 5
-        parts.append(f'<line x1="{MARGIN_L}" y1="{sy(y):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(y):.1f}" stroke="#eee"/>')
+        parts.append(f'<line x1="{MARGIN_L}" y1="{sy(y):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(y):.1f}" '
+                     'stroke="#eee"/>')
         parts.append(f'<text x="{MARGIN_L - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
     parts.append(f'<line x1="{MARGIN_L}" y1="{sy(0.5):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(0.5):.1f}" '
                  f'stroke="#999" stroke-dasharray="2 2"><title>the baseline (0.5)</title></line>')
