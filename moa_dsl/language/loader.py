@@ -10,7 +10,7 @@ import gc
 import os
 import stat
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import graph as graphs
 from . import syntax as ast
@@ -20,7 +20,7 @@ from .parser import parse
 from .topology import Topology
 from .syntax import Span
 
-__all__ = ["load", "loads", "MAX_SOURCE_BYTES", "MAX_INCLUDE_DEPTH"]
+__all__ = ["load", "load_rewritten", "loads", "MAX_SOURCE_BYTES", "MAX_INCLUDE_DEPTH"]
 
 MAX_SOURCE_BYTES = 8 * 1024 * 1024   # a .moa file, or an include, or the text given to loads()
 MAX_INCLUDE_DEPTH = 64               # files in one include chain, the top one included
@@ -31,6 +31,13 @@ _BOM = "\ufeff"
 def load(path: str | os.PathLike) -> Topology:
     """Parse and validate a file. A missing or unreadable file is a ConfigError (exit 2 in the CLI);
     one over MAX_SOURCE_BYTES is E101."""
+    return load_rewritten(path, None)
+
+
+def load_rewritten(path: str | os.PathLike, rewrite: Callable[[ast.Module], ast.Module] | None) -> Topology:
+    """`load`, with the file's syntax tree passed through `rewrite` before it is built and checked
+    (`moa sweep` rewrites a layer's `MODEL * N`). Included files are not rewritten; a file that
+    does not parse raises before `rewrite` is called."""
     p = Path(path)
     display = os.fspath(path)
     try:
@@ -39,7 +46,7 @@ def load(path: str | os.PathLike) -> Topology:
         raise MoaError(diagnostics=[_too_large(display, Span(display, 1, 1, 1, 1))]) from None
     except _Unreadable as exc:
         raise ConfigError(f"cannot read {display}: {exc.reason}") from None
-    return _compile(text, display, p.resolve(), name=p.stem)
+    return _compile(text, display, p.resolve(), name=p.stem, rewrite=rewrite)
 
 
 def loads(text: str, filename: str = "<string>") -> Topology:
@@ -222,18 +229,25 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _compile(text: str, display: str, real: Path | None, *, name: str | None) -> Topology:
+_Rewrite = Callable[[ast.Module], ast.Module]
+
+
+def _compile(text: str, display: str, real: Path | None, *, name: str | None,
+             rewrite: _Rewrite | None = None) -> Topology:
     with _gc_paused():
-        return _compile_unpaused(text, display, real, name=name)
+        return _compile_unpaused(text, display, real, name=name, rewrite=rewrite)
 
 
-def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None) -> Topology:
+def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None,
+                      rewrite: _Rewrite | None = None) -> Topology:
     base = real.parent if real is not None else Path.cwd().resolve()
     where = "the current directory" if real is None else f"the directory of {display}"
     src = _Sources(base, where)
     if real is not None:
         src.done.add(real)
     module = src.parse(text, display)
+    if module is not None and rewrite is not None:
+        module = rewrite(module)
     statements = src.expand(module, real, base, ((real, display),)) if module else []
     diags = list(src.diags)
     scanned = _mask_all(src.texts)  # before any diagnostic can show a line
