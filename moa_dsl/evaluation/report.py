@@ -13,7 +13,7 @@ from .judge import JudgeModel
 from .latency import ItemRun
 from .stats import bootstrap_ci, lc_win_rate, pareto_flags, percentile, win_rate
 
-__all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport", "dir_name"]
+__all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport", "cost_per_item", "dir_name", "quality", "write_file"]
 
 # --- the report ----------------------------------------------------------------------------------
 
@@ -160,11 +160,11 @@ class EvalReport:
         out = Path(out)
         for topo in self.topologies:
             (out / dir_name(topo.name)).mkdir(parents=True, exist_ok=True)
-            _write(out / dir_name(topo.name) / "model_outputs.json",
+            write_file(out / dir_name(topo.name) / "model_outputs.json",
                    json.dumps(self.model_outputs(topo.name), indent=2, ensure_ascii=False) + "\n")
-        _write(out / "summary.json", json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
-        _write(out / "summary.md", self.to_markdown())
-        _write(out / "summary.svg", self.to_svg())
+        write_file(out / "summary.json", json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
+        write_file(out / "summary.md", self.to_markdown())
+        write_file(out / "summary.svg", self.to_svg())
         self.out = out
         return out
 
@@ -209,7 +209,7 @@ def _fmt(x: float | None, digits: int) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def _write(path: Path, text: str) -> None:
+def write_file(path: Path, text: str) -> None:
     """Write beside, then rename: an interrupted write never leaves half a summary."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

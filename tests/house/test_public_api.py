@@ -12,7 +12,7 @@ import moa_dsl
 EXPORTED = {
     "ConfigError", "Diagnostic", "EvalReport", "LocalModelError", "MoaError", "NodeResult", "Pipeline",
     "ProviderError", "RunFailed", "RunResult", "Usage", "aevaluate", "evaluate", "load",
-    "load_ipython_extension", "loads",
+    "load_ipython_extension", "loads", "sweep",
 }
 PUBLIC = sorted(m for m in MODULES if not any(part.startswith("_") for part in m.split(".")[1:]))
 SCRIPTS = {"moa_dsl.providers.local.child"}   # run as a process, not imported: no API to declare
