@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Mapping, Sequence
@@ -189,17 +190,16 @@ def _layer_keys(path: Path, grid: Mapping[str, Sequence[str]]) -> dict[str, str]
 
 
 def _module(path: Path) -> ast.Module:
-    from ..language.parser import parse
+    """The file's own syntax tree, read and checked as `load` reads it (a file with errors raises
+    MoaError here, before any call)."""
+    seen: list[ast.Module] = []
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-    module, _ = parse(text, os.fspath(path))
-    if module is None:          # let the loader raise the file's diagnostics
-        Pipeline.of(load_rewritten(path, None))
-        raise ConfigError(f"{path}: does not parse")
-    return module
+    def keep(module: ast.Module) -> ast.Module:
+        seen.append(module)
+        return module
+
+    load_rewritten(path, keep)
+    return seen[0]
 
 
 def _count(key: str, value: str) -> int:
@@ -233,11 +233,16 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
                  out: str | os.PathLike | None = None, halving: bool = False,
                  concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
                  cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-                 judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS, progress: IO[str] | None = None,
+                 judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS, progress: IO[str] | None | str = "auto",
                  environ: Mapping[str, str] | None = None, transport: Any = None,
                  verbose: bool = False) -> "SweepReport":
     """Evaluate every variant of `file` (see the module docstring). `grid`: {KEY: [values]} (Python
-    values or the texts `--grid` takes). Raises ConfigError/MoaError before any call for bad input."""
+    values or the texts `--grid` takes). `progress`: a stream, None for none, or "auto" (the
+    default): stderr, which is a widget in a notebook. Raises ConfigError/MoaError before any call
+    for bad input."""
+    stream = sys.stderr if progress == "auto" else progress
+    if isinstance(stream, str):
+        raise ConfigError(f"progress must be a stream, None or 'auto', not {progress!r}")
     texts = grid if _is_texts(grid) else grid_of(grid)
     found = variants(file, texts)
     names = [v.name for v in found]
@@ -259,7 +264,7 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
     n = len(items)
     competing = [name for name in names if name != base]
     first = math.ceil(n / HALVING_START) if halving else n
-    bar = Progress(items=0, units=0, stream=progress, label="sweep", variants={name: first for name in pipes})
+    bar = Progress(items=0, units=0, stream=stream, label="sweep", variants={name: first for name in pipes})
 
     async def plan(evaluation: Evaluation) -> None:
         alive, upto = competing, first

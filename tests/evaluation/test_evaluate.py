@@ -7,19 +7,12 @@ import math
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import DATA
 
 import moa_dsl
 from moa_dsl.errors import ConfigError
 from moa_dsl.evaluation.data import Item, read_items
 from moa_dsl.evaluation.judge import (
-    JudgeModel,
-    judge_pipeline,
-    judge_prompt,
-    judgment_score,
-    pair_score,
-    parse_judge,
-    parse_verdict,
+    JudgeModel, judge_pipeline, judge_prompt, judgment_score, pair_score, parse_judge, parse_verdict,
 )
 from moa_dsl.evaluation.latency import ItemRun
 from moa_dsl.evaluation.report import SUMMARY_KEYS, EvalReport, TopologyReport
