@@ -243,7 +243,7 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
     stream = sys.stderr if progress == "auto" else progress
     if isinstance(stream, str):
         raise ConfigError(f"progress must be a stream, None or 'auto', not {progress!r}")
-    texts = grid if _is_texts(grid) else grid_of(grid)
+    texts = grid_of(grid)
     found = variants(file, texts)
     names = [v.name for v in found]
     if baseline is None or baseline == Path(file).stem:
@@ -286,11 +286,6 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
     if out is not None:
         result.write(out)
     return result
-
-
-def _is_texts(grid: Mapping[str, Any]) -> bool:
-    return isinstance(grid, Mapping) and all(isinstance(v, list) and all(isinstance(x, str) for x in v)
-                                             for v in grid.values()) and bool(grid)
 
 
 def sweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | os.PathLike | Iterable[Mapping],
