@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
                    help="values to try for one key (repeatable; every combination is a variant). KEY: what "
                         "--set takes, or LAYER.n for a one-member layer's sample count")
     p.add_argument("--input", required=True, metavar="DATA.jsonl",
-                   help="one JSON object a line: instruction, query or turns (MT-Bench)")
+                   help="one JSON object a line: instruction, query or turns (MT-Bench); or a shipped "
+                        "dataset's name: alpaca-eval, mt-bench")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
     p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="MODELREF",
                    help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})')
