@@ -12,7 +12,7 @@ __all__ = ["add_call_options", "build_parser", "main", "run", "usage_error"]
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_RUN_FAILED = 0, 1, 2, 3
 
-_COMMANDS = ("check", "run", "eval", "sweep", "cache", "models")  # modules under moa_dsl.cli
+_COMMANDS = ("check", "run", "eval", "sweep", "cache", "models", "serve")  # modules under moa_dsl.cli
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,88 @@
+"""Start `moa serve`: load and check everything, bind, run uvicorn until SIGTERM/SIGINT, exit 0.
+
+uvicorn does the HTTP and the graceful stop: on SIGTERM or SIGINT it stops accepting, lets the
+requests in flight finish (up to `GRACE_S`), then runs the app's lifespan shutdown (the shared
+provider clients and the cache are closed). It then re-raises the signal it caught so the process
+dies of it; `moa serve` is meant to exit 0 after a clean stop, so the handlers it restores are no-ops.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from typing import Any, Sequence
+
+from ..errors import ConfigError
+from .app import ServeState, build_app
+from .topologies import load_topologies
+
+__all__ = ["GRACE_S", "serve"]
+
+GRACE_S = 30
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def serve(paths: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
+          concurrency: int = 16, max_queue: int = 256, cache_dir: str | None = None, no_cache: bool = False) -> int:
+    """`moa serve`'s whole life; returns the exit code. Usage problems raise ConfigError (exit 2)."""
+    if concurrency < 1:
+        raise ConfigError(f"--concurrency must be >= 1, not {concurrency}")
+    if max_queue < 1:
+        raise ConfigError(f"--max-queue must be >= 1, not {max_queue}")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be 0-65535, not {port}")
+    api_key = None
+    if api_key_env:
+        api_key = (os.environ.get(api_key_env) or "").strip()
+        if not api_key:
+            raise ConfigError(f"--api-key-env {api_key_env}: the variable is not set (or empty) in the environment")
+    report = load_topologies(paths)
+    for warning in report.warnings:
+        print(warning.render(color=sys.stderr.isatty()), file=sys.stderr)
+    if report.errors:
+        for err in report.errors:
+            print(err.render(color=sys.stderr.isatty()), file=sys.stderr)
+        print(f"moa serve: {len(report.errors)} file{'s' if len(report.errors) != 1 else ''} with errors; "
+              "not serving", file=sys.stderr)
+        return EXIT_INVALID
+    sock = _listen(host, port)
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    state = ServeState(paths, pipes=report.pipes, concurrency=concurrency, max_queue=max_queue,
+                       cache=not no_cache, cache_dir=cache_dir, api_key=api_key,
+                       listening=f"http://{shown}:{bound[1]}/v1")
+    import uvicorn
+
+    config = uvicorn.Config(build_app(state), lifespan="on", log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=GRACE_S, server_header=False, date_header=True)
+    server = uvicorn.Server(config)
+    with _exit_quietly():
+        server.run(sockets=[sock])
+    return EXIT_OK if server.started else EXIT_INVALID
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+class _exit_quietly:
+    """uvicorn restores the handlers it found and re-raises the caught SIGTERM/SIGINT after its graceful
+    stop: make the handlers it finds no-ops, so a stop by signal ends in `return 0`."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self) -> None:
+        self._old = {sig: signal.signal(sig, _ignore) for sig in self.SIGNALS}
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
