@@ -12,6 +12,7 @@ measures, each against what no orchestrator could beat (bench/README.md says wha
   cached / uncached, cache hits per second
   moa check time and peak memory for 300 / 3,000 / 30,000 nodes
   AlpacaEval batch (805 prompts) through MoA-Lite: ideal time / ours
+  moa serve / the same topology in-process, at 1, 16 and 128 concurrent clients
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
-from bench import bench_check, bench_run  # noqa: E402
+from bench import bench_check, bench_run, bench_serve  # noqa: E402
 from moa_dsl import loads  # noqa: E402
 from moa_dsl.config import REFERENCE_PROMPT  # noqa: E402
 from moa_dsl.config import request_params  # noqa: E402
@@ -517,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a fast smoke version (about a minute)")
     ap.add_argument("--json", metavar="PATH", help="also save the rows as JSON")
     ap.add_argument("--profile", action="store_true", help="cProfile the batch row and print its hot spots")
-    ap.add_argument("--only", metavar="SECTIONS", help="comma list: dags,overhead,cache,batch,check")
+    ap.add_argument("--only", metavar="SECTIONS", help="comma list: dags,overhead,cache,batch,serve,check")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else {"dags", "overhead", "cache", "batch", "check"}
+    only = set(args.only.split(",")) if args.only else {"dags", "overhead", "cache", "batch", "serve", "check"}
     os.environ.setdefault("MOA_CACHE_DIR", tempfile.mkdtemp(prefix="moa-bench-"))
     # `check` runs last: parsing 30,000 nodes leaves glibc's heap fragmented, and a batch run after it
     # in the same process measured 0.93 of ideal instead of 0.96 (malloc_trim(0) restored it). In
@@ -531,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
          + bench_over_aiohttp(1001, 64, plan.aiohttp_runs)),
         ("cache", lambda: bench_cache(plan.unit, plan.cache_hits)),
         ("batch", lambda: bench_batch(plan.batch_unit, plan.batch_limit, 64, args.profile)),
+        ("serve", lambda: bench_serve.bench_serve(quick=args.quick)),
         ("check", lambda: bench_check_sizes(list(plan.check_sizes))),
     ]
     rows: list[Row] = []
