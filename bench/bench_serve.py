@@ -7,7 +7,7 @@ The topology is two proposers and an aggregator, every call 50 ms at the fake se
 process, loopback). In-process: `C` clients, each running requests one after another through one
 `Session` (`await session.run(query)`). Served: the same `C` clients as httpx coroutines posting to
 a `moa serve` subprocess (`/v1/chat/completions`, not streamed) on the same fake server, with httpx
-on the providers' `AsyncioTransport` (the in-process runs use it too). Both with
+on the providers' `AiohttpTransport` (the in-process runs use it too). Both with
 the cache off and a bound on calls in flight high enough (512) that the bound is not what is
 measured. Per point: mean request latency (served / in-process: the added latency, goal < 1.10 at
 16 clients) and requests per second (served / in-process). All in one run, on the same cores: the
@@ -91,11 +91,11 @@ async def in_process(url: str, points: tuple[tuple[int, int], ...], tag: str) ->
 
 
 async def served(base: str, pid: int, points: tuple[tuple[int, int], ...], tag: str) -> dict[int, tuple[float, ...]]:
-    from moa_dsl.providers.transport import AsyncioTransport
+    from moa_dsl.providers.transport import AiohttpTransport
 
     # The client is httpx on the providers' own transport: httpcore's pool costs milliseconds of CPU a
     # request at 128 connections (bench/README.md), which would be measured as the server's.
-    transport = AsyncioTransport(max_connections=1024, trust_env=False)
+    transport = AiohttpTransport(max_connections=1024, trust_env=False)
     out = {}
     async with httpx.AsyncClient(base_url=base, transport=transport, timeout=120, trust_env=False) as http:
         async def one(i: int, prefix: str = "") -> None:

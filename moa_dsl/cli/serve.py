@@ -15,6 +15,8 @@ from typing import Any
 from ..config import DEFAULT_CONCURRENCY
 from . import usage_error
 
+__all__ = ["main", "register"]
+
 HELP = "serve topologies over an OpenAI-compatible HTTP API"
 DEFAULT_MAX_QUEUE = 256
 

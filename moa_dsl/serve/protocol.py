@@ -16,8 +16,8 @@ from ..errors import ConfigError
 from ..runtime import RunResult, failure_reason
 from ..runtime.messages import normalize_query
 
-__all__ = ["ApiError", "ChatRequest", "chunk", "completion", "error_body", "moa_field", "parse_chat", "run_failure",
-           "sse"]
+__all__ = ["MAX_BODY", "ApiError", "ChatRequest", "chunk", "completion", "error_body", "moa_field", "new_id",
+           "parse_chat", "run_failure", "sse", "usage_field"]
 
 MAX_BODY = 4 * 1024 * 1024
 

@@ -161,7 +161,7 @@ class Shared:
         # identical call from two topologies (or two override sets) is sent once, and a provider's
         # max_concurrency holds across all of them. Both are plain attributes the scheduler reads per call.
         session.inflight = self.inflight
-        session._provider_slots = {name: self.providers.slots(p) for name, p in session.providers.items()
+        session.provider_slots = {name: self.providers.slots(p) for name, p in session.providers.items()
                                    if getattr(p, "max_concurrency", None)}
         return session
 
