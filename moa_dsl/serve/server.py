@@ -47,6 +47,9 @@ def serve(paths: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, ap
               "not serving", file=sys.stderr)
         return EXIT_INVALID
     sock = _listen(host, port)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"moa serve: warning: listening on {host} without --api-key-env: anyone who can reach this port "
+              "can run the topologies on your provider keys", file=sys.stderr)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     state = ServeState(paths, pipes=report.pipes, concurrency=concurrency, max_queue=max_queue,
