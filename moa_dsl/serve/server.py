@@ -20,6 +20,7 @@ from .topologies import load_topologies
 __all__ = ["GRACE_S", "serve"]
 
 GRACE_S = 30
+KEEP_ALIVE_S = 75     # nginx's default
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
@@ -57,8 +58,12 @@ def serve(paths: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, ap
                        listening=f"http://{shown}:{bound[1]}/v1")
     import uvicorn
 
+    # Keep-alive longer than clients keep idle connections (httpx 5 s, aiohttp 15 s): at uvicorn's 5 s
+    # default a client reusing a connection the server is just closing gets "Server disconnected" on a
+    # POST it must not retry (seen in bench_serve after 10 s of idle).
     config = uvicorn.Config(build_app(state), lifespan="on", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_S, server_header=False, date_header=True)
+                            timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=KEEP_ALIVE_S,
+                            server_header=False, date_header=True)
     server = uvicorn.Server(config)
     with _exit_quietly():
         server.run(sockets=[sock])
