@@ -111,6 +111,8 @@ async def measure(fake_url: str, base: str, pid: int, points: tuple[tuple[int, i
                     got = await _clients(clients, requests,
                                          lambda i, f=one, p=prefix: f(f"{p} question {i} {tag}"), cpu)
                     out.setdefault((side, clients), []).append(got)
+                    print(f"[serve: round {n + 1}, {clients} clients, {side}: mean {got[1] * 1e3:.1f} ms, "
+                          f"{requests / got[0]:.1f}/s]", file=sys.stderr, flush=True)
     return out
 
 
