@@ -265,6 +265,14 @@ def test_a_failed_output_is_502_naming_the_node_and_no_key(client, fake, server)
     assert PROVIDER_KEY not in server.stderr
 
 
+def test_a_stream_whose_run_fails_before_any_token_is_a_plain_502(client, fake):
+    fake.inject("model-fail", "400", message=f"no; key {PROVIDER_KEY}")
+    with pytest.raises(openai.APIStatusError) as err:
+        list(_ask(client, _q(), model="failing", stream=True))
+    assert err.value.status_code == 502 and "'out'" in str(err.value)
+    assert PROVIDER_KEY not in err.value.response.text
+
+
 def test_a_failure_after_the_stream_started_ends_it_with_one_error_event(server, fake):
     fake.inject("model-fail", "truncated_stream", tokens=3)
     r = httpx.post(server.url + "/chat/completions", headers={"authorization": f"Bearer {KEY}"},
