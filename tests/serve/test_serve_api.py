@@ -367,3 +367,29 @@ def test_every_request_is_one_log_line_without_a_key(server, client):
     line = server.log_lines()[-1]
     assert " 200 topology=lite calls=3 cache_hits=0 tokens=" in line and line.endswith("s")
     assert KEY not in server.stderr and PROVIDER_KEY not in server.stderr
+
+
+def test_a_request_sharing_a_call_with_one_that_disconnects_still_gets_its_whole_answer(server, fake):
+    """Two identical requests at once: the second waits on the first's calls (the scheduler's
+    in-flight table). The first client leaves; the second is answered in full. (Today the shared call
+    is cancelled with the first request and the second sends it again: see the README.)"""
+    q = _q("shared")
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers={"authorization": f"Bearer {KEY}"},
+                                     timeout=60) as http:
+            body = {"model": "slowprop", "messages": [{"role": "user", "content": q}]}
+            first = asyncio.ensure_future(http.post("/chat/completions", json=body))
+            while not _requests_for(fake, q):
+                await asyncio.sleep(0.02)
+            second = asyncio.ensure_future(http.post("/chat/completions", json=body))
+            await asyncio.sleep(0.2)
+            first.cancel()
+            return await second
+
+    second = asyncio.run(main())
+    assert second.status_code == 200
+    sent = _requests_for(fake, q)
+    after = next(r for r in sent if r.model == "model-after")
+    assert second.json()["choices"][0]["message"]["content"] == default_answer("model-after", after.body["messages"])
+    assert [r.model for r in sent].count("model-after") == 1
