@@ -71,7 +71,8 @@ async def run_item(session: Any, item: Item, *, ledger: LatencyLedger, on_event:
         _account(run, session, result, ledger)
         if result.status != "ok":
             run.status, run.output = "failed", None
-            run.error = f"{result.output_node}: {failure_reason(result)}"
+            why = failure_reason(result)   # a provider's error already starts with the node's name
+            run.error = why if why.startswith(f"{result.output_node}: ") else f"{result.output_node}: {why}"
             return run
         run.output = result.output
         conversation.append({"role": "assistant", "content": result.output})

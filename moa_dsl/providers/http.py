@@ -21,6 +21,7 @@ ESC sequences, OSC 52 clipboard writes, C1 controls) are replaced before they re
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 import email.utils
 import json
 import random
@@ -137,7 +138,7 @@ class HTTPProvider:
     def __init__(self, *, name: str, base_url: str, api_key: str | None = None,
                  headers: Mapping[str, str] | None = None, max_concurrency: int | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, endpoint: str | None = None,
-                 backoff: Backoff | None = None, semaphore: asyncio.Semaphore | None = None,
+                 backoff: Backoff | None = None, semaphore: AbstractAsyncContextManager[Any] | None = None,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
@@ -154,9 +155,9 @@ class HTTPProvider:
         extra = dict(headers or {})
         self._secrets = tuple(s for s in (api_key, *extra.values()) if s and len(s) >= 6)
         self._backoff = backoff or DEFAULT_BACKOFF
-        # Held per attempt, never across a retry wait. `semaphore`: one shared with other providers
-        # (the local provider's max_concurrency spans its per-model clients).
-        self._semaphore = semaphore if semaphore is not None else (
+        # Held per attempt, never across a retry wait. `semaphore`: any async context manager shared
+        # with other providers (the local provider's: its max_concurrency and the server's slots).
+        self._semaphore: AbstractAsyncContextManager[Any] | None = semaphore if semaphore is not None else (
             asyncio.Semaphore(max_concurrency) if max_concurrency else None)
         self._target = httpx.URL(self.url)
         self._headers = httpx.Headers({**_DEFAULT_HEADERS, **self.auth_headers(api_key), **extra})

@@ -210,3 +210,31 @@ def test_server_processes_let_openmp_threads_sleep_unless_the_user_chose(monkeyp
     assert local._server_env()["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert local._server_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_calls_beyond_the_servers_slots_wait_before_their_request_starts(monkeypatch, tmp_path):
+    """A sweep sends many calls to one small model: past llama.cpp's N_PARALLEL slots they must queue
+    on our side, where the request's timeout (start to last byte) has not started yet."""
+    from moa_dsl.testing import FakeLLMServer
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 16)
+    with FakeLLMServer(default_latency=0.05) as server:
+        monkeypatch.setattr(local, "_start", lambda path: _FakeServer(server.url.removesuffix("/v1")))
+        local.shutdown()
+
+        async def go():
+            providers = [local.LocalProvider(name="local") for _ in range(2)]   # two runs, one server
+            try:
+                return await asyncio.gather(*(p.complete(_req(str(gguf), f"q{i}"))
+                                              for i in range(3 * local.N_PARALLEL) for p in providers))
+            finally:
+                for p in providers:
+                    await p.aclose()
+
+        try:
+            done = asyncio.run(go())
+        finally:
+            local.shutdown()
+    assert len(done) == 6 * local.N_PARALLEL
+    assert server.max_in_flight == local.N_PARALLEL

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +235,48 @@ atexit.register(shutdown)
 
 # -- the provider ----------------------------------------------------------------------------------
 
+_SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary())
+
+
+def server_slots(path: Path) -> asyncio.Semaphore:
+    """At most N_PARALLEL requests in flight to one model's server, across every run of this loop.
+
+    Past its slots llama.cpp queues a request inside the server, where the request's `timeout` (start
+    to last byte) is already running: a sweep or a batch with 16 calls to one small model on 2 cores
+    would time out while waiting its turn. Here the wait is before the request starts.
+    """
+    per_loop = _SLOTS.setdefault(asyncio.get_running_loop(), {})
+    slots = per_loop.get(path)
+    if slots is None:
+        slots = per_loop[path] = asyncio.Semaphore(N_PARALLEL)
+    return slots
+
+
+class _Bounds:
+    """The provider's own `max_concurrency` (if any), then the server's slots, held together."""
+
+    __slots__ = ("_provider", "_server")
+
+    def __init__(self, provider: asyncio.Semaphore | None, server: asyncio.Semaphore):
+        self._provider, self._server = provider, server
+
+    async def __aenter__(self) -> None:
+        if self._provider is not None:
+            await self._provider.acquire()
+        try:
+            await self._server.acquire()
+        except BaseException:
+            if self._provider is not None:
+                self._provider.release()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.release()
+        if self._provider is not None:
+            self._provider.release()
+
+
 class LocalProvider:
     """`local` models. One OpenAIProvider per model server, owned by this (per-run) provider."""
 
@@ -283,11 +326,13 @@ class LocalProvider:
         async with self._locks.setdefault(model, asyncio.Lock()):
             client = self._clients.get(model)
             if client is None:
-                url = await asyncio.to_thread(lambda: serve(resolve(model)))
+                path = resolve(model)
+                url = await asyncio.to_thread(lambda: serve(path))
                 from ..openai import OpenAIProvider
 
                 client = self._clients[model] = OpenAIProvider(
-                    name=self.name, base_url=url, endpoint=endpoint_for(model), semaphore=self._semaphore)
+                    name=self.name, base_url=url, endpoint=endpoint_for(model),
+                    semaphore=_Bounds(self._semaphore, server_slots(path)))
             return client
 
     async def aclose(self) -> None:
