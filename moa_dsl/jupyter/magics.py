@@ -172,9 +172,12 @@ class MoaMagics(Magics):
             return
         if args.concurrency is not None:
             options["concurrency"] = args.concurrency
-        result = run_with_panel(pipe, args.query, **options)
+        panel = RunPanel.for_pipeline(pipe, widgets=_NO_FRONTEND_PANEL)
+        panel.show()
+        result = run_with_panel(pipe, args.query, panel=panel, **options)
         self.shell.user_ns[args.out] = result
-        show_answer(result)
+        if not panel.shows_answer:   # the widget panel has rendered it in place already
+            show_answer(result)
         if result.status != "ok":
             raise RunFailed(_failure_message(result, args.out), result)
 
@@ -271,7 +274,7 @@ def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = Non
             panel.close()
         raise
     _drain(events, panel)
-    panel.close()
+    panel.close(answer=result.output)
     return result
 
 
