@@ -33,13 +33,14 @@ _STATE_COLOURS = {
     "waiting": _MUTED, "running": "var(--jp-brand-color1, #1976d2)", "cached": "#ab47bc",
     "done": "var(--jp-success-color1, #388e3c)", "failed": "var(--jp-error-color1, #d32f2f)",
     "skipped": "var(--jp-warn-color1, #f57c00)", "cancelled": _MUTED, "agreed": "#26a69a",
+    "interrupted": "var(--jp-warn-color1, #f57c00)",
 }
 _STATUS_COLOURS = {   # the run's status in the panel's header
     "waiting": _MUTED, "running": _STATE_COLOURS["running"], "ok": _STATE_COLOURS["done"],
     "failed": _STATE_COLOURS["failed"], "error": _STATE_COLOURS["failed"], "interrupted": _STATE_COLOURS["skipped"],
 }
 _TEXT_MARKS = {"running": ">", "cached": "=", "done": "+", "failed": "x", "skipped": "-",
-               "cancelled": "~", "agreed": "="}
+               "cancelled": "~", "agreed": "=", "interrupted": "!"}
 
 
 @dataclass
@@ -179,12 +180,16 @@ class PanelState:
         self.elapsed_s = float(ev.data.get("elapsed_s", ev.t))
         self.usage = dict(ev.data.get("usage") or {})
 
-    def interrupt(self) -> None:
-        """The user stopped the run: whatever was still running or waiting will not finish."""
+    def interrupt(self, now: float | None = None) -> None:
+        """The user stopped the run: a call in flight was cut short (its time so far is kept), a node
+        still waiting never started."""
         self.status = "interrupted"
         for r in self.rows.values():
-            if r.state in ("running", "waiting"):
-                r.state, r.detail = "skipped", "interrupted"
+            if r.state == "running":
+                r.state, r.detail = "interrupted", "the call was cancelled by the interrupt"
+                r.finished = now if now is not None else self.last_t
+            elif r.state == "waiting":
+                r.state, r.detail = "skipped", "not started: the run was interrupted"
 
     def totals_line(self) -> str:
         """The run's totals in the words RunResult.summary() uses (runtime.report.totals_line)."""
@@ -192,9 +197,11 @@ class PanelState:
 
         u = self.usage
         cached = [r for r in self.rows.values() if r.state == "cached"]
+        called = [r for r in self.rows.values() if r.state in ("done", "failed")]
         usage = {"calls": u.get("calls", sum(r.state in ("done", "failed") for r in self.rows.values())),
                  "cache_hits": u.get("cache_hits", len(cached)),
-                 "prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
+                 "prompt_tokens": u.get("prompt_tokens", sum(r.prompt_tokens for r in called)),
+                 "completion_tokens": u.get("completion_tokens", sum(r.completion_tokens for r in called)),
                  "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
                  "saved_completion_tokens": sum(r.completion_tokens for r in cached)}
         return totals_line(self.status, usage, self.elapsed_s if self.elapsed_s is not None else self.last_t)
@@ -288,7 +295,7 @@ _CELL = "padding:2px 6px;white-space:nowrap;overflow:hidden;text-overflow:ellips
 _NUM = _CELL.replace("text-align:left", "text-align:right") + ";font-variant-numeric:tabular-nums"
 _COLUMNS = (  # (heading, width, cell style)
     ("node", "24%", _CELL), ("model", None, _CELL), ("status", "6.5em", _CELL),
-    ("time", "4.8em", _NUM), ("tokens in / out", "8.2em", _NUM), ("cost", "5.4em", _NUM),
+    ("time", "4.8em", _NUM), ("tokens", "7.6em", _NUM), ("cost", "5.4em", _NUM),
 )
 _BORDER = "var(--jp-border-color2, #e0e0e0)"
 
@@ -314,13 +321,13 @@ def _row_html(r: NodeRow, now: float | None, priced: bool) -> str:
     ]
     if priced:
         cells.append(_td(_fmt_cost(r.cost_usd), _NUM, title=False))
-    muted = "opacity:0.6;" if r.state in ("waiting", "cancelled") else ""
+    muted = "opacity:0.65;" if r.state in ("waiting", "cancelled", "skipped") else ""
     out = f"<tr data-moa-node='{html.escape(r.name, quote=True)}' style='{muted}border-top:1px solid {_BORDER}'>"
     out += "".join(cells) + "</tr>"
     if r.detail:   # an error or a reason reads as a sentence under its row, wrapped, not cut off
         colour = _STATE_COLOURS["failed"] if r.state == "failed" else _MUTED
         out += (f"<tr data-moa-detail='{html.escape(r.name, quote=True)}'><td colspan='{len(cells)}' "
-                f"style='padding:0 6px 3px 2em;white-space:pre-wrap;overflow-wrap:anywhere;color:{colour};"
+                f"style='text-align:left;padding:0 6px 3px 2em;white-space:pre-wrap;overflow-wrap:anywhere;color:{colour};"
                 f"font-size:0.92em' title='{html.escape(r.detail, quote=True)}'>"
                 f"\u21b3 {html.escape(_cut(r.detail, 400))}</td></tr>")
     return out
@@ -349,7 +356,9 @@ def panel_html(state: PanelState, now: float | None = None) -> str:
     priced = any(r.price is not None for r in state.rows.values())
     columns = [c for c in _COLUMNS if priced or c[0] != "cost"]
     cols = "".join(f"<col style='width:{w}'>" if w else "<col>" for _, w, _ in columns)
-    heads = "".join(f"<th style='{st};font-weight:600;color:{_MUTED}'>{h}</th>" for h, _, st in columns)
+    tips = {"tokens": " title='prompt / completion tokens'", "time": " title='seconds from start to answer'"}
+    heads = "".join(f"<th style='{st};font-weight:600;color:{_MUTED}'{tips.get(h, '')}>{h}</th>"
+                    for h, _, st in columns)
     rows = "".join(_row_html(r, now, priced) for r in state.rows.values())
     header = (f"<div style='margin-bottom:4px'><b>moa run</b> \u00b7 {len(state.rows)} nodes \u00b7 output "
               f"<code>{html.escape(str(state.output))}</code> \u00b7 {_status_html(state.status, _STATUS_COLOURS)}"
@@ -513,7 +522,7 @@ class RunPanel:
 
     def interrupt(self) -> None:
         with self._lock:
-            self.state.interrupt()
+            self.state.interrupt(self.now())
             self.state.elapsed_s = self.now()
 
     def close(self, answer: str | None = None) -> None:

@@ -101,7 +101,7 @@ def test_interrupt_marks_unfinished_rows():
     state.apply(Event("node_started", 0.0, "a", {"model": "m1", "provider": "fake"}))
     state.apply(Event("node_finished", 0.2, "b", {"status": "ok", "usage": {}, "latency_s": 0.2}))
     state.interrupt()
-    assert {n: r.state for n, r in state.rows.items()} == {"a": "skipped", "b": "done", "final": "skipped"}
+    assert {n: r.state for n, r in state.rows.items()} == {"a": "interrupted", "b": "done", "final": "skipped"}
     assert state.status == "interrupted"
 
 
@@ -150,7 +150,7 @@ def test_widget_view_rows_show_each_state():
     assert "0.99s" in row_html(value, "a") and "10 / 5" in row_html(value, "a")
     assert "ok: 2 calls, 1 cache hits" in value
     assert [h for h in re.findall(r"<th[^>]*>([^<]*)</th>", value)] == [
-        "node", "model", "status", "time", "tokens in / out"]   # no cost column: nothing is priced
+        "node", "model", "status", "time", "tokens"]   # no cost column: nothing is priced
 
 
 def test_the_record_left_behind_holds_every_row_and_the_totals():
@@ -203,7 +203,8 @@ def test_failed_skipped_and_interrupted_rows_say_why_under_the_row():
     panel.close()
     html = panel.view.html.value
     assert ">failed<" in row_html(html, "a") and "HTTP 400: bad request" in row_html(html, "a")
-    assert ">skipped<" in row_html(html, "b") and "interrupted" in row_html(html, "b")
+    assert ">interrupted<" in row_html(html, "b") and "cancelled by the interrupt" in row_html(html, "b")
+    assert ">skipped<" in row_html(html, "final") and "not started" in row_html(html, "final")
     assert ">interrupted<" in html.split("<table")[0]       # the header says how the run ended
 
 
