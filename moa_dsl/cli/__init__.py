@@ -67,6 +67,10 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..providers.local import registry
+    from .progress import byte_bars
+
+    registry.use_byte_progress(byte_bars)   # a run's first use of a local model pulls it with a bar
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

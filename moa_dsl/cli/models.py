@@ -6,6 +6,7 @@ import argparse
 from .. import config
 from ..providers.local import registry as models
 from . import EXIT_OK
+from .progress import byte_bars
 
 __all__ = ["register", "run_list", "run_pull"]
 
@@ -39,6 +40,6 @@ def run_pull(args: argparse.Namespace) -> int:
     names = list(models.BUILTINS) if args.names == ["all"] else args.names
     for name in names:          # every name checked before anything is downloaded
         models.lookup(name)     # ConfigError -> "moa: error: ..." and exit 2 in cli.main
-    models.pull(names, progress=models.stderr_progress())
+    models.pull(names, progress=models.stderr_progress(), on_bytes=byte_bars())
     return EXIT_OK
 

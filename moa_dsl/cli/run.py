@@ -351,28 +351,39 @@ def _error(result: Any) -> str | None:
 
 
 class Progress:
-    """A bar on a terminal; elsewhere, a line every 10%."""
+    """A tqdm bar on a terminal (items, rate, ETA, failures), like `moa eval`'s; elsewhere a line every 10%."""
 
     def __init__(self, total: int, stream: TextIO, *, quiet: bool):
         self.total, self.done, self.failed, self.stream, self.quiet = total, 0, 0, stream, quiet
         self.tty = stream.isatty()
         self._next_line = 0
+        self._bar: Any = None
+        if self.tty and not quiet:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, file=stream, unit="item", desc="moa run", dynamic_ncols=True, leave=True)
 
     def step(self, ok: bool) -> None:
         self.done += 1
         self.failed += not ok
         if self.quiet:
             return
-        if self.tty:
-            filled = 30 * self.done // self.total
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}"
-                              + (f" ({self.failed} failed)" if self.failed else ""))
+        if self._bar is not None:
+            if self.failed:
+                self._bar.set_postfix(failed=self.failed, refresh=False)
+            self._bar.update(1)
             if self.done == self.total:
-                self.stream.write("\n")
-        elif self.done * 10 >= self._next_line * self.total or self.done == self.total:
-            self.stream.write(f"{self.done}/{self.total} done" + (f", {self.failed} failed" if self.failed else "") + "\n")
+                self._bar.close()
+            return
+        if self.done * 10 >= self._next_line * self.total or self.done == self.total:
+            failed = f", {self.failed} failed" if self.failed else ""
+            self.stream.write(f"{self.done}/{self.total} done{failed}\n")
             self._next_line = self.done * 10 // self.total + 1
         self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
@@ -441,5 +452,6 @@ async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Nam
             # A bug or Ctrl-C in one item stops the others' calls instead of leaving them running.
             return await gather_or_cancel((one(i, rec, item) for i, (rec, item) in enumerate(records)), step=8)
     finally:
+        progress.close()
         if writer is not None:
             writer.close()

@@ -65,6 +65,33 @@ class RunInterrupted(MoaError):
 
 def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(MoaMagics)
+    _use_notebook_byte_bars()
+
+
+def _use_notebook_byte_bars() -> None:
+    """A local model pulled on a run's first use shows one tqdm.auto bar (an ipywidgets bar in a
+    notebook) with bytes, rate and ETA, instead of a line per part on stderr."""
+    from ..providers.local import registry
+
+    registry.use_byte_progress(_NotebookByteBars)
+
+
+class _NotebookByteBars:
+    """`on_bytes(model, done, total)` for registry.pull: one tqdm.auto bar per model."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, model: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(model)
+        if bar is None:
+            bar = self.bars[model] = tqdm(total=total, desc=f"pulling {model}", unit="B", unit_scale=True,
+                                          unit_divisor=1024)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
 
 
 # -- the arguments -------------------------------------------------------------------------------
@@ -172,9 +199,12 @@ class MoaMagics(Magics):
             return
         if args.concurrency is not None:
             options["concurrency"] = args.concurrency
-        result = run_with_panel(pipe, args.query, **options)
+        panel = RunPanel.for_pipeline(pipe, widgets=_NO_FRONTEND_PANEL)
+        panel.show()
+        result = run_with_panel(pipe, args.query, panel=panel, **options)
         self.shell.user_ns[args.out] = result
-        show_answer(result)
+        if not panel.shows_answer:   # the widget panel has rendered it in place already
+            show_answer(result)
         if result.status != "ok":
             raise RunFailed(_failure_message(result, args.out), result)
 
@@ -271,7 +301,7 @@ def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = Non
             panel.close()
         raise
     _drain(events, panel)
-    panel.close()
+    panel.close(answer=result.output)
     return result
 
 

@@ -22,14 +22,25 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
 if TYPE_CHECKING:  # pragma: no cover - the panel only reads an event's fields
     from ..runtime.events import Event
 
-__all__ = ["has_frontend", "NodeRow", "PanelState", "RunPanel", "STATES", "TextView", "WidgetView"]
+__all__ = ["has_frontend", "NodeRow", "panel_html", "panel_text", "PanelState", "RunPanel", "STATES", "TextView",
+           "WidgetView"]
 
 STATES = ("waiting", "running", "cached", "done", "failed", "skipped")
+# JupyterLab's theme variables, so a state reads in the light and the dark theme alike; the fallbacks
+# are for frontends without them (classic Notebook < 7, VS Code, a saved file seen elsewhere).
+_MUTED = "var(--jp-ui-font-color2, #757575)"
 _STATE_COLOURS = {
-    "waiting": "#9e9e9e", "running": "#1e88e5", "cached": "#8e24aa",
-    "done": "#43a047", "failed": "#e53935", "skipped": "#fb8c00",
+    "waiting": _MUTED, "running": "var(--jp-brand-color1, #1976d2)", "cached": "#ab47bc",
+    "done": "var(--jp-success-color1, #388e3c)", "failed": "var(--jp-error-color1, #d32f2f)",
+    "skipped": "var(--jp-warn-color1, #f57c00)", "cancelled": _MUTED, "agreed": "#26a69a",
+    "interrupted": "var(--jp-warn-color1, #f57c00)",
 }
-_TEXT_MARKS = {"running": ">", "cached": "=", "done": "+", "failed": "x", "skipped": "-"}
+_STATUS_COLOURS = {   # the run's status in the panel's header
+    "waiting": _MUTED, "running": _STATE_COLOURS["running"], "ok": _STATE_COLOURS["done"],
+    "failed": _STATE_COLOURS["failed"], "error": _STATE_COLOURS["failed"], "interrupted": _STATE_COLOURS["skipped"],
+}
+_TEXT_MARKS = {"running": ">", "cached": "=", "done": "+", "failed": "x", "skipped": "-",
+               "cancelled": "~", "agreed": "=", "interrupted": "!"}
 
 
 @dataclass
@@ -44,6 +55,16 @@ class NodeRow:
     completion_tokens: int = 0
     attempt: int = 0
     detail: str = ""                 # error, skip reason or retry note
+    price: tuple[float, float] | None = None   # USD per million prompt / completion tokens, if priced
+
+    @property
+    def cost_usd(self) -> float | None:
+        """What this row's call cost; a row served by the cache (or not called) cost nothing."""
+        if self.price is None:
+            return None
+        if self.state not in ("done", "failed"):
+            return 0.0
+        return (self.prompt_tokens * self.price[0] + self.completion_tokens * self.price[1]) / 1e6
 
     def elapsed(self, now: float | None) -> float | None:
         if self.started is None:
@@ -63,6 +84,7 @@ class PanelState:
     elapsed_s: float | None = None
     usage: dict[str, int] = field(default_factory=dict)
     last_t: float = 0.0
+    answer: str | None = None        # the run's final answer (also when the output came from the cache)
 
     @classmethod
     def from_graph(cls, graph: Any) -> "PanelState":
@@ -70,13 +92,27 @@ class PanelState:
         import networkx as nx
 
         dead = graph.graph.get("dead", frozenset())
-        rows = {n: NodeRow(n, str(graph.nodes[n].get("model", "")), str(graph.nodes[n].get("provider", "")))
+        rows = {n: NodeRow(n, str(graph.nodes[n].get("model", "")), str(graph.nodes[n].get("provider", "")),
+                           price=_price(graph.nodes[n]))
                 for n in nx.topological_sort(graph) if n not in dead}
         return cls(rows=rows, output=graph.graph.get("output"))
 
     @property
     def text(self) -> str:
         return "".join(self.stream)
+
+    @property
+    def shown_answer(self) -> str:
+        """The answer as the panel shows it: the final one once known, the stream until then."""
+        return self.answer if self.answer is not None else self.text
+
+    @property
+    def cost_usd(self) -> float | None:
+        """The run's cost when every called node is priced, else None (a partial sum would mislead)."""
+        costs = [r.cost_usd for r in self.rows.values() if r.state in ("done", "failed")]
+        if not costs or any(c is None for c in costs):
+            return None
+        return sum(c for c in costs if c is not None)
 
     def row(self, name: str | None) -> NodeRow:
         assert name is not None, "a node event without a node"
@@ -144,12 +180,16 @@ class PanelState:
         self.elapsed_s = float(ev.data.get("elapsed_s", ev.t))
         self.usage = dict(ev.data.get("usage") or {})
 
-    def interrupt(self) -> None:
-        """The user stopped the run: whatever was still running or waiting will not finish."""
+    def interrupt(self, now: float | None = None) -> None:
+        """The user stopped the run: a call in flight was cut short (its time so far is kept), a node
+        still waiting never started."""
         self.status = "interrupted"
         for r in self.rows.values():
-            if r.state in ("running", "waiting"):
-                r.state, r.detail = "skipped", "interrupted"
+            if r.state == "running":
+                r.state, r.detail = "interrupted", "the call was cancelled by the interrupt"
+                r.finished = now if now is not None else self.last_t
+            elif r.state == "waiting":
+                r.state, r.detail = "skipped", "not started: the run was interrupted"
 
     def totals_line(self) -> str:
         """The run's totals in the words RunResult.summary() uses (runtime.report.totals_line)."""
@@ -157,12 +197,28 @@ class PanelState:
 
         u = self.usage
         cached = [r for r in self.rows.values() if r.state == "cached"]
+        called = [r for r in self.rows.values() if r.state in ("done", "failed")]
         usage = {"calls": u.get("calls", sum(r.state in ("done", "failed") for r in self.rows.values())),
                  "cache_hits": u.get("cache_hits", len(cached)),
-                 "prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
+                 "prompt_tokens": u.get("prompt_tokens", sum(r.prompt_tokens for r in called)),
+                 "completion_tokens": u.get("completion_tokens", sum(r.completion_tokens for r in called)),
                  "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
                  "saved_completion_tokens": sum(r.completion_tokens for r in cached)}
         return totals_line(self.status, usage, self.elapsed_s if self.elapsed_s is not None else self.last_t)
+
+
+def _price(attrs: dict) -> tuple[float, float] | None:
+    price = (attrs.get("params") or {}).get("price")
+    try:
+        return (float(price[0]), float(price[1])) if price is not None else None
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _fmt_cost(usd: float | None) -> str:
+    if usd is None:
+        return ""
+    return "$0" if usd == 0 else f"${usd:.4f}" if usd < 1 else f"${usd:.2f}"
 
 
 def _fmt_elapsed(s: float | None) -> str:
@@ -229,73 +285,169 @@ class TextView:
         self._end_line()
 
 
+# -- the panel as HTML and as text: pure functions of the state, shared by the live view and the record --
+
+# One table with fixed layout: the fixed-width columns keep their width, node and model share what is
+# left and cut long names with an ellipsis (the full text is in the cell's title). Under its min-width
+# the wrapper scrolls instead of cutting columns off. Inline styles only: a frontend that strips
+# <style> blocks (an untrusted notebook) still shows a plain table.
+_CELL = "padding:2px 6px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;text-align:left"
+_NUM = _CELL.replace("text-align:left", "text-align:right") + ";font-variant-numeric:tabular-nums"
+_COLUMNS = (  # (heading, width, cell style)
+    ("node", "24%", _CELL), ("model", None, _CELL), ("status", "6.5em", _CELL),
+    ("time", "4.8em", _NUM), ("tokens", "7.6em", _NUM), ("cost", "5.4em", _NUM),
+)
+_BORDER = "var(--jp-border-color2, #e0e0e0)"
+
+
+def _td(text: str, style: str, *, inner: str | None = None, title: bool = True) -> str:
+    tip = f" title='{html.escape(text, quote=True)}'" if title and text else ""
+    return f"<td style='{style}'{tip}>{inner if inner is not None else html.escape(text)}</td>"
+
+
+def _status_html(status: str, colours: dict[str, str]) -> str:
+    return (f"<span style='color:{colours.get(status, 'inherit')};font-weight:bold'>"
+            f"{html.escape(status)}</span>")
+
+
+def _row_html(r: NodeRow, now: float | None, priced: bool) -> str:
+    model = f"{r.provider}:{r.model}" if r.provider else r.model
+    cells = [
+        _td(r.name, _CELL, inner=f"<code>{html.escape(r.name)}</code>"),
+        _td(model, _CELL),
+        _td(r.state, _CELL, inner=_status_html(r.state, _STATE_COLOURS), title=False),
+        _td(_fmt_elapsed(r.elapsed(now)), _NUM, title=False),
+        _td(f"{r.prompt_tokens} / {r.completion_tokens}" if _fmt_tokens(r) else "", _NUM, title=False),
+    ]
+    if priced:
+        cells.append(_td(_fmt_cost(r.cost_usd), _NUM, title=False))
+    muted = "opacity:0.65;" if r.state in ("waiting", "cancelled", "skipped") else ""
+    out = f"<tr data-moa-node='{html.escape(r.name, quote=True)}' style='{muted}border-top:1px solid {_BORDER}'>"
+    out += "".join(cells) + "</tr>"
+    if r.detail:   # an error or a reason reads as a sentence under its row, wrapped, not cut off
+        colour = _STATE_COLOURS["failed"] if r.state == "failed" else _MUTED
+        out += (f"<tr data-moa-detail='{html.escape(r.name, quote=True)}'><td colspan='{len(cells)}' "
+                f"style='text-align:left;padding:0 6px 3px 2em;white-space:pre-wrap;overflow-wrap:anywhere;color:{colour};"
+                f"font-size:0.92em' title='{html.escape(r.detail, quote=True)}'>"
+                f"\u21b3 {html.escape(_cut(r.detail, 400))}</td></tr>")
+    return out
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _footer(state: PanelState, now: float | None) -> str:
+    if state.status in ("waiting", "running"):
+        rows = state.rows.values()
+        finished = sum(r.state not in ("waiting", "running") for r in rows)
+        clock = _fmt_elapsed(now if now is not None else state.last_t)
+        return f"{finished} of {len(state.rows)} nodes finished" + (f" \u00b7 {clock}" if clock else "")
+    line = state.totals_line()
+    cost = state.cost_usd
+    return line + (f", {_fmt_cost(cost)}" if cost is not None else "")
+
+
+def panel_html(state: PanelState, now: float | None = None) -> str:
+    """The whole panel (header, column headings, one row per node, totals) as one HTML string.
+
+    The live widget shows it while the run goes; when the run ends the same string (with the
+    totals) replaces the widget in the notebook, so the saved file keeps what the user saw."""
+    priced = any(r.price is not None for r in state.rows.values())
+    columns = [c for c in _COLUMNS if priced or c[0] != "cost"]
+    cols = "".join(f"<col style='width:{w}'>" if w else "<col>" for _, w, _ in columns)
+    tips = {"tokens": " title='prompt / completion tokens'", "time": " title='seconds from start to answer'"}
+    heads = "".join(f"<th style='{st};font-weight:600;color:{_MUTED}'{tips.get(h, '')}>{h}</th>"
+                    for h, _, st in columns)
+    rows = "".join(_row_html(r, now, priced) for r in state.rows.values())
+    header = (f"<div style='margin-bottom:4px'><b>moa run</b> \u00b7 {len(state.rows)} nodes \u00b7 output "
+              f"<code>{html.escape(str(state.output))}</code> \u00b7 {_status_html(state.status, _STATUS_COLOURS)}"
+              "</div>")
+    footer = (f"<div data-moa-totals='' style='margin-top:4px;font-weight:600'>"
+              f"{html.escape(_footer(state, now))}</div>")
+    return ("<div class='moa-panel' style='box-sizing:border-box;max-width:100%;min-width:0;overflow-x:auto;"
+            "font-family:var(--jp-ui-font-family, system-ui, sans-serif);font-size:var(--jp-ui-font-size1, 13px);"
+            "line-height:1.45;color:var(--jp-ui-font-color1, inherit);padding:4px 0'>"
+            f"{header}<table style='table-layout:fixed;width:100%;min-width:30em;border-collapse:collapse;"
+            f"margin:0'><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>"
+            f"{footer}</div>")
+
+
+def panel_text(state: PanelState, now: float | None = None) -> str:
+    """The panel as plain text: the fallback of the saved record (and what a terminal would show)."""
+    width = max([len(r.name) for r in state.rows.values()] + [4])
+    lines = [f"moa run: {len(state.rows)} nodes, output {state.output}, {state.status}"]
+    for r in state.rows.values():
+        model = f"{r.provider}:{r.model}" if r.provider else r.model
+        bits = [f"{_TEXT_MARKS.get(r.state, ' ')} {r.name:<{width}}", f"{r.state:<9}", model,
+                _fmt_elapsed(r.elapsed(now)), _fmt_tokens(r), _fmt_cost(r.cost_usd) if r.price else "",
+                r.detail.replace("\n", " ")[:200]]
+        lines.append("  ".join(b for b in bits if b).rstrip())
+    lines.append(_footer(state, now))
+    return "\n".join(lines)
+
+
+# The answer is refreshed (as rendered Markdown, in its final place) at most this often while it
+# streams: rendering Markdown on every token would make the frontend work harder than the run.
+ANSWER_REFRESH_S = 0.3
+
+
 class WidgetView:
-    """ipywidgets: a header, one HTML row per node, the output's stream, the totals."""
+    """ipywidgets while the run goes; a static HTML + text record in the same place when it ends.
+
+    Two outputs, in this order: the panel (a widget in a display handle) and the answer (a display
+    handle updated with the Markdown streamed so far, so it renders where it will stay). `close`
+    replaces the widget with `panel_html`/`panel_text` and closes the widget's model: a saved and
+    reopened notebook shows the record, never "model not found"."""
 
     def __init__(self, state: PanelState):
         import ipywidgets as w
 
         self.state = state
-        self.header = w.HTML(self._header_html())
-        self.rows = {name: w.HTML(self._row_html(r, None)) for name, r in state.rows.items()}
-        self.rows_box = w.VBox(list(self.rows.values()))
-        self.stream = w.HTML("")
-        self.totals = w.HTML("")
-        self.box = _panel_box_class()([self.header, self.rows_box, self.stream, self.totals])
+        self.html = w.HTML(panel_html(state), layout=w.Layout(width="100%", min_width="0"))
+        self.box = _panel_box_class()([self.html], layout=w.Layout(width="100%", min_width="0"))
         self.box.summary = f"moa run panel: {len(state.rows)} nodes, output {state.output}"
+        self.answer = ""          # the answer as last sent to the frontend
+        self._panel_handle: Any = None
+        self._answer_handle: Any = None
+        self._answer_sent_at = 0.0
 
     def show(self) -> None:
         from IPython.display import display
 
-        display(self.box)
+        self._panel_handle = display(self.box, display_id=True)
+        self._answer_handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def render(self, changed: Iterable[str], now: float | None) -> None:
-        import ipywidgets as w
+        value = panel_html(self.state, now)
+        if self.html.value != value:     # each assignment is a message to the frontend
+            self.html.value = value
+        if time.monotonic() - self._answer_sent_at >= ANSWER_REFRESH_S:
+            self._send_answer()
 
-        self.header.value = self._header_html()
-        new = [n for n in self.state.rows if n not in self.rows]
-        for name in new:
-            self.rows[name] = w.HTML()
-        if new:
-            self.rows_box.children = [self.rows[n] for n in self.state.rows]
-        for name in set(changed) | set(new) | self._running():
-            value = self._row_html(self.state.rows[name], now)
-            if self.rows[name].value != value:   # each assignment is a message to the frontend
-                self.rows[name].value = value
-        text = self.state.text
-        if text:
-            self.stream.value = ("<pre style='white-space:pre-wrap;margin:4px 0;max-height:24em;"
-                                 f"overflow:auto'>{html.escape(text)}</pre>")
+    def _send_answer(self) -> None:
+        text = self.state.shown_answer
+        if text == self.answer:
+            return
+        self.answer, self._answer_sent_at = text, time.monotonic()
+        if self._answer_handle is not None:
+            self._answer_handle.update({"text/markdown": text, "text/plain": text}, raw=True)
 
-    def _running(self) -> set[str]:
-        return {n for n, r in self.state.rows.items() if r.state == "running"}
+    def record(self) -> dict[str, str]:
+        """The static bundle that stands in the panel's place once the run has ended."""
+        return {"text/html": panel_html(self.state), "text/plain": panel_text(self.state)}
 
     def close(self) -> None:
-        self.render(self.state.rows, None)
-        self.stream.value = ""  # the final answer is displayed as Markdown below the panel
-        self.totals.value = f"<b>{html.escape(self.state.totals_line())}</b>"
+        self.html.value = panel_html(self.state)
+        self._send_answer()
+        if self._panel_handle is not None:
+            self._panel_handle.update(self.record(), raw=True)
+            self.box.close()      # the output no longer refers to the model: nothing to lose on reopen
 
     def discard(self) -> None:
+        if self._panel_handle is not None:
+            self._panel_handle.update({"text/plain": ""}, raw=True)
         self.box.close()
-
-    def _header_html(self) -> str:
-        s = self.state
-        return (f"<b>moa run</b> &middot; {len(s.rows)} nodes &middot; output "
-                f"<code>{html.escape(str(s.output))}</code> &middot; {html.escape(s.status)}")
-
-    @staticmethod
-    def _row_html(r: NodeRow, now: float | None) -> str:
-        colour = _STATE_COLOURS.get(r.state, "#000")
-        cells = [
-            (f"<code>{html.escape(r.name)}</code>", "14em"),
-            (html.escape(f"{r.provider}:{r.model}" if r.provider else r.model), "16em"),
-            (f"<span style='color:{colour};font-weight:bold'>{r.state}</span>", "6em"),
-            (_fmt_elapsed(r.elapsed(now)), "5em"),
-            (html.escape(_fmt_tokens(r)), "11em"),
-            (f"<span style='color:#777'>{html.escape(r.detail[:200])}</span>", "auto"),
-        ]
-        return "<div style='display:flex;gap:8px;font-family:monospace'>" + "".join(
-            f"<div style='width:{w}'>{c}</div>" for c, w in cells) + "</div>"
 
 
 @functools.cache
@@ -370,12 +522,20 @@ class RunPanel:
 
     def interrupt(self) -> None:
         with self._lock:
-            self.state.interrupt()
+            self.state.interrupt(self.now())
             self.state.elapsed_s = self.now()
 
-    def close(self) -> None:
+    def close(self, answer: str | None = None) -> None:
+        """The run ended: `answer` is its output (which did not stream when it came from the cache)."""
         with self._lock:
+            if answer is not None:
+                self.state.answer = answer
             self.view.close()
+
+    @property
+    def shows_answer(self) -> bool:
+        """True when the panel has put the answer in the notebook itself (the widget view, shown)."""
+        return isinstance(self.view, WidgetView) and self.view._answer_handle is not None
 
     def discard(self) -> None:
         """The run never started (a missing key, a bad query): the error says it all, hide the panel."""

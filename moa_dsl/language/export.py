@@ -148,8 +148,10 @@ def to_svg(graph: nx.DiGraph) -> str:
         title, model = _label(n, graph.nodes[n])
         role = graph.nodes[n].get("role")
         fill = "#eef4ff" if role == "propose" else "#fff4e6"
-        stroke = "#222" if n == output else "#999" if n in dead else "#668"
+        stroke = "#1976d2" if n == output else "#999" if n in dead else "#668"
         extra = ' stroke-dasharray="4 3"' if n in dead else ""
+        if n == output:  # the theme's brand colour where there is one: #222 vanished on a dark theme
+            extra += ' style="stroke:var(--jp-brand-color1, #1976d2)"'
         out.append(f'<g><title>{escape(n)} ({escape(str(role))}: {escape(str(graph.nodes[n].get("model")))})</title>'
                    f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="7" fill="{fill}" '
                    f'stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}/>'

@@ -3,13 +3,22 @@ loopback FakeLLMServer), the ipywidgets view and the plain-text fallback."""
 from __future__ import annotations
 
 import io
+import re
 import threading
 
 import networkx as nx
 import pytest
 
 from moa_dsl.runtime.events import Event
-from moa_dsl.jupyter.panel import PanelState, RunPanel, TextView, WidgetView, has_frontend
+from moa_dsl.jupyter.panel import PanelState, RunPanel, TextView, WidgetView, has_frontend, panel_html, panel_text
+
+
+def row_html(html: str, name: str) -> str:
+    """One node's row of the panel's HTML (with the reason line under it, if any)."""
+    m = re.search(rf"<tr data-moa-node='{re.escape(name)}'.*?</tr>(?:<tr data-moa-detail='{re.escape(name)}'.*?</tr>)?",
+                  html)
+    assert m, f"no row for {name!r} in the panel"
+    return m.group(0)
 
 
 def _graph() -> nx.DiGraph:
@@ -92,7 +101,7 @@ def test_interrupt_marks_unfinished_rows():
     state.apply(Event("node_started", 0.0, "a", {"model": "m1", "provider": "fake"}))
     state.apply(Event("node_finished", 0.2, "b", {"status": "ok", "usage": {}, "latency_s": 0.2}))
     state.interrupt()
-    assert {n: r.state for n, r in state.rows.items()} == {"a": "skipped", "b": "done", "final": "skipped"}
+    assert {n: r.state for n, r in state.rows.items()} == {"a": "interrupted", "b": "done", "final": "skipped"}
     assert state.status == "interrupted"
 
 
@@ -128,32 +137,89 @@ def test_widget_view_rows_show_each_state():
     panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
     assert isinstance(panel.view, WidgetView)
     view = panel.view
-    assert list(view.rows) == list(panel.state.rows)
     events = _events()
     panel.handle_many(events[:3])
-    assert ">running<" in view.rows["a"].value and ">waiting<" in view.rows["final"].value
+    assert ">running<" in row_html(view.html.value, "a") and ">waiting<" in row_html(view.html.value, "final")
+    assert "0 of 3 nodes finished" in view.html.value
     panel.handle_many(events[3:10])
-    assert "Blue light." in view.stream.value
+    assert view.answer == "Blue light."           # the first batch of tokens is sent at once
     panel.handle_many(events[10:])
     panel.close()
-    assert ">done<" in view.rows["a"].value and ">cached<" in view.rows["b"].value
-    assert "0.99s" in view.rows["a"].value and "10 in / 5 out" in view.rows["a"].value
-    assert "ok: 2 calls, 1 cache hits" in view.totals.value
-    assert view.stream.value == ""   # the answer is shown as Markdown below the panel instead
+    value = view.html.value
+    assert ">done<" in row_html(value, "a") and ">cached<" in row_html(value, "b")
+    assert "0.99s" in row_html(value, "a") and "10 / 5" in row_html(value, "a")
+    assert "ok: 2 calls, 1 cache hits" in value
+    assert [h for h in re.findall(r"<th[^>]*>([^<]*)</th>", value)] == [
+        "node", "model", "status", "time", "tokens"]   # no cost column: nothing is priced
+
+
+def test_the_record_left_behind_holds_every_row_and_the_totals():
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    panel.handle_many(_events())
+    panel.close(answer="Blue light.")
+    record = panel.view.record()
+    assert set(record) == {"text/html", "text/plain"}
+    html, text = record["text/html"], record["text/plain"]
+    for name, state in [("a", "done"), ("b", "cached"), ("final", "done")]:
+        assert f">{state}<" in row_html(html, name)
+        assert any(line.split()[1:3] == [name, state] for line in text.splitlines()), text
+    assert "0.99s" in html and "0.99s" in text and "10 in / 5 out" in text
+    assert "ok: 2 calls, 1 cache hits" in html and "ok: 2 calls, 1 cache hits" in text
+    assert "widget" not in html                    # nothing in it needs a widget model
+
+
+def test_long_model_ids_are_cut_with_an_ellipsis_and_a_tooltip():
+    g = _graph()
+    g.nodes["a"]["model"] = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+    html = panel_html(PanelState.from_graph(g))
+    row = row_html(html, "a")
+    cell = re.search(r"<td style='([^']*)' title='fake:meta-llama/Llama-3.3-70B-Instruct-Turbo'>", row)
+    assert cell, row
+    assert "white-space:nowrap" in cell.group(1) and "text-overflow:ellipsis" in cell.group(1)
+    assert "table-layout:fixed" in html and "overflow-x:auto" in html
+
+
+def test_a_priced_model_gets_a_cost_column_and_a_total():
+    g = _graph()
+    for n in g:
+        g.nodes[n]["params"] = {"price": [1.0, 2.0]}
+    panel = RunPanel(PanelState.from_graph(g), widgets=True)
+    panel.handle_many(_events())
+    panel.close()
+    html = panel.view.html.value
+    assert "<th" in html and ">cost</th>" in html
+    assert "$0.0000" in row_html(html, "a") or "$0.00002" in row_html(html, "a")   # 10*1 + 5*2 per million
+    assert ">$0<" in row_html(html, "b")                                           # from the cache: free
+    assert panel.state.cost_usd == pytest.approx(2 * 20 / 1e6)
+    assert "$0.0000" in panel_text(panel.state)
+
+
+def test_failed_skipped_and_interrupted_rows_say_why_under_the_row():
+    panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    panel.handle(Event("run_started", 0.0, None, {"nodes": ["a", "b", "final"], "output": "final"}))
+    panel.handle(Event("node_failed", 0.1, "a", {"error": "HTTP 400: bad request"}))
+    panel.handle(Event("node_started", 0.1, "b", {"model": "m2", "provider": "fake"}))
+    panel.interrupt()
+    panel.close()
+    html = panel.view.html.value
+    assert ">failed<" in row_html(html, "a") and "HTTP 400: bad request" in row_html(html, "a")
+    assert ">interrupted<" in row_html(html, "b") and "cancelled by the interrupt" in row_html(html, "b")
+    assert ">skipped<" in row_html(html, "final") and "not started" in row_html(html, "final")
+    assert ">interrupted<" in html.split("<table")[0]       # the header says how the run ended
 
 
 def test_widget_view_escapes_html():
     panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
     panel.handle(Event("node_failed", 0.1, "a", {"error": "<script>x</script>"}))
-    assert "<script>" not in panel.view.rows["a"].value
-    assert "&lt;script&gt;" in panel.view.rows["a"].value
+    assert "<script>" not in panel.view.html.value
+    assert "&lt;script&gt;" in row_html(panel.view.html.value, "a")
 
 
 def test_an_unannounced_node_gets_a_row():
     panel = RunPanel(PanelState.from_graph(_graph()), widgets=True)
     panel.handle(Event("node_started", 0.1, "extra", {"model": "m9", "provider": "fake"}))
-    assert "extra" in panel.view.rows
-    assert panel.view.rows_box.children[-1] is panel.view.rows["extra"]
+    assert "extra" in panel.state.rows
+    assert ">running<" in row_html(panel.view.html.value, "extra")
 
 
 def test_no_frontend_outside_a_kernel():
@@ -232,10 +298,11 @@ def test_panel_after_a_run_with_a_failed_and_a_skipped_node(monkeypatch):
     assert "bad request for mb" in panel.state.rows["b"].detail
     assert "min_inputs is 2" in panel.state.rows["both"].detail
     view = panel.view
-    assert ">failed<" in view.rows["b"].value and ">skipped<" in view.rows["both"].value
+    assert ">failed<" in row_html(view.html.value, "b") and ">skipped<" in row_html(view.html.value, "both")
     a = panel.state.rows["a"]
     assert a.completion_tokens == result.nodes["a"].completion_tokens > 0
     assert a.elapsed(None) == pytest.approx(result.nodes["a"].latency_s, abs=1e-3)
     assert panel.state.text == result.output                   # the output node streamed in
     assert panel.state.usage == result.usage.to_json()
-    assert "ok: 3 calls, 0 cache hits" in view.totals.value
+    assert "ok: 3 calls, 0 cache hits" in view.html.value
+    assert view.answer == result.output

@@ -160,7 +160,7 @@ def test_missing_and_non_gguf_files_are_clear_errors(tmp_path):
 def test_builtin_missing_is_pulled_first_and_says_so(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MOA_MODELS_DIR", str(tmp_path))
     pulled = []
-    monkeypatch.setattr(models, "pull", lambda names, progress=None: pulled.extend(names))
+    monkeypatch.setattr(models, "pull", lambda names, progress=None, on_bytes=None: pulled.extend(names))
     path = local.resolve("smollm2-135m")
     assert pulled == ["smollm2-135m"] and path == tmp_path / "smollm2-135m.gguf"
     assert "not downloaded yet: pulling it once" in capsys.readouterr().err

