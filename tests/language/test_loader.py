@@ -104,7 +104,7 @@ def test_set_values_are_moa_literals_and_bare_words_are_strings() -> None:
     ("noequals", "expected KEY=VALUE"),
     ("=1", "expected KEY=VALUE"),
     ("price=[1, 2]", "model only"),
-    ("L.a.min_inputs=1", "aggregators only"),
+    ("L.a.min_inputs=1", "'min_inputs' applies to aggregators, rank nodes and votes only, and 'L.a' is a proposer"),
     ("f.min_inputs=4", "has only 3 inputs"),
     ("stop=[1", "unexpected end of input"),
 ])
