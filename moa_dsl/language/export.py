@@ -173,7 +173,8 @@ def to_svg(graph: nx.DiGraph) -> str:
         extra = ' stroke-dasharray="4 3"' if n in dead else ""
         paint = f'fill="{fill}" stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}'
         what = "no model" if role == "vote" else graph.nodes[n].get("model")
-        out.append(f'<g class="moa-{escape(str(role))}"><title>{escape(n)} ({escape(str(role))}: {escape(str(what))})</title>'
+        out.append(f'<g class="moa-{escape(str(role))}">'
+                   f'<title>{escape(n)} ({escape(str(role))}: {escape(str(what))})</title>'
                    f'{_svg_shape(role, x, y, paint)}'
                    f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(_short(title))}</text>'
                    f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>')

@@ -108,7 +108,8 @@ def test_json_gives_rank_and_vote_their_role_and_params(ops) -> None:
     nodes = {n["name"]: n for n in to_json(ops.graph)["nodes"]}
     best, maj = nodes["best"], nodes["maj"]
     assert (best["role"], best["provider"], best["model"]) == ("rank", "openai", "gpt-4o")
-    assert best["params"]["top_k"] == 2 and best["params"]["min_inputs"] == 1 and "[2] > [1] > [3]" in best["params"]["prompt"]
+    assert best["params"]["top_k"] == 2 and best["params"]["min_inputs"] == 1
+    assert "[2] > [1] > [3]" in best["params"]["prompt"]
     assert (maj["role"], maj["provider"], maj["model"]) == ("vote", None, None)
     assert maj["params"] == {"min_inputs": 1, "normalize": True, "extract": "(\\d+)"}
     assert maj["inputs"] == ["p.a", "p.b", "p.c"]
@@ -117,7 +118,8 @@ def test_json_gives_rank_and_vote_their_role_and_params(ops) -> None:
 
 
 def test_mermaid_draws_rank_as_a_hexagon_and_vote_as_a_rhombus(ops) -> None:
-    lines = {line.strip().split("{", 1)[0].split("[", 1)[0]: line.strip() for line in to_mermaid(ops.graph).splitlines()}
+    lines = {line.strip().split("{", 1)[0].split("[", 1)[0]: line.strip()
+             for line in to_mermaid(ops.graph).splitlines()}
     ids = {name: f"n{i}" for i, name in enumerate(ops.graph)}
     assert lines[ids["best"]].startswith(ids["best"] + '{{"best<br/>') and lines[ids["best"]].endswith('"}}')
     assert "rank by judge, top 2" in lines[ids["best"]]

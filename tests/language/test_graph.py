@@ -208,7 +208,7 @@ def test_vote_has_no_model_and_only_its_own_params(ops) -> None:
 
 def test_aggregate_operator_params_only_where_set(ops) -> None:
     fast = ops.nodes["fast"]["params"]
-    assert (fast["quorum"], fast["agree"], fast["window"], fast["extract"], fast["normalize"]) == (4, True, 3, "(x)", True)
+    assert [fast[k] for k in ("quorum", "agree", "window", "extract", "normalize")] == [4, True, 3, "(x)", True]
     assert fast["prompt"] == "Fuse these." and fast["min_inputs"] == 1
     final = ops.nodes["final"]["params"]
     assert not {"quorum", "agree", "window", "normalize", "top_k"} & set(final) and final["extract"] == "(x)"

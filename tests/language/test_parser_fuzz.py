@@ -98,7 +98,8 @@ def operator_program(draw) -> str:
         role = draw(st.sampled_from(["rank", "vote", "aggregate", "propose"]))
         mistake = draw(st.integers(0, 5)) == 0
         model = "" if (role == "vote") != mistake else draw(st.sampled_from(["m ", 'openai:"x" ']))
-        inputs = [] if (role == "propose") != mistake else draw(st.lists(st.sampled_from(names), min_size=1, max_size=3))
+        reads = (role != "propose") != mistake
+        inputs = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3)) if reads else []
         arrow = f"<- {', '.join(inputs)} " if inputs else ""
         if mistake and draw(st.booleans()):
             lines.append(f"layer n{i} = {role} [{model.strip() or 'm'}] {arrow}{draw(_block(role))}")
