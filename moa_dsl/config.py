@@ -12,9 +12,9 @@ from typing import Any, Mapping
 
 __all__ = [
     "BASE_URL_FALLBACKS", "BUILTIN_PARAMS", "builtin_providers", "cache_dir", "DEFAULT_CONCURRENCY",
-    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "EnvRef", "models_dir",
-    "PARAM_KEYS", "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "REFERENCE_PROMPT",
-    "REQUEST_PARAMS", "request_params",
+    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "EnvRef", "MODEL_PARAMS",
+    "models_dir", "PARAM_KEYS", "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "RANK_PROMPT",
+    "REFERENCE_PROMPT", "REQUEST_PARAMS", "request_params", "ROLE_PARAMS", "ROLES",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -33,17 +33,45 @@ REFERENCE_PROMPT = (
     "reliability.\n\nResponses from models:"
 )
 
+# The ranking instruction of a `rank` node (LANGUAGE.md, "rank"); its candidates follow, one per
+# line as `[i] answer`. The runtime reads the reply as the sequence of `[i]` in it, so the format
+# asked for here is the one thing that must not drift.
+RANK_PROMPT = (
+    "You have been provided with a set of candidate responses to the latest user query, each marked "
+    "with its number in brackets. Your task is to rank them from best to worst: judge each one on "
+    "accuracy, completeness and helpfulness as an answer to that query, keeping in mind that some of "
+    "them may be biased or incorrect. Reply with the candidates' numbers only, in brackets, from best "
+    "to worst, separated by \" > \", for example: [2] > [1] > [3]. Name every candidate exactly once "
+    "and write nothing else.\n\nCandidates:"
+)
+
 PROVIDER_KINDS = ("openai", "anthropic", "local")
 PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries",
                     "max_response_bytes")
 
 # Parameters that reach the HTTP request body (when set). The rest steer the runner.
 REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
-BUILTIN_PARAMS: Mapping[str, Any] = {"temperature": 0.7, "max_tokens": 512, "min_inputs": 1, "cache": True}
+BUILTIN_PARAMS: Mapping[str, Any] = {"temperature": 0.7, "max_tokens": 512, "min_inputs": 1, "cache": True,
+                                     "top_k": 1, "normalize": True}
 PARAM_KEYS = (
     "temperature", "top_p", "max_tokens", "seed", "stop", "system", "prompt",
     "min_inputs", "timeout", "retries", "cache", "price",
+    "top_k", "quorum", "agree", "window", "extract", "normalize",
 )
+
+# Which parameters each role takes (LANGUAGE.md, "Beyond propose and aggregate"). A key written on
+# a node or layer of a role that does not take it is E205; from `defaults` or a model it simply
+# does not apply to that node. MODEL_PARAMS steer the one model call a node makes; a `vote`
+# calls none.
+MODEL_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop", "system", "timeout", "retries",
+                "cache", "price")
+ROLE_PARAMS: Mapping[str, tuple[str, ...]] = {
+    "propose": MODEL_PARAMS,
+    "aggregate": MODEL_PARAMS + ("prompt", "min_inputs", "quorum", "agree", "window", "extract", "normalize"),
+    "rank": MODEL_PARAMS + ("prompt", "min_inputs", "top_k", "quorum"),
+    "vote": ("min_inputs", "extract", "normalize"),
+}
+ROLES = tuple(ROLE_PARAMS)
 
 
 @dataclass(frozen=True)

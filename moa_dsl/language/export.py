@@ -45,17 +45,32 @@ def to_json_text(graph: nx.DiGraph) -> str:
     return json.dumps(to_json(graph), indent=2, ensure_ascii=False)
 
 
-def _label(name: str, attrs: dict[str, Any]) -> tuple[str, str]:
-    """(title, subtitle): the node name, and the declared model NAME or `provider:id` for an inline one."""
+def _model_text(attrs: dict[str, Any]) -> str:
+    """The declared model NAME, or `provider:id` for an inline one."""
     if attrs.get("model_name"):
-        return name, str(attrs["model_name"])
-    return name, f"{attrs.get('provider', '')}:{attrs.get('model', '')}"
+        return str(attrs["model_name"])
+    return f"{attrs.get('provider', '')}:{attrs.get('model', '')}"
+
+
+def _label(name: str, attrs: dict[str, Any]) -> tuple[str, str]:
+    """(title, subtitle): the node name, and what it does: its model; a rank node's also says how
+    many answers it passes on; a vote calls no model."""
+    role = attrs.get("role")
+    if role == "vote":
+        return name, "majority vote"
+    if role == "rank":
+        return name, f"rank by {_model_text(attrs)}, top {attrs.get('params', {}).get('top_k', 1)}"
+    return name, _model_text(attrs)
 
 
 # ---- mermaid -------------------------------------------------------------------------------
 
 def _mermaid_text(text: str) -> str:
     return escape(text, quote=False).replace('"', "#quot;")
+
+
+# A rank node is a hexagon, a vote a rhombus; the model calls (propose, aggregate) are boxes.
+_MERMAID_SHAPES = {"rank": ("{{", "}}"), "vote": ("{", "}")}
 
 
 def to_mermaid(graph: nx.DiGraph) -> str:
@@ -70,7 +85,9 @@ def to_mermaid(graph: nx.DiGraph) -> str:
             out.append(f'  subgraph L{i}["{_mermaid_text(layer)}"]')
         for name in names:
             title, model = _label(name, graph.nodes[name])
-            out.append(f'{indent}{ids[name]}["{_mermaid_text(title)}<br/><small>{_mermaid_text(model)}</small>"]')
+            opening, closing = _MERMAID_SHAPES.get(graph.nodes[name].get("role"), ("[", "]"))
+            out.append(f'{indent}{ids[name]}{opening}"{_mermaid_text(title)}<br/><small>{_mermaid_text(model)}'
+                       f'</small>"{closing}')
         if layer is not None:
             out.append("  end")
     out += [f"  {ids[u]} --> {ids[v]}" for u, v in graph.edges]
@@ -89,6 +106,9 @@ def _dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+_DOT_SHAPES = {"rank": ", shape=hexagon", "vote": ", shape=diamond"}
+
+
 def to_dot(graph: nx.DiGraph) -> str:
     out = ["digraph moa {", "  rankdir=LR;", '  node [shape=box, style=rounded, fontname="Helvetica"];']
     output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
@@ -96,7 +116,8 @@ def to_dot(graph: nx.DiGraph) -> str:
     for name, attrs in graph.nodes(data=True):
         title, model = _label(name, attrs)
         extra = ", penwidth=2.5" if name == output else ', style="rounded,dashed", fontcolor=gray50' if name in dead else ""
-        out.append(f"  {_dot_quote(name)} [label={_dot_quote(title + chr(10) + model)}{extra}];")
+        shape = _DOT_SHAPES.get(attrs.get("role"), "")
+        out.append(f"  {_dot_quote(name)} [label={_dot_quote(title + chr(10) + model)}{shape}{extra}];")
         if attrs.get("layer"):
             layers.setdefault(attrs["layer"], []).append(name)
     for i, (layer, names) in enumerate(layers.items()):
@@ -147,18 +168,35 @@ def to_svg(graph: nx.DiGraph) -> str:
     for n, (x, y) in pos.items():
         title, model = _label(n, graph.nodes[n])
         role = graph.nodes[n].get("role")
-        fill = "#eef4ff" if role == "propose" else "#fff4e6"
-        stroke = "#1976d2" if n == output else "#999" if n in dead else "#668"
+        fill, outline = _SVG_STYLE.get(role, _SVG_STYLE["aggregate"])
+        stroke = "#1976d2" if n == output else "#999" if n in dead else outline
         extra = ' stroke-dasharray="4 3"' if n in dead else ""
         if n == output:  # the theme's brand colour where there is one: #222 vanished on a dark theme
             extra += ' style="stroke:var(--jp-brand-color1, #1976d2)"'
-        out.append(f'<g><title>{escape(n)} ({escape(str(role))}: {escape(str(graph.nodes[n].get("model")))})</title>'
-                   f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="7" fill="{fill}" '
-                   f'stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}/>'
+        paint = f'fill="{fill}" stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}'
+        what = "no model" if role == "vote" else graph.nodes[n].get("model")
+        out.append(f'<g class="moa-{escape(str(role))}">'
+                   f'<title>{escape(n)} ({escape(str(role))}: {escape(str(what))})</title>'
+                   f'{_svg_shape(role, x, y, paint)}'
                    f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(_short(title))}</text>'
                    f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+# (fill, outline) per role: proposers blue, aggregators orange, rank nodes violet, votes green.
+_SVG_STYLE = {"propose": ("#eef4ff", "#668"), "aggregate": ("#fff4e6", "#668"),
+              "rank": ("#f3eeff", "#7a5cc2"), "vote": ("#eafaef", "#3d8f5a")}
+
+
+def _svg_shape(role: str | None, x: int, y: int, paint: str) -> str:
+    """A box for a model call; a hexagon for a rank node; a pill (fully rounded ends) for a vote."""
+    if role == "rank":
+        c, w, h = 10, _BOX_W, _BOX_H
+        points = f"{x + c},{y} {x + w - c},{y} {x + w},{y + h / 2} {x + w - c},{y + h} {x + c},{y + h} {x},{y + h / 2}"
+        return f'<polygon points="{points}" {paint}/>'
+    radius = _BOX_H / 2 if role == "vote" else 7
+    return f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="{radius:g}" {paint}/>'
 
 
 def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[int, int]],
@@ -195,6 +233,8 @@ def _graph_svg(graph: nx.DiGraph) -> str | None:
 
 
 def _node_label(attrs: dict) -> str:
+    if attrs.get("role") == "vote":
+        return "(no model)"
     sample = f" #{attrs['sample']}" if attrs.get("sample") else ""
     return f"{attrs.get('provider', '')}:{attrs.get('model', '')}{sample}"
 

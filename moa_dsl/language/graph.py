@@ -16,7 +16,7 @@ import networkx as nx
 
 from . import syntax as ast
 from . import validate as v
-from ..config import BUILTIN_PARAMS, REFERENCE_PROMPT, ProviderConfig, builtin_providers
+from ..config import BUILTIN_PARAMS, RANK_PROMPT, REFERENCE_PROMPT, ProviderConfig, builtin_providers
 from ..errors import Diagnostic
 from .syntax import Span
 
@@ -44,6 +44,7 @@ class Built:
     graph: nx.DiGraph
     diagnostics: list[Diagnostic]
     output: ast.Output | None
+    budget_usd_at: Span | None = None   # where `budget { usd = ... }` is, for W303 once dead nodes are known
 
 
 class _Builder:
@@ -52,7 +53,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
         self.hints_left = _MAX_HINTS
         self.e209_at: set[Span] = set()
-        self.min_inputs_at: dict[str, Span | None] = {}
+        self.param_spans: dict[str, dict[str, Span]] = {}   # node -> where its params were set, for E209
         self.graph = nx.DiGraph()
 
     # -- helpers
@@ -91,7 +92,10 @@ class _Builder:
         kept = {p for _, p in self.graph.nodes(data="provider") if p in self.providers}
         kept |= self.provider_decls.keys() & self.providers.keys()
         self.graph.graph["providers"] = {p: self.providers[p] for p in sorted(kept)}
-        return Built(self.graph, self.diags, self.outputs[0] if self.outputs else None)
+        budget = v.convert_budget(self.budgets[0], self.diags) if self.budgets else {}
+        self.graph.graph["budget"] = {key: value for key, (value, _) in budget.items()}
+        return Built(self.graph, self.diags, self.outputs[0] if self.outputs else None,
+                     budget["usd"][1] if "usd" in budget else None)
 
     def collect(self) -> list[ast.NodeDecl | ast.LayerDecl]:
         self.provider_decls: dict[str, ast.ProviderDecl] = {}
@@ -99,6 +103,7 @@ class _Builder:
         self.prompt_decls: dict[str, ast.PromptDecl] = {}
         self.defaults_decls: list[ast.Defaults] = []
         self.outputs: list[ast.Output] = []
+        self.budgets: list[ast.Budget] = []
         table: dict[str, ast.NodeDecl | ast.LayerDecl] = {}
         for s in self.statements:
             if isinstance(s, ast.ProviderDecl):
@@ -117,6 +122,13 @@ class _Builder:
                                                       f"{v.position(self.outputs[0].span)})", s.span))
                 else:
                     self.outputs.append(s)
+            elif isinstance(s, ast.Budget):
+                if self.budgets:  # one per topology, includes and all: two would leave the cap unclear
+                    self.diags.append(v.error("E202", f"the budget is set twice (first at "
+                                                      f"{v.position(self.budgets[0].keyword)})", s.keyword,
+                                              "merge the two into one `budget { ... }` statement"))
+                else:
+                    self.budgets.append(s)
         return list(table.values())
 
     def provider_configs(self) -> dict[str, ProviderConfig]:
@@ -179,13 +191,14 @@ class _Builder:
         self.diags.extend(v.check_role(decl))
         where = "node" if isinstance(decl, ast.NodeDecl) else "layer"
         own = v.convert_params(decl.params, self.prompts, where=where, diags=self.diags)
-        if decl.role.text == "propose":
-            for key in v.AGGREGATOR_ONLY:
-                if key in own:
-                    self.diags.append(v.error("E205", f"'{key}' applies to aggregators only, and {where} "
-                                                      f"'{decl.name.text}' is a proposer", own[key][1]))
+        role = decl.role.text
+        for pair in decl.params.pairs if decl.params else ():
+            if pair.key in own and not v.takes(role, pair.key):
+                message, hint = v.wrong_role(pair.key, role, f"{where} '{decl.name.text}'")
+                self.diags.append(v.error("E205", message, pair.key_span, hint))
         if isinstance(decl, ast.NodeDecl):
-            model = self.resolve_model(decl.model)
+            # A vote calls no model; one written anyway is E204 (check_role), not resolved too.
+            model = self.resolve_model(decl.model) if role != "vote" and decl.model is not None else None
             self.add_node(decl.name.text, decl, model, own, span=decl.span)
             return
         names = []
@@ -238,27 +251,46 @@ class _Builder:
             self.diags.append(v.error("E202", f"node '{name}' is defined twice "
                                               f"(first at {v.position(self.graph.nodes[name]['span'])})", span))
             return
-        provider = model.provider if model else None
-        config = self.providers.get(provider) if provider else None
-        aggregate = decl.role.text == "aggregate"
-        params: dict[str, Any] = {k: BUILTIN_PARAMS[k] for k in ("temperature", "max_tokens", "cache")}
-        params["timeout"] = config.timeout if config else 120.0
-        params["retries"] = config.retries if config else 3
+        role = decl.role.text
+        params = self.builtin_params(role, model)
         spans: dict[str, Span] = {}
-        if aggregate:
-            params["prompt"], params["min_inputs"] = REFERENCE_PROMPT, BUILTIN_PARAMS["min_inputs"]
         for level in (self.defaults, model.params if model else {}, own):
             for key, (value, vspan) in level.items():
-                if key in v.AGGREGATOR_ONLY and not aggregate:
+                # A key from defaults or a model applies only where the role takes it. A `prompt`
+                # from there is a synthesis instruction: a rank node keeps its ranking one unless
+                # its own block says otherwise (the runtime reads the reply as `[i] > [j]`).
+                if not v.takes(role, key) or (role == "rank" and key == "prompt" and level is not own):
                     continue
                 params[key], spans[key] = value, vspan
         if sample is not None and "seed" in params:
             params["seed"] = params["seed"] + sample - 1
+        if role == "vote":  # counts answers, calls nothing
+            provider, model_id, model_name = None, None, None
+        else:
+            provider = model.provider if model else "?"
+            model_id, model_name = (model.model_id, model.model_name) if model else ("?", None)
         self.graph.add_node(
-            name, role=decl.role.text, provider=provider or "?", model=model.model_id if model else "?",
-            model_name=model.model_name if model else None, sample=sample, layer=layer, inputs=(),
-            params=params, span=span)
-        self.min_inputs_at[name] = spans.get("min_inputs")  # for E209, once the inputs are known
+            name, role=role, provider=provider, model=model_id, model_name=model_name, sample=sample,
+            layer=layer, inputs=(), params=params, span=span)
+        self.param_spans[name] = spans  # for E209, once the inputs are known
+
+    def builtin_params(self, role: str, model: _Model | None) -> dict[str, Any]:
+        """A node's parameters before defaults, its model and its own block are applied."""
+        params: dict[str, Any] = {}
+        if role != "vote":
+            config = self.providers.get(model.provider) if model else None
+            params = {k: BUILTIN_PARAMS[k] for k in ("temperature", "max_tokens", "cache")}
+            params["timeout"] = config.timeout if config else 120.0
+            params["retries"] = config.retries if config else 3
+        if role in ("aggregate", "rank"):
+            params["prompt"] = REFERENCE_PROMPT if role == "aggregate" else RANK_PROMPT
+        if role != "propose":
+            params["min_inputs"] = BUILTIN_PARAMS["min_inputs"]
+        if role == "rank":
+            params["top_k"] = BUILTIN_PARAMS["top_k"]
+        if role == "vote":
+            params["normalize"] = BUILTIN_PARAMS["normalize"]
+        return params
 
     def connect(self, decl: ast.NodeDecl | ast.LayerDecl) -> None:
         inputs: list[str] = []
@@ -271,21 +303,25 @@ class _Builder:
             spans += [ref.span] * len(names)
         targets = [decl.name.text] if isinstance(decl, ast.NodeDecl) else self.members.get(decl.name.text, [])
         for target in targets:
-            if target not in self.graph:
+            if target not in self.graph or decl.role.text == "propose":  # a proposer's inputs are E204
                 continue
             attrs = self.graph.nodes[target]
-            min_span = self.min_inputs_at.get(target)
-            if decl.role.text != "aggregate":
-                continue
             attrs["inputs"] = tuple(inputs)
             self.graph.add_edges_from((source, target, {"span": span}) for source, span in zip(inputs, spans))
-            wanted = attrs["params"]["min_inputs"]
-            # One E209 per place min_inputs was set (defaults apply to many nodes), naming the first.
-            if decl.inputs and complete and wanted > len(inputs) and (min_span or decl.span) not in self.e209_at:
-                self.e209_at.add(min_span or decl.span)
-                self.diags.append(v.error("E209", f"min_inputs = {wanted}, but '{target}' has only "
-                                                  f"{len(inputs)} input{'s' if len(inputs) != 1 else ''}",
-                                          min_span or decl.span))
+            if decl.inputs and complete:
+                self.check_counts(target, attrs["params"], len(inputs), decl.span)
+
+    def check_counts(self, target: str, params: dict[str, Any], n: int, fallback: Span) -> None:
+        """E209: min_inputs, top_k, quorum beyond the inputs (a layer counts as its members). One per
+        place the key was set (defaults apply to many nodes), naming the first node it fails."""
+        for key in v.COUNTED:
+            wanted = params.get(key)
+            at = self.param_spans[target].get(key) or fallback
+            if wanted is None or wanted <= n or at in self.e209_at:
+                continue
+            self.e209_at.add(at)
+            self.diags.append(v.error("E209", f"{key} = {wanted}, but '{target}' has only "
+                                              f"{n} input{'s' if n != 1 else ''}", at))
 
     def resolve_ref(self, ref: ast.Ref) -> list[str]:
         if ref.text in self.members:

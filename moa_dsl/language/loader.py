@@ -264,6 +264,7 @@ def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str |
     if output is not None:  # ancestors() is a reverse BFS: cycles do not bother it
         dead = validate.dead_nodes(built.graph, output)
         diags += validate.check_dead(built.graph, output, dead)
+    diags += validate.check_budget_prices(built.graph, dead, built.budget_usd_at)
     built.graph.graph["output"] = output
     built.graph.graph["dead"] = dead
     sources = _mask_secrets(scanned, validate.secret_spans(diags))

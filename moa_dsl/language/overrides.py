@@ -46,11 +46,14 @@ def _apply_one(graph: Any, item: str) -> None:
         raise ConfigError(f"--set {item!r}: {exc.diagnostic.message}") from None
     for name in nodes:
         attrs = graph.nodes[name]
-        if param in validate.AGGREGATOR_ONLY and attrs["role"] != "aggregate":
+        role = attrs["role"]
+        if not validate.takes(role, param):
             if target:
-                raise ConfigError(f"--set {item!r}: '{param}' applies to aggregators only, and '{name}' is a proposer")
+                raise ConfigError(f"--set {item!r}: " + validate.wrong_role(param, role, f"'{name}'")[0])
             continue
-        if param == "min_inputs" and converted > len(attrs["inputs"]):
+        if not target and role == "rank" and param == "prompt":
+            continue  # a synthesis instruction for every node is not a ranking one (as from defaults)
+        if param in validate.COUNTED and converted > len(attrs["inputs"]):
             raise ConfigError(f"--set {item!r}: '{name}' has only {len(attrs['inputs'])} inputs")
         if param == "seed" and attrs["sample"] is not None:
             attrs["params"][param] = converted + attrs["sample"] - 1

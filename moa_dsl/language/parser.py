@@ -22,8 +22,9 @@ from .syntax import Span
 __all__ = ["dedent_triple", "describe", "KEYWORDS", "MAX_DEPTH", "parse", "parse_value"]
 
 KEYWORDS = ("provider", "model", "prompt", "defaults", "node", "layer", "output", "include",
-            "propose", "aggregate", "true", "false", "env")
-_STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE")
+            "propose", "aggregate", "rank", "vote", "budget", "true", "false", "env")
+_STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE",
+                       "BUDGET")
 _PUNCTUATION = {"EQUAL": "=", "COLON": ":", "COMMA": ",", "DOT": ".", "STAR": "*", "ARROW": "<-",
                 "LPAR": "(", "RPAR": ")", "LBRACK": "[", "RBRACK": "]", "LBRACE": "{", "RBRACE": "}"}
 _WORDS = {"NAME": "a name", "MEMBER_PART": "a member name", "NUMBER": "a number",
@@ -92,7 +93,7 @@ def _expected_words(expected: Any) -> str:
     words: list[str] = []
     if set(_STATEMENT_KEYWORDS) <= names:
         names -= set(_STATEMENT_KEYWORDS)
-        words.append("a statement (provider, model, prompt, defaults, node, layer, output, include)")
+        words.append("a statement (provider, model, prompt, defaults, node, layer, output, include, budget)")
     words += sorted({describe(n) for n in names if not n.startswith("__")})
     words = [w for w in words if w != "end of input"] + (["end of input"] if "end of input" in words else [])
     if not words:
@@ -102,7 +103,7 @@ def _expected_words(expected: Any) -> str:
 
 def _syntax_error(exc: UnexpectedInput, text: str, filename: str) -> Diagnostic:
     if isinstance(exc, UnexpectedToken):
-        return _unexpected_token(exc, filename)
+        return _unexpected_token(exc, text, filename)
     if isinstance(exc, UnexpectedCharacters):
         return _unexpected_char(exc, text, filename)
     line, col = getattr(exc, "line", 1) or 1, getattr(exc, "column", 1) or 1
@@ -118,14 +119,15 @@ def _accepted(exc: UnexpectedToken) -> Any:
         return exc.expected
 
 
-def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
+def _unexpected_token(exc: UnexpectedToken, text: str, filename: str) -> Diagnostic:
     tok = exc.token
     expected = _expected_words(_accepted(exc))
     if tok.type == "$END":
         # lark's end token borrows the last token's position: the caret goes just after it.
         line, col = (tok.end_line or 1, tok.end_column or 1) if tok.end_line else (1, 1)
         return Diagnostic("error", "E101", f"unexpected end of input: expected {expected}",
-                          Span(filename, line, col, line, col))
+                          Span(filename, line, col, line, col),
+                          _RANK_HINT if _RANK_BEFORE.search(text[-200:]) else None)
     span = Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
     hint = None
     if str(tok).lower() in KEYWORDS and tok.type != "NAME":
@@ -134,7 +136,19 @@ def _unexpected_token(exc: UnexpectedToken, filename: str) -> Diagnostic:
             hint = f"'{tok}' is a reserved keyword and cannot be used as a name"
     else:
         what = describe(tok.type) if tok.type in _PUNCTUATION else f"{_token_kind(tok)} {_show(tok)}".rstrip()
+    if hint is None and _after_rank(tok, text):
+        hint = _RANK_HINT
     return Diagnostic("error", "E101", f"unexpected {what}: expected {expected}", span, hint)
+
+
+_RANK_BEFORE = re.compile(r"=[ \t\f\r\n]*rank[ \t\f\r\n]*$")
+_RANK_HINT = "a rank node names the model that ranks: `node NAME = rank MODEL <- INPUTS`"
+
+
+def _after_rank(tok: Token, text: str) -> bool:
+    """Whether the token stands right after `= rank`, where the ranking model belongs."""
+    start = getattr(tok, "start_pos", None)
+    return isinstance(start, int) and _RANK_BEFORE.search(text[max(0, start - 200):start]) is not None
 
 
 def _token_kind(tok: Token) -> str:
@@ -228,6 +242,13 @@ class _Builder:
         return ast.NodeDecl(self.name(c[1]), self.role(c[3]), self.modelref(c[4]),
                             inputs, arrow, self.opt_map(c[6]), self.span(t))
 
+    def _vote_node_stmt(self, t: Tree, c: list[Any]) -> ast.NodeDecl:
+        # A MODELREF after `vote` is parsed so that the validator can point at it (E204).
+        inputs, arrow = self.inputs(c[5])
+        model = None if c[4] is None else self.modelref(c[4])
+        return ast.NodeDecl(self.name(c[1]), self.role(c[3]), model, inputs, arrow, self.opt_map(c[6]),
+                            self.span(t))
+
     def _layer_stmt(self, t: Tree, c: list[Any]) -> ast.LayerDecl:
         members = tuple(self.member(m) for m in c[5].children if isinstance(m, Tree))
         inputs, arrow = self.inputs(c[7])
@@ -239,6 +260,9 @@ class _Builder:
 
     def _include_stmt(self, t: Tree, c: list[Any]) -> ast.Include:
         return ast.Include(self.string(c[1]), self.span(t))
+
+    def _budget_stmt(self, t: Tree, c: list[Any]) -> ast.Budget:
+        return ast.Budget(self.map(c[1]), self.span(c[0]), self.span(t))
 
     # -- parts
     def modelref(self, t: Tree) -> ast.ModelRef:

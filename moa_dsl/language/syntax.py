@@ -7,7 +7,7 @@ from typing import Union
 from ..errors import Span
 
 __all__ = [
-    "Bool", "Defaults", "Env", "Include", "LayerDecl", "ListValue", "MapValue", "Member", "ModelDecl",
+    "Bool", "Budget", "Defaults", "Env", "Include", "LayerDecl", "ListValue", "MapValue", "Member", "ModelDecl",
     "ModelRef", "Module", "Name", "NameValue", "NodeDecl", "Num", "Output", "Pair", "PromptDecl",
     "ProviderDecl", "Ref", "Statement", "Str", "Value",
 ]
@@ -145,9 +145,12 @@ class Defaults:
 
 @dataclass(frozen=True)
 class NodeDecl:
+    """`role` is propose, aggregate, rank or vote; `model` is None only for a `vote` written
+    without one (the grammar requires it for the other roles)."""
+
     name: Name
     role: Name
-    model: ModelRef
+    model: ModelRef | None
     inputs: tuple[Ref, ...]
     arrow: Span | None          # the `<- ...` part, for E204
     params: MapValue | None
@@ -166,6 +169,15 @@ class LayerDecl:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """`budget { usd = X, tokens = N, calls = M }`: the caps of one query's run."""
+
+    params: MapValue
+    keyword: Span               # `budget`: where E202 points for a second statement
+    span: Span
+
+
+@dataclass(frozen=True)
 class Output:
     ref: Ref
     span: Span
@@ -177,7 +189,7 @@ class Include:
     span: Span
 
 
-Statement = Union[ProviderDecl, ModelDecl, PromptDecl, Defaults, NodeDecl, LayerDecl, Output, Include]
+Statement = Union[ProviderDecl, ModelDecl, PromptDecl, Defaults, NodeDecl, LayerDecl, Output, Include, Budget]
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,16 @@ from urllib.parse import urlsplit
 import networkx as nx
 
 from . import syntax as ast
-from ..config import PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, EnvRef
+from ..config import MODEL_PARAMS, PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, ROLE_PARAMS, EnvRef
 from ..errors import Diagnostic, mask_value
 from .syntax import Span
 
 __all__ = [
-    "AGGREGATOR_ONLY", "check_cycles", "check_dead", "check_role", "convert_options", "convert_param",
-    "convert_params", "dead_nodes", "describe_value", "did_you_mean", "ENV_HINT", "env_ref", "error",
-    "Invalid", "listing", "looks_like_key", "MAX_SAMPLES", "OPTION_SCHEMA", "PARAM_SCHEMA", "sample_count",
-    "secret_spans", "sinks", "url_problem", "warning", "position",
+    "BUDGET_KEYS", "check_budget_prices", "check_cycles", "check_dead", "check_role", "convert_budget",
+    "convert_options", "convert_param", "convert_params", "COUNTED", "dead_nodes", "describe_value",
+    "did_you_mean", "ENV_HINT", "env_ref", "error", "Invalid", "listing", "looks_like_key", "MAX_SAMPLES",
+    "OPTION_SCHEMA", "PARAM_SCHEMA", "REGEX_HINT", "sample_count", "secret_spans", "sinks", "takes",
+    "url_problem", "warning", "position", "wrong_role",
 ]
 
 MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
@@ -122,6 +123,25 @@ def _text(key: str, v: ast.Value, prompts: Mapping[str, str]) -> str:
     return v.value
 
 
+def _regex(key: str, v: ast.Value) -> str:
+    """A pattern Python's `re` compiles; the source text is what the graph carries."""
+    pattern = _str(key, v)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        raise Invalid("E206", f"'{key}' is not a valid regular expression: {exc.msg}{where}", v.span,
+                      REGEX_HINT if "escape" in exc.msg else None) from None
+    except (RecursionError, OverflowError, ValueError) as exc:  # pathological nesting or repeat counts
+        raise Invalid("E206", f"'{key}' is not a valid regular expression: {exc}", v.span) from None
+    return pattern
+
+
+# Two levels of escapes meet in a pattern: the string's (JSON) and the regular expression's.
+REGEX_HINT = ('in "..." a backslash reaches the pattern only when written twice ("\\\\d+" is \\d+); '
+              '"""...""" passes it on as it is')
+
+
 def _price(key: str, v: ast.Value) -> list[float]:
     if not isinstance(v, ast.ListValue) or len(v.items) != 2:
         raise Invalid("E206", f"'{key}' must be a list of 2 numbers (USD per million prompt and "
@@ -143,10 +163,39 @@ PARAM_SCHEMA: dict[str, _Checker] = {
     "retries": lambda k, v, p: _number(k, v, lo=0, integer=True),
     "cache": lambda k, v, p: _bool(k, v),
     "price": lambda k, v, p: _price(k, v),
+    "top_k": lambda k, v, p: _number(k, v, lo=1, integer=True),
+    "quorum": lambda k, v, p: _number(k, v, lo=1, integer=True),
+    "agree": lambda k, v, p: _bool(k, v),
+    "window": lambda k, v, p: _number(k, v, lo=2, integer=True),
+    "extract": lambda k, v, p: _regex(k, v),
+    "normalize": lambda k, v, p: _bool(k, v),
 }
 assert set(PARAM_SCHEMA) == set(PARAM_KEYS), "config.PARAM_KEYS and the schema must agree"
+assert all(set(keys) <= set(PARAM_KEYS) for keys in ROLE_PARAMS.values())
 
-AGGREGATOR_ONLY = ("prompt", "min_inputs")
+# Parameters compared with the node's number of inputs (E209).
+COUNTED = ("min_inputs", "top_k", "quorum")
+
+
+def takes(role: str, key: str) -> bool:
+    """Whether a node of `role` takes parameter `key` (an unknown role takes everything: E204 says it)."""
+    return key in ROLE_PARAMS.get(role, PARAM_KEYS)
+
+
+_ROLE_NOUNS = {"propose": ("a proposer", "proposers"), "aggregate": ("an aggregator", "aggregators"),
+               "rank": ("a rank node", "rank nodes"), "vote": ("a vote", "votes")}
+
+
+def wrong_role(key: str, role: str, who: str) -> tuple[str, str | None]:
+    """(message, hint) of E205 for a known key on a role that does not take it; `who` is e.g.
+    "node 'a'". The message names the roles that do take it."""
+    noun = _ROLE_NOUNS.get(role, (f"a {role}", ""))[0]
+    if role == "vote" and key in MODEL_PARAMS:
+        return (f"'{key}' is a model parameter, and {who} is a vote: it calls no model",
+                "a vote takes only min_inputs, extract and normalize")
+    takers = [plural for r, (_, plural) in _ROLE_NOUNS.items() if takes(r, key)]
+    listed = takers[0] if len(takers) == 1 else ", ".join(takers[:-1]) + " and " + takers[-1]
+    return f"'{key}' applies to {listed} only, and {who} is {noun}", None
 
 
 def convert_param(pair: ast.Pair, prompts: Mapping[str, str], *, where: str) -> Any:
@@ -320,13 +369,26 @@ def secret_spans(diags: Iterable[Diagnostic]) -> list[Span]:
 
 def check_role(decl: ast.NodeDecl | ast.LayerDecl) -> list[Diagnostic]:
     kind = "node" if isinstance(decl, ast.NodeDecl) else "layer"
-    if decl.role.text == "propose" and decl.inputs:
-        return [error("E204", f"'propose' takes no inputs, but {kind} '{decl.name.text}' has some",
-                      decl.arrow, "a proposer sees only the query: use 'aggregate' to read other answers")]
-    if decl.role.text == "aggregate" and not decl.inputs:
-        return [error("E204", f"'aggregate' needs at least one input: {kind} '{decl.name.text}' has none",
-                      decl.role.span, "name what it reads: `<- NODE, LAYER, ...`; or use 'propose'")]
-    return []
+    role, name = decl.role.text, decl.name.text
+    if kind == "layer" and role in ("rank", "vote"):
+        # A layer is several model calls side by side; a ranking or a tally is one node.
+        return [error("E204", f"'{role}' is a node's role, not a layer's: layer '{name}' must propose or aggregate",
+                      decl.role.span, f"write `node {name} = {role} {'MODEL ' if role == 'rank' else ''}<- INPUTS`")]
+    diags = []
+    if role == "vote" and isinstance(decl, ast.NodeDecl) and decl.model is not None:
+        diags.append(error("E204", f"'vote' takes no model: node '{name}' counts its inputs' answers, "
+                                   "it calls nothing", decl.model.span, f"write `node {name} = vote <- INPUTS`"))
+    if role == "propose" and decl.inputs:
+        diags.append(error("E204", f"'propose' takes no inputs, but {kind} '{name}' has some",
+                           decl.arrow, "a proposer sees only the query: use 'aggregate' to read other answers"))
+    if role == "aggregate" and not decl.inputs:
+        diags.append(error("E204", f"'aggregate' needs at least one input: {kind} '{name}' has none",
+                           decl.role.span, "name what it reads: `<- NODE, LAYER, ...`; or use 'propose'"))
+    if role in ("rank", "vote") and not decl.inputs:
+        what = "candidates to rank" if role == "rank" else "answers to count"
+        diags.append(error("E204", f"'{role}' needs at least one input: {kind} '{name}' has none",
+                           decl.role.span, f"name its {what}: `<- NODE, LAYER, ...`"))
+    return diags
 
 
 def sample_count(member: ast.Member, diags: list[Diagnostic] | None = None) -> int:
@@ -340,6 +402,57 @@ def sample_count(member: ast.Member, diags: list[Diagnostic] | None = None) -> i
         diags.append(error("E206", f"the number of samples must be an integer from 1 to {MAX_SAMPLES}, not {n}",
                            member.count.span))
     return 1
+
+
+# ---- budget ---------------------------------------------------------------------------------
+
+BUDGET_KEYS = ("usd", "tokens", "calls")
+_BUDGET_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {
+    "usd": lambda k, v: float(_number(k, v, lo=0, lo_open=True)),
+    "tokens": lambda k, v: _number(k, v, lo=0, lo_open=True, integer=True),
+    "calls": lambda k, v: _number(k, v, lo=0, lo_open=True, integer=True),
+}
+
+
+def convert_budget(decl: ast.Budget, diags: list[Diagnostic]) -> dict[str, tuple[Any, Span]]:
+    """The caps of a `budget` statement that are valid, each with the span of its key."""
+    out: dict[str, tuple[Any, Span]] = {}
+    seen: dict[str, Span] = {}
+    for pair in decl.params.pairs:
+        if pair.key not in _BUDGET_SCHEMA:
+            diags.append(error("E205", f"unknown budget key '{pair.key}'", pair.key_span,
+                               did_you_mean(pair.key, BUDGET_KEYS) or f"keys: {', '.join(BUDGET_KEYS)}"))
+            continue
+        if pair.key in seen:
+            diags.append(error("E202", f"'{pair.key}' is set twice in this block "
+                                       f"(first at {position(seen[pair.key])})", pair.key_span))
+            continue
+        seen[pair.key] = pair.key_span
+        try:
+            out[pair.key] = (_BUDGET_SCHEMA[pair.key](f"budget.{pair.key}", pair.value), pair.key_span)
+        except Invalid as exc:
+            diags.append(exc.diagnostic)
+    return out
+
+
+def check_budget_prices(graph: nx.DiGraph, dead: frozenset[str], usd_at: Span | None) -> list[Diagnostic]:
+    """W303: `budget.usd` while a model that some live node calls has no price."""
+    if usd_at is None:
+        return []
+    unpriced: dict[str, None] = {}
+    for name, attrs in graph.nodes(data=True):
+        if name in dead or attrs.get("model") is None or "price" in attrs["params"]:
+            continue
+        shown = attrs.get("model_name") or f'{attrs.get("provider")}:"{attrs.get("model")}"'
+        unpriced.setdefault(shown)
+    if not unpriced:
+        return []
+    names = list(unpriced)
+    which = f"model {names[0]} has" if len(names) == 1 else f"models {listing(names)} have"
+    return [warning("W303", f"budget.usd is set, but {which} no price: "
+                            f"{'its' if len(names) == 1 else 'their'} calls count as costing nothing",
+                    usd_at, "give each model its price in USD per million tokens: "
+                            "`model NAME = PROVIDER:\"ID\" { price = [PROMPT, COMPLETION] }`")]
 
 
 # ---- graph-level passes --------------------------------------------------------------------

@@ -90,3 +90,67 @@ def test_svg_skip_connections_run_below_the_columns_they_pass() -> None:
     assert len(skips) == 1
     lane = float(re.search(r" L[\d.]+,([\d.]+)", skips[0]).group(1))
     assert lane > review_bottom and float(root.get("height")) > lane
+
+
+# ---- rank and vote nodes are drawn apart from model calls ----------------------------------------
+
+OPS = ('model judge = openai:"gpt-4o"\nlayer p = propose [openai:"a", openai:"b", openai:"c"]\n'
+       'node best = rank judge <- p { top_k = 2 }\nnode maj = vote <- p { extract = "(\\\\d+)" }\n'
+       'node final = aggregate openai:"z" <- best, maj\n')
+
+
+@pytest.fixture
+def ops():
+    return moa_dsl.loads(OPS)
+
+
+def test_json_gives_rank_and_vote_their_role_and_params(ops) -> None:
+    nodes = {n["name"]: n for n in to_json(ops.graph)["nodes"]}
+    best, maj = nodes["best"], nodes["maj"]
+    assert (best["role"], best["provider"], best["model"]) == ("rank", "openai", "gpt-4o")
+    assert best["params"]["top_k"] == 2 and best["params"]["min_inputs"] == 1
+    assert "[2] > [1] > [3]" in best["params"]["prompt"]
+    assert (maj["role"], maj["provider"], maj["model"]) == ("vote", None, None)
+    assert maj["params"] == {"min_inputs": 1, "normalize": True, "extract": "(\\d+)"}
+    assert maj["inputs"] == ["p.a", "p.b", "p.c"]
+    text = FORMATS["json"](ops.graph)
+    assert json.loads(text)["nodes"][4]["provider"] is None and '"provider": null' in text
+
+
+def test_mermaid_draws_rank_as_a_hexagon_and_vote_as_a_rhombus(ops) -> None:
+    lines = {line.strip().split("{", 1)[0].split("[", 1)[0]: line.strip()
+             for line in to_mermaid(ops.graph).splitlines()}
+    ids = {name: f"n{i}" for i, name in enumerate(ops.graph)}
+    assert lines[ids["best"]].startswith(ids["best"] + '{{"best<br/>') and lines[ids["best"]].endswith('"}}')
+    assert "rank by judge, top 2" in lines[ids["best"]]
+    assert lines[ids["maj"]] == ids["maj"] + '{"maj<br/><small>majority vote</small>"}'
+    assert lines[ids["final"]].startswith(ids["final"] + '["final')
+    assert "None" not in to_mermaid(ops.graph)
+
+
+def test_dot_gives_rank_and_vote_their_own_shapes(ops) -> None:
+    text = to_dot(ops.graph)
+    assert '"best" [label="best\\nrank by judge, top 2", shape=hexagon];' in text
+    assert '"maj" [label="maj\\nmajority vote", shape=diamond];' in text
+    assert '"p.a" [label="p.a\\nopenai:a"];' in text  # a model call keeps the default box
+
+
+def test_svg_draws_rank_and_vote_distinctly(ops) -> None:
+    root = ET.fromstring(to_svg(ops.graph))
+    ns = "{http://www.w3.org/2000/svg}"
+    groups = {g.find(f"{ns}title").text.split(" ")[0]: g for g in root.findall(f"{ns}g")}
+    assert groups["best"].get("class") == "moa-rank" and groups["best"].find(f"{ns}polygon") is not None
+    assert groups["best"].find(f"{ns}rect") is None
+    vote, call = groups["maj"].find(f"{ns}rect"), groups["p.a"].find(f"{ns}rect")
+    assert groups["maj"].get("class") == "moa-vote" and float(vote.get("rx")) > float(call.get("rx"))
+    fills = {n: (g.find(f"{ns}polygon") if n == "best" else g.find(f"{ns}rect")).get("fill") for n, g in groups.items()}
+    assert len({fills["best"], fills["maj"], fills["p.a"], fills["final"]}) == 4
+    assert groups["maj"].find(f"{ns}title").text == "maj (vote: no model)"
+
+
+def test_text_and_html_say_a_vote_has_no_model(ops) -> None:
+    from moa_dsl.language.export import topology_html, topology_text
+
+    text = topology_text(ops.graph)
+    assert "  maj = vote (no model) <- p.a, p.b, p.c" in text and "best = rank openai:gpt-4o" in text
+    assert "None" not in topology_html(ops.graph)

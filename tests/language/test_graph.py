@@ -1,11 +1,13 @@
 """The graph contract of docs/architecture.md: names, attributes, params, providers."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import networkx as nx
 import pytest
 
 import moa_dsl
-from moa_dsl.config import REFERENCE_PROMPT, EnvRef, ProviderConfig
+from moa_dsl.config import RANK_PROMPT, REFERENCE_PROMPT, EnvRef, ProviderConfig
 from moa_dsl.language.graph import sanitize
 from moa_dsl.errors import Span
 
@@ -149,3 +151,105 @@ def test_a_declared_unused_provider_can_be_the_judge() -> None:
                          'node a = propose openai:"m"\n')
     judge, cfg = parse_judge('mine:"m"', [pipe])
     assert (judge.provider, judge.model) == ("mine", "m") and cfg.base_url == "http://127.0.0.1:9/v1"
+
+
+# ---- rank, vote, quorum, agree, window, budget: the graph the runtime reads ------------------------
+
+OPS = ('model big = openai:"gpt-4o" { price = [2.5, 10], temperature = 0.2 }\n'
+       'prompt synth = "Fuse these."\n'
+       'defaults { max_tokens = 300, prompt = synth, extract = "(x)", min_inputs = 1 }\n'
+       'layer p = propose [openai:"a", openai:"b", openai:"c" * 2]\n'
+       'node best = rank big <- p { top_k = 2, quorum = 3 }\n'
+       'node maj = vote <- p, best { normalize = false }\n'
+       'node fast = aggregate big <- best, p { quorum = 4, agree = true, window = 3, normalize = true }\n'
+       'node final = aggregate big <- maj, fast\n')
+
+
+@pytest.fixture
+def ops() -> nx.DiGraph:
+    return moa_dsl.loads(OPS).graph
+
+
+def test_every_role_has_the_same_attributes(ops) -> None:
+    assert {a["role"] for _, a in ops.nodes(data=True)} == {"propose", "aggregate", "rank", "vote"}
+    for _, attrs in ops.nodes(data=True):
+        assert set(attrs) == ATTRS
+
+
+def test_rank_params_and_inputs(ops) -> None:
+    best = ops.nodes["best"]
+    assert (best["role"], best["provider"], best["model"], best["model_name"]) == ("rank", "openai", "gpt-4o", "big")
+    assert best["inputs"] == ("p.a", "p.b", "p.c.1", "p.c.2")
+    # a defaults prompt is a synthesis instruction: the rank node keeps its ranking instruction
+    assert best["params"] == {"temperature": 0.2, "max_tokens": 300, "cache": True, "timeout": 120.0, "retries": 3,
+                              "prompt": RANK_PROMPT, "min_inputs": 1, "top_k": 2, "quorum": 3, "price": [2.5, 10.0]}
+    assert "[2] > [1] > [3]" in RANK_PROMPT and RANK_PROMPT.endswith("Candidates:")
+
+
+def test_rank_defaults_and_its_own_prompt() -> None:
+    g = moa_dsl.loads('node a = propose openai:"a"\nnode b = propose openai:"b"\n'
+                      'node r = rank openai:"j" <- a, b\nnode s = rank openai:"j" <- a, b { prompt = "Order them." }\n'
+                      'node f = aggregate openai:"z" <- r, s\n').graph
+    assert g.nodes["r"]["params"]["top_k"] == 1 and g.nodes["r"]["params"]["prompt"] == RANK_PROMPT
+    assert "quorum" not in g.nodes["r"]["params"] and g.nodes["r"]["params"]["min_inputs"] == 1
+    assert g.nodes["s"]["params"]["prompt"] == "Order them."
+    assert list(g.predecessors("r")) == ["a", "b"] and g.has_edge("r", "f")
+
+
+def test_vote_has_no_model_and_only_its_own_params(ops) -> None:
+    maj = ops.nodes["maj"]
+    assert (maj["role"], maj["provider"], maj["model"], maj["model_name"]) == ("vote", None, None, None)
+    assert maj["params"] == {"min_inputs": 1, "normalize": False, "extract": "(x)"}
+    assert maj["inputs"] == ("p.a", "p.b", "p.c.1", "p.c.2", "best")
+    assert set(ops.predecessors("maj")) == {"p.a", "p.b", "p.c.1", "p.c.2", "best"}
+    bare = moa_dsl.loads('node a = propose openai:"a"\nnode v = vote <- a\n').graph.nodes["v"]["params"]
+    assert bare == {"min_inputs": 1, "normalize": True}   # extract absent when unset
+
+
+def test_aggregate_operator_params_only_where_set(ops) -> None:
+    fast = ops.nodes["fast"]["params"]
+    assert [fast[k] for k in ("quorum", "agree", "window", "extract", "normalize")] == [4, True, 3, "(x)", True]
+    assert fast["prompt"] == "Fuse these." and fast["min_inputs"] == 1
+    final = ops.nodes["final"]["params"]
+    assert not {"quorum", "agree", "window", "normalize", "top_k"} & set(final) and final["extract"] == "(x)"
+    assert ops.nodes["fast"]["inputs"] == ("best", "p.a", "p.b", "p.c.1", "p.c.2")
+
+
+def test_proposers_get_no_operator_params_from_defaults() -> None:
+    g = moa_dsl.loads('defaults { quorum = 1, top_k = 1, agree = true, window = 2, extract = "x", normalize = false }\n'
+                      'node a = propose openai:"a"\nnode f = aggregate openai:"z" <- a\n').graph
+    assert set(g.nodes["a"]["params"]) == {"temperature", "max_tokens", "cache", "timeout", "retries"}
+    assert "top_k" not in g.nodes["f"]["params"] and g.nodes["f"]["params"]["window"] == 2
+
+
+def test_budget_is_a_graph_attribute() -> None:
+    assert moa_dsl.loads('node a = propose openai:"a"\n').graph.graph["budget"] == {}
+    g = moa_dsl.loads('budget { usd = 1, tokens = 5000, calls = 7 }\nmodel m = openai:"a" { price = [1, 1] }\n'
+                      'node a = propose m\n').graph
+    assert g.graph["budget"] == {"usd": 1.0, "tokens": 5000, "calls": 7}
+    assert isinstance(g.graph["budget"]["usd"], float) and isinstance(g.graph["budget"]["tokens"], int)
+    assert moa_dsl.loads('budget { calls = 3 }\nnode a = propose openai:"a"\n').graph.graph["budget"] == {"calls": 3}
+    assert moa_dsl.loads('budget {}\nnode a = propose openai:"a"\n').graph.graph["budget"] == {}
+
+
+def test_a_budget_in_an_include_counts(tmp_path) -> None:
+    (tmp_path / "caps.moa").write_text("budget { tokens = 900 }\n")
+    (tmp_path / "main.moa").write_text('include "caps.moa"\nnode a = propose openai:"a"\n')
+    assert moa_dsl.load(tmp_path / "main.moa").graph.graph["budget"] == {"tokens": 900}
+
+
+def test_the_language_never_imports_the_runtime() -> None:
+    """rank and vote compile without any runtime support: nothing under moa_dsl/language imports it."""
+    import ast as pyast
+
+    import moa_dsl.language
+
+    for path in Path(moa_dsl.language.__file__).parent.glob("*.py"):
+        for node in pyast.walk(pyast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, pyast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, pyast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any("runtime" in n for n in names), f"{path.name} imports {names}"

@@ -104,13 +104,42 @@ def test_set_values_are_moa_literals_and_bare_words_are_strings() -> None:
     ("noequals", "expected KEY=VALUE"),
     ("=1", "expected KEY=VALUE"),
     ("price=[1, 2]", "model only"),
-    ("L.a.min_inputs=1", "aggregators only"),
+    ("L.a.min_inputs=1", "'min_inputs' applies to aggregators, rank nodes and votes only, and 'L.a' is a proposer"),
     ("f.min_inputs=4", "has only 3 inputs"),
     ("stop=[1", "unexpected end of input"),
 ])
 def test_bad_set_items_are_config_errors(item: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
         moa_dsl.loads(TWO).with_overrides([item])
+    assert words in str(info.value)
+
+
+OPS = ('layer L = propose [openai:"a", openai:"b" * 2]\nnode r = rank openai:"j" <- L { top_k = 2 }\n'
+       'node v = vote <- L\nnode f = aggregate openai:"z" <- r, v\n')
+
+
+def test_set_applies_each_key_only_to_the_roles_that_take_it() -> None:
+    g = moa_dsl.loads(OPS).with_overrides(["temperature=0", "prompt=Fuse", "min_inputs=1", "extract=(x)",
+                                          "r.quorum=3", "r.prompt=Rank"]).graph
+    assert "temperature" not in g.nodes["v"]["params"] and g.nodes["r"]["params"]["temperature"] == 0
+    assert g.nodes["f"]["params"]["prompt"] == "Fuse" and g.nodes["r"]["params"]["prompt"] == "Rank"
+    assert g.nodes["v"]["params"]["extract"] == "(x)" and "extract" not in g.nodes["r"]["params"]
+    assert g.nodes["r"]["params"]["quorum"] == 3 and "min_inputs" not in g.nodes["L.a"]["params"]
+    everywhere_else = moa_dsl.loads(OPS).with_overrides(["prompt=Fuse"]).graph
+    assert everywhere_else.nodes["r"]["params"]["prompt"] != "Fuse"   # a synthesis prompt is not a ranking one
+
+
+@pytest.mark.parametrize("item, words", [
+    ("v.temperature=0", "'temperature' is a model parameter, and 'v' is a vote"),
+    ("f.top_k=1", "'top_k' applies to rank nodes only, and 'f' is an aggregator"),
+    ("r.top_k=4", "'r' has only 3 inputs"),
+    ("f.quorum=3", "'f' has only 2 inputs"),
+    ("window=1", "out of range"),
+    ("extract=(", "not a valid regular expression"),
+])
+def test_bad_operator_set_items(item: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        moa_dsl.loads(OPS).with_overrides([item])
     assert words in str(info.value)
 
 

@@ -102,14 +102,15 @@ def test_propose_with_inputs_is_not_a_syntax_error() -> None:
     ("node layer = propose m", 1, 6, "unexpected keyword 'layer': expected a name"),
     ("node a = propose", 1, 17, "unexpected end of input: expected a name"),
     ("layer a = propose", 1, 18, "unexpected end of input: expected '['"),
-    ("node a =\n\n", 1, 9, "unexpected end of input: expected 'aggregate' or 'propose'"),
+    ("node a =\n\n", 1, 9, "unexpected end of input: expected 'aggregate', 'propose', 'rank' or 'vote'"),
     ("", None, None, None),
     ("node a = propose m {", 1, 21, "unexpected end of input: expected '}', a name or a string"),
-    ("node a = propose_x m", 1, 10, "unexpected name 'propose_x': expected 'aggregate' or 'propose'"),
+    ("node a = propose_x m", 1, 10, "unexpected name 'propose_x': expected 'aggregate', 'propose', 'rank' "
+                                    "or 'vote'"),
     ("node a propose m", 1, 8, "unexpected keyword 'propose': expected '='"),
     ("model m = openai:gpt", 1, 18, "unexpected name 'gpt': expected a string"),
     ("nodes a = x", 1, 1, "unexpected name 'nodes': expected a statement (provider, model, prompt, "
-                          "defaults, node, layer, output, include) or end of input"),
+                          "defaults, node, layer, output, include, budget) or end of input"),
     ('prompt p = "abc\n', 1, 12, "unterminated string"),
     ('prompt p = """abc', 1, 12, "unterminated triple-quoted string"),
     ("node a = propose m { x = @ }", 1, 26, "unexpected character '@': expected '[', 'env', "

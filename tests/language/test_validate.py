@@ -22,7 +22,7 @@ from conftest import FIXTURES
 REGEN = os.environ.get("MOA_REGEN_EXPECTED") == "1"
 INVALID = sorted((FIXTURES / "invalid").glob("*.moa"))
 VALID = sorted((FIXTURES / "valid").glob("*.moa"))
-ALL_CODES = {f"E{n}" for n in (101, 201, 202, 203, 204, 205, 206, 207, 208, 209)} | {"W301", "W302"}
+ALL_CODES = {f"E{n}" for n in (101, 201, 202, 203, 204, 205, 206, 207, 208, 209)} | {"W301", "W302", "W303"}
 
 
 def _expectations(path: Path) -> list[tuple[str, str, int, int]]:
@@ -248,3 +248,93 @@ def test_a_key_set_twice_in_a_block_with_a_prompt_name_is_a_diagnostic_not_a_cra
         moa_dsl.loads(src)
     assert [d.code for d in info.value.diagnostics] == ["E202"]
     assert "'temperature' is set twice in this block (first at <string>:3:" in str(info.value)
+
+
+# ---- rank, vote and the operator parameters ------------------------------------------------------
+
+_OPS_HEAD = 'model m = openai:"m" { price = [1, 1] }\nlayer p = propose [m * 3]\n'
+
+
+@pytest.mark.parametrize("node, code", [
+    ('node r = rank m <- p { top_k = 0 }', "E206"), ('node r = rank m <- p { top_k = 2.0 }', "E206"),
+    ('node r = rank m <- p { quorum = 0 }', "E206"), ('node r = rank m <- p { top_k = true }', "E206"),
+    ('node a = aggregate m <- p { window = 1 }', "E206"), ('node a = aggregate m <- p { window = "3" }', "E206"),
+    ('node a = aggregate m <- p { agree = 1 }', "E206"), ('node v = vote <- p { normalize = "yes" }', "E206"),
+    ('node v = vote <- p { extract = "[" }', "E206"), ('node v = vote <- p { extract = x }', "E206"),
+    ('node v = vote <- p { extract = "a{1,2" }', None), ('node v = vote <- p { extract = "(?P<n>" }', "E206"),
+    ('node a = aggregate m <- p { top_k = 1 }', "E205"), ('node r = rank m <- p { agree = true }', "E205"),
+    ('node r = rank m <- p { window = 2 }', "E205"), ('node r = rank m <- p { normalize = true }', "E205"),
+    ('node v = vote <- p { temperature = 0 }', "E205"), ('node v = vote <- p { cache = false }', "E205"),
+    ('node v = vote <- p { system = "s" }', "E205"), ('node v = vote <- p { window = 2 }', "E205"),
+    ('node v = vote <- p { top_k = 1 }', "E205"), ('node v = vote <- p { qourum = 2 }', "E205"),
+    ('node v = vote <- p { price = [1, 1] }', "E205"),
+    ('node r = rank m <- p { top_k = 4 }', "E209"), ('node r = rank m <- p.m.1, p.m.2 { quorum = 3 }', "E209"),
+    ('node a = aggregate m <- p { quorum = 4 }', "E209"), ('node v = vote <- p { min_inputs = 4 }', "E209"),
+    ('node v = vote m <- p', "E204"), ('node v = vote', "E204"), ('node r = rank m', "E204"),
+    ('layer r = rank [m] <- p', "E204"), ('layer v = vote [m] <- p', "E204"),
+])
+def test_operator_diagnostics(node: str, code: str | None) -> None:
+    src = _OPS_HEAD + node + "\n"
+    if code is None:
+        moa_dsl.loads(src + "output p.m.1\n")
+        return
+    assert [d.code for d in _errors(src) if d.code not in ("E207",)] == [code]
+
+
+def test_top_k_and_quorum_count_a_layer_as_its_members() -> None:
+    pipe = moa_dsl.loads(_OPS_HEAD + "node r = rank m <- p { top_k = 3, quorum = 3 }\n")
+    assert pipe.graph.nodes["r"]["params"]["top_k"] == 3
+
+
+def test_e205_for_a_role_names_the_roles_that_take_the_key() -> None:
+    [d] = _errors(_OPS_HEAD + "node a = aggregate m <- p { top_k = 2 }\n")
+    assert d.message == "'top_k' applies to rank nodes only, and node 'a' is an aggregator"
+    assert (d.span.line, d.span.column) == (3, 29)          # the key, not its value
+    [d] = _errors(_OPS_HEAD + "node v = vote <- p { temperature = 0 }\n")
+    assert d.message == "'temperature' is a model parameter, and node 'v' is a vote: it calls no model"
+    assert d.hint == "a vote takes only min_inputs, extract and normalize"
+
+
+def test_a_vote_with_a_model_is_e204_at_the_model() -> None:
+    [d] = _errors(_OPS_HEAD + 'node v = vote openai:"x" <- p\n')
+    assert d.code == "E204" and (d.span.line, d.span.column, d.span.end_column) == (3, 15, 25)
+    [d] = _errors(_OPS_HEAD + 'node v = vote nosuch <- p\n')  # not resolved as well: one diagnostic
+    assert d.code == "E204"
+
+
+def test_a_bad_pattern_says_what_re_says() -> None:
+    [d] = _errors(_OPS_HEAD + 'node v = vote <- p { extract = "(a|b" }\n')
+    assert d.message == "'extract' is not a valid regular expression: missing ), unterminated subpattern at position 0"
+    assert d.hint is None and (d.span.line, d.span.column) == (3, 32)
+
+
+def test_budget_keys_types_and_did_you_mean() -> None:
+    diags = _errors('budget { usd = -1, tokens = 0, calls = 2.5, cals = 3, usd = 1 }\nnode a = propose openai:"a"\n')
+    assert [(d.code, d.span.column) for d in diags] == [("E206", 16), ("E206", 29), ("E206", 40), ("E205", 45),
+                                                        ("E202", 55)]
+    assert diags[3].hint == "did you mean 'calls'?"
+    [d] = _errors('budget { money = 3 }\nnode a = propose openai:"a"\n')
+    assert d.hint == "keys: usd, tokens, calls"
+
+
+def test_a_second_budget_names_the_first() -> None:
+    [d] = _errors('budget { tokens = 1 }\nnode a = propose openai:"a"\nbudget { calls = 1 }\n')
+    assert d.code == "E202" and d.message == "the budget is set twice (first at <string>:1:1)"
+    assert (d.span.line, d.span.column, d.span.end_column) == (3, 1, 7)
+
+
+def test_w303_names_each_unpriced_model_of_a_live_node_once() -> None:
+    pipe = moa_dsl.loads('budget { tokens = 10, usd = 1 }\nmodel cheap = openai:"c" { price = [0, 0] }\n'
+                         'model free = ollama:"x"\nlayer p = propose [free * 3, cheap, groq:"llama-3"]\n'
+                         'node dead = propose anthropic:"claude"\nnode v = vote <- p\n'
+                         'node f = aggregate cheap <- v, p\noutput f\n')
+    [w] = [w for w in pipe.warnings if w.code == "W303"]
+    assert w.message == ('budget.usd is set, but models free, groq:"llama-3" have no price: '
+                         "their calls count as costing nothing")
+    assert (w.span.line, w.span.column) == (1, 23)
+
+
+def test_no_w303_without_usd_or_with_every_model_priced() -> None:
+    assert moa_dsl.loads('budget { tokens = 10 }\nnode a = propose openai:"a"\n').warnings == ()
+    assert moa_dsl.loads('budget { usd = 1 }\nmodel m = openai:"a" { price = [1, 2] }\nlayer p = propose [m * 2]\n'
+                         'node v = vote <- p\n').warnings == ()
