@@ -12,13 +12,16 @@ from typing import Any, Mapping
 
 __all__ = [
     "BASE_URL_FALLBACKS", "BUILTIN_PARAMS", "builtin_providers", "cache_dir", "DEFAULT_CONCURRENCY",
-    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "EnvRef", "MODEL_PARAMS",
+    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "LOCAL_TIMEOUT_S", "EnvRef", "MODEL_PARAMS",
     "models_dir", "PARAM_KEYS", "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "RANK_PROMPT",
     "REFERENCE_PROMPT", "REQUEST_PARAMS", "request_params", "ROLE_PARAMS", "ROLES",
 ]
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_TIMEOUT_S = 120.0
+# The embedded runtime's default: a CPU serves several parallel requests to one small model, and the
+# timeout bounds a request from its start to its last byte; a sweep on 2 busy cores saw 120 s run out.
+LOCAL_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 3
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024   # a response body past it fails the call (INTERFACES.md, "Limits on input")
 
@@ -124,7 +127,7 @@ def builtin_providers() -> dict[str, ProviderConfig]:
         "openrouter": ProviderConfig("openrouter", "openai", "https://openrouter.ai/api/v1", EnvRef("OPENROUTER_API_KEY")),
         "ollama": ProviderConfig("ollama", "openai", "http://localhost:11434/v1", None),
         "anthropic": ProviderConfig("anthropic", "anthropic", "https://api.anthropic.com/v1", EnvRef("ANTHROPIC_API_KEY")),
-        "local": ProviderConfig("local", "local", None, None),
+        "local": ProviderConfig("local", "local", None, None, timeout=LOCAL_TIMEOUT_S),
     }
 
 

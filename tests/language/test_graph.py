@@ -253,3 +253,11 @@ def test_the_language_never_imports_the_runtime() -> None:
             else:
                 continue
             assert not any("runtime" in n for n in names), f"{path.name} imports {names}"
+
+
+def test_the_embedded_runtime_gets_a_longer_default_timeout():
+    """A CPU serving several parallel requests is slow, and `timeout` runs from start to last byte."""
+    g = moa_dsl.loads('node a = propose local:"smollm2-135m"\nnode b = propose openai:"m"\n'
+                      'provider mine = local { max_concurrency = 2 }\nnode c = aggregate mine:"smollm2-135m" <- a, b').graph
+    assert g.nodes["a"]["params"]["timeout"] == 600.0 and g.nodes["c"]["params"]["timeout"] == 600.0
+    assert g.nodes["b"]["params"]["timeout"] == 120.0
