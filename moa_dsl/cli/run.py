@@ -326,7 +326,8 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
     """
     conversation = [{"role": role, "content": content} for role, content in item.prefix]
     outputs: list[str | None] = []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0}
+    usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0,
+                             "cost_usd": 0.0}
     elapsed, status, error = 0.0, "ok", None
     for turn in item.turns:
         conversation.append({"role": "user", "content": turn})
@@ -335,7 +336,10 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
         result = await session.run(query, on_event=on_event)
         elapsed += result.elapsed_s
         for k, v in result.usage.to_json().items():
-            usage[k] += v
+            if k == "cost_usd":   # None (an unpriced call) stays None
+                usage[k] = None if v is None or usage[k] is None else round(usage[k] + v, 6)
+            else:
+                usage[k] += v
         outputs.append(result.output)
         if result.status != "ok":  # later turns need this answer: stop here
             status, error = "failed", _error(result)
