@@ -67,9 +67,10 @@ class NodeResult:
     selected: list[str] | None = None   # rank: the chosen candidates' node names, best first
     votes: dict[str, int] | None = None  # vote: answer -> votes, in the order first cast
     agreed: bool | None = None          # aggregate with `agree`: True when it made no call
-    # Calls made or served from the cache for it (a window folds in several; a vote makes none), and
-    # the inputs it read (a quorum reads only K of them). Not part of `--json`: for the evaluation.
-    calls: int = field(default=0, repr=False)
+    # Calls made or served from the cache for it (a window folds in several; a vote makes none; None:
+    # not said, one unless skipped), and the inputs it read (a quorum reads only K of them). Not part
+    # of `--json`: for the evaluation.
+    calls: int | None = field(default=None, repr=False)
     inputs_read: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property

@@ -479,7 +479,8 @@ class _Run:
         result = NodeResult(status, attrs["model"], attrs["provider"], text, acc.pt, acc.ct, latency,
                             acc.attempts, None, started, t, cache_key=acc.key, cost_usd=self._cost(attrs, acc),
                             calls=acc.made + acc.hits, **extra)
-        data: dict[str, Any] = {"status": status, "usage": result.usage, "latency_s": round(latency, 6)}
+        data: dict[str, Any] = {"status": status, "usage": result.usage, "latency_s": round(latency, 6),
+                                "calls": acc.made}
         data.update({k: v for k, v in extra.items() if v is not None})
         em.emit("node_finished", name, data, t=t)
         return result
@@ -492,18 +493,18 @@ class _Run:
         if not votes:
             extract = params.get("extract")
             error = ("no input cast a vote" + (f" (none matched extract {extract!r})" if extract else ""))
-            self.emitter.emit("node_failed", name, {"error": error}, t=t)
+            self.emitter.emit("node_failed", name, {"error": error, "calls": 0}, t=t)
             return NodeResult("failed", attrs.get("model"), attrs.get("provider"), None, error=error, started_s=t,
-                              finished_s=t, cost_usd=0.0, votes={}, inputs_read=read)
+                              finished_s=t, cost_usd=0.0, votes={}, calls=0, inputs_read=read)
         winner = max(votes, key=votes.__getitem__)    # the first cast wins a tie
         origin, text = refs[first[winner]]
         self.answers[name] = [(name, text)]
         if name == self.output:
             self._stream(text)
         result = NodeResult("ok", attrs.get("model"), attrs.get("provider"), text, 0, 0, 0.0, 0, None, t, t,
-                            cost_usd=0.0, votes=votes, inputs_read=read)
+                            cost_usd=0.0, votes=votes, calls=0, inputs_read=read)
         self.emitter.emit("node_finished", name, {"status": "ok", "usage": result.usage, "latency_s": 0.0,
-                                                  "votes": dict(votes)}, t=t)
+                                                  "calls": 0, "votes": dict(votes)}, t=t)
         return result
 
     def _agreed(self, name: str, attrs: Mapping[str, Any], refs: list[tuple[str, str]],
@@ -513,15 +514,15 @@ class _Run:
         if name == self.output:
             self._stream(text)
         result = NodeResult("ok", attrs["model"], attrs["provider"], text, 0, 0, 0.0, 0, None, t, t,
-                            cost_usd=self._cost(attrs, None), agreed=True, inputs_read=read)
+                            cost_usd=self._cost(attrs, None), agreed=True, calls=0, inputs_read=read)
         self.emitter.emit("node_finished", name, {"status": "ok", "usage": result.usage, "latency_s": 0.0,
-                                                  "agreed": True}, t=t)
+                                                  "calls": 0, "agreed": True}, t=t)
         return result
 
     def _failed(self, name: str, attrs: Mapping[str, Any], error: str, started: float, acc: _Acc,
                 key: str) -> NodeResult:
         t = self.emitter.now()
-        self.emitter.emit("node_failed", name, {"error": error}, t=t)
+        self.emitter.emit("node_failed", name, {"error": error, "calls": acc.made}, t=t)
         begun = acc.started if acc.started is not None else started
         return NodeResult("failed", attrs["model"], attrs["provider"], None, acc.pt, acc.ct, t - begun,
                           max(acc.attempts, acc.made, 1), error, begun, t, cache_key=key, cost_usd=self._cost(attrs, acc),
@@ -541,8 +542,8 @@ class _Run:
     def _cancelled(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
         """Given up (a quorum was reached without it): what it spent before is still reported."""
         t = self.emitter.now()
-        self.emitter.emit("node_cancelled", name, {"reason": reason}, t=t)
         acc = self.accs.get(name)
+        self.emitter.emit("node_cancelled", name, {"reason": reason, "calls": acc.made if acc else 0}, t=t)
         started = acc.started if acc is not None else None
         return NodeResult("cancelled", attrs.get("model"), attrs.get("provider"), None,
                           acc.pt if acc else 0, acc.ct if acc else 0, None if started is None else t - started,
