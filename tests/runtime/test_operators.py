@@ -404,3 +404,39 @@ def test_cost_per_node_and_for_the_run_null_when_a_model_is_unpriced(make_server
                          "agg", server.url))
     assert unpriced.nodes["agg"].cost_usd is None and unpriced.usage.cost_usd is None
     assert unpriced.nodes["a"].cost_usd is not None
+
+
+# --- end to end from `.moa` text (once the language half has landed) -------------------------------
+
+def test_the_specs_example_runs_end_to_end_from_moa_text(make_server):
+    from moa_dsl import loads
+    from moa_dsl.errors import MoaError
+
+    server = make_server(api_key=KEY, latency={"slow": SLOW},
+                         responder=answers({"gpt": "#### 42", "claude": "so #### 42.", "llama": "#### 41",
+                                            "ranker": "[2] > [1]"}))
+    text = f"""
+provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY") }}
+budget {{ calls = 20 }}
+layer p     = propose [fake:"gpt", fake:"claude", fake:"llama", fake:"slow"]
+node  best  = rank fake:"ranker" <- p {{ top_k = 2, quorum = 3 }}
+node  maj   = vote <- p.gpt, p.claude, p.llama {{ extract = "####\\\\s*(-?[0-9.,]+)", min_inputs = 3 }}
+node  same  = aggregate fake:"agg" <- best {{ agree = true, extract = "####\\\\s*([0-9]+)" }}
+node  seq   = aggregate fake:"seq" <- best, maj, same {{ window = 2 }}
+output seq
+"""
+    try:
+        pipe = loads(text)
+    except MoaError as exc:
+        if any(d.code in ("E101", "E201", "E205") for d in exc.diagnostics):
+            pytest.skip(f"the language half of rank/vote/budget has not landed: {exc.diagnostics[0].message}")
+        raise
+    result = go(pipe)
+    nodes = result.nodes
+    assert pipe.graph.graph["budget"] == {"calls": 20}
+    assert nodes["p.slow"].status == "cancelled" and nodes["p.slow"].reason == "quorum"
+    assert nodes["best"].selected == ["p.claude", "p.gpt"]
+    assert nodes["maj"].votes == {"42": 2, "41": 1} and nodes["maj"].text == "#### 42"
+    assert nodes["same"].agreed is True and not server.requests_for("agg")   # both selected say 42
+    assert nodes["same"].text == "so #### 42."
+    assert len(server.requests_for("seq")) == 1 + math.ceil((4 - 2) / 1)
