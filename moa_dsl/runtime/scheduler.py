@@ -374,71 +374,67 @@ class _Run:
         owner = None
         if key is not None and key not in self.s.inflight:
             owner = self.s.inflight[key] = asyncio.Event()
-        sent = [False]
-        spent = [0, 0]
-        try:
-            return await self._call(name, attrs, provider, req, cache, call.key, acc, check, sent, spent)
+        em = self.emitter
+        sent = False
+        pt = ct = 0
+        try:   # one coroutine for the lookup and the call: every await of a call resumes each frame
+            slots = _Slots(self.s.semaphore, self.s.provider_slots.get(attrs["provider"]))
+            await slots.acquire()
+            try:
+                started = em.now()
+                if acc.started is None:
+                    acc.started = started
+                    em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]},
+                            t=started)
+
+                def emit(kind: EventKind, data: dict[str, Any]) -> None:
+                    if kind == "request_sent":
+                        acc.attempts += 1
+                    em.emit(kind, name, data)
+
+                on_token = self._stream if req.stream else None
+                attempts_before = acc.attempts
+                self.usage.calls += 1
+                acc.made += 1
+                sent = True
+                try:
+                    done: Completion = await provider.complete(req, on_token=on_token, emit=emit, wait=slots.sleep)
+                except MoaError as exc:
+                    return self._failed(name, attrs, str(exc), started, acc, call.key)
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    acc.latency += em.now() - started
+                    raise
+                except Exception as exc:  # a provider bug must not sink the other nodes of a batch
+                    return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, acc, call.key)
+            finally:
+                slots.release()
+            finished = em.now()
+            pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
+            if acc.attempts == attempts_before:   # a provider that does not report its requests
+                acc.attempts += done.attempts or 1
+            acc.pt += pt
+            acc.ct += ct
+            acc.spent_pt += pt
+            acc.spent_ct += ct
+            acc.latency += finished - started
+            self.usage.prompt_tokens += pt
+            self.usage.completion_tokens += ct
+            self._add_cost(attrs, pt, ct)
+            problem = check(done.text) if check is not None else None
+            if problem is not None:   # an unusable reply is not cached: a rerun asks again
+                return self._failed(name, attrs, problem, started, acc, call.key)
+            if cache is not None:
+                cache.set(call.key, {"text": done.text, "prompt_tokens": done.prompt_tokens,
+                                     "completion_tokens": done.completion_tokens,
+                                     "finish_reason": done.finish_reason})
+            return done.text
         finally:
             if owner is not None and key is not None:
                 del self.s.inflight[key]
                 owner.set()
             if reservation is not None:
-                self.budget.settle(reservation, sent=sent[0], prompt_tokens=spent[0], completion_tokens=spent[1],
+                self.budget.settle(reservation, sent=sent, prompt_tokens=pt, completion_tokens=ct,
                                    price=params.get("price"))
-
-    async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
-                    cache: ResponseCache | None, key: str, acc: _Acc, check: Callable[[str], str | None] | None,
-                    sent: list[bool], spent: list[int]) -> str | NodeResult:
-        em = self.emitter
-        slots = _Slots(self.s.semaphore, self.s.provider_slots.get(attrs["provider"]))
-        await slots.acquire()
-        try:
-            started = em.now()
-            if acc.started is None:
-                acc.started = started
-                em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
-
-            def emit(kind: EventKind, data: dict[str, Any]) -> None:
-                if kind == "request_sent":
-                    acc.attempts += 1
-                em.emit(kind, name, data)
-
-            on_token = self._stream if req.stream else None
-            attempts_before = acc.attempts
-            self.usage.calls += 1
-            acc.made += 1
-            sent[0] = True
-            try:
-                done: Completion = await provider.complete(req, on_token=on_token, emit=emit, wait=slots.sleep)
-            except MoaError as exc:
-                return self._failed(name, attrs, str(exc), started, acc, key)
-            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
-                acc.latency += em.now() - started
-                raise
-            except Exception as exc:  # a provider bug must not sink the other nodes of a batch
-                return self._failed(name, attrs, f"{type(exc).__name__}: {exc}", started, acc, key)
-        finally:
-            slots.release()
-        finished = em.now()
-        pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
-        spent[0], spent[1] = pt, ct
-        if acc.attempts == attempts_before:   # a provider that does not report its requests
-            acc.attempts += done.attempts or 1
-        acc.pt += pt
-        acc.ct += ct
-        acc.spent_pt += pt
-        acc.spent_ct += ct
-        acc.latency += finished - started
-        self.usage.prompt_tokens += pt
-        self.usage.completion_tokens += ct
-        self._add_cost(attrs, pt, ct)
-        problem = check(done.text) if check is not None else None
-        if problem is not None:   # an unusable reply is not cached: a rerun asks again
-            return self._failed(name, attrs, problem, started, acc, key)
-        if cache is not None:
-            cache.set(key, {"text": done.text, "prompt_tokens": done.prompt_tokens,
-                            "completion_tokens": done.completion_tokens, "finish_reason": done.finish_reason})
-        return done.text
 
     def _add_cost(self, attrs: Mapping[str, Any], pt: int, ct: int) -> None:
         if self.usage.cost_usd is not None:
@@ -481,7 +477,8 @@ class _Run:
                             calls=acc.made + acc.hits, **extra)
         data: dict[str, Any] = {"status": status, "usage": result.usage, "latency_s": round(latency, 6),
                                 "calls": acc.made}
-        data.update({k: v for k, v in extra.items() if v is not None})
+        if extra:
+            data.update({k: v for k, v in extra.items() if v is not None})
         em.emit("node_finished", name, data, t=t)
         return result
 
