@@ -179,8 +179,10 @@ class _Run:
         self.results: dict[str, NodeResult] = {}
         self.done: dict[str, asyncio.Event] = {}
         self.usage = Usage()
-        # What each succeeded node passes on, as (node it came from, text): itself, or a ranker's top K.
-        self.answers: dict[str, list[tuple[str, str]]] = {}
+        # What a ranker passes on, as (node it came from, text): its top K. Any other node that
+        # succeeded passes on its own text.
+        self.ranked: dict[str, list[tuple[str, str]]] = {}
+        # Each node's calls so far, kept only where a node can be cancelled half-way (a quorum graph).
         self.accs: dict[str, _Acc] = {}
         self.budget = Budget(budget) if budget else None
         # Quorum bookkeeping, only for graphs that have one: the live consumers still waiting for each
@@ -207,8 +209,8 @@ class _Run:
         nodes = {n: self.results[n] for n in s.order}
         output = None
         if status == "ok":
-            answers = self.answers.get(self.output)
-            output = answers[0][1] if answers else out.text
+            ranked = self.ranked.get(self.output)
+            output = ranked[0][1] if ranked else out.text
         return RunResult(output=output, output_node=self.output,
                          status=status, elapsed_s=elapsed, usage=self.usage, nodes=nodes,
                          events=em.events)
@@ -240,9 +242,6 @@ class _Run:
                     current.uncancel()
                 self.results[name] = self._cancelled(name, attrs, reason)
         finally:
-            r = self.results.get(name)
-            if r is not None and r.succeeded and r.text is not None and name not in self.answers:
-                self.answers[name] = [(name, r.text)]
             self.done[name].set()
             if self.quorum:
                 self.seq[name] = len(self.seq)
@@ -286,11 +285,15 @@ class _Run:
         refs: list[tuple[str, str]] | None = None
         if role != "propose":
             refs, succeeded = [], 0
+            results, ranked = self.results, self.ranked
             for i in read:
-                answers = self.answers.get(i)
-                if answers:
+                r = results[i]
+                if r.succeeded and r.text is not None:
                     succeeded += 1
-                    refs.extend(answers)
+                    if i in ranked:
+                        refs.extend(ranked[i])
+                    else:
+                        refs.append((i, r.text))
             need = params.get("min_inputs", 1)
             if succeeded < need:
                 reason = f"{succeeded} of {len(attrs['inputs'])} inputs succeeded, min_inputs is {need}"
@@ -301,7 +304,9 @@ class _Run:
                                              params.get("normalize", True)):
                 return self._agreed(name, attrs, refs, read)
         provider = self.s.providers[attrs["provider"]]
-        acc = self.accs[name] = _Acc()
+        acc = _Acc()
+        if self.quorum:
+            self.accs[name] = acc
         texts = None if refs is None else [t for _, t in refs]
         if role == "rank":
             return await self._rank(name, attrs, provider, refs, acc, read)
@@ -340,7 +345,7 @@ class _Run:
         order = parse_ranking(out, n)
         assert order is not None
         top = [refs[i] for i in order[:max(1, int(attrs["params"].get("top_k", 1)))]]
-        self.answers[name] = top
+        self.ranked[name] = top
         if name == self.output:
             self._stream(top[0][1])
         result = self._finished(name, attrs, acc, out, selected=[origin for origin, _ in top])
@@ -495,7 +500,6 @@ class _Run:
                               finished_s=t, cost_usd=0.0, votes={}, calls=0, inputs_read=read)
         winner = max(votes, key=votes.__getitem__)    # the first cast wins a tie
         origin, text = refs[first[winner]]
-        self.answers[name] = [(name, text)]
         if name == self.output:
             self._stream(text)
         result = NodeResult("ok", attrs.get("model"), attrs.get("provider"), text, 0, 0, 0.0, 0, None, t, t,
