@@ -116,3 +116,37 @@ def test_dry_run_prints_each_calls_worst_case_and_the_total_against_the_budget(c
     assert "calls=0 cache=none" in lines["maj"] and "worst=" not in lines["maj"]
     total = out.splitlines()[-1]
     assert total.startswith("worst case: 5 calls, ") and "budget: $1 (fits), 3 calls (worst case passes it)" in total
+
+
+def test_a_moa_file_with_a_budget_statement_and_the_operators(make_server, tmp_path, monkeypatch, capsys,
+                                                               cache_dir):
+    """The language half's graph, from a real file: the statement's budget, the flags over it, the
+    ranker's default instruction (config.RANK_PROMPT)."""
+    from moa_dsl.config import RANK_PROMPT
+    from moa_dsl.testing import default_answer
+
+    server = make_server(api_key=KEY, responder={"r": lambda m, b: "[3] > [1]",
+                                                 "*": lambda m, b: default_answer(m, b["messages"])})
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    monkeypatch.setenv("MOA_CACHE_DIR", str(cache_dir))
+    path = tmp_path / "ops.moa"
+    path.write_text(f"""
+provider fake = openai {{ base_url = "{server.url}", api_key = env("FAKE_KEY") }}
+budget {{ calls = 5 }}
+layer p    = propose [fake:"a", fake:"b", fake:"c"]
+node  best = rank fake:"r" <- p {{ top_k = 2 }}
+node  maj  = vote <- p
+node  fuse = aggregate fake:"f" <- best, maj
+""")
+    assert main(["run", str(path), "q", "--json"]) == 0        # 3 proposers, the ranker, the aggregator
+    data = json.loads(capsys.readouterr().out)
+    assert data["nodes"]["maj"]["votes"] is not None and data["nodes"]["maj"]["cost_usd"] == 0.0
+    assert data["nodes"]["best"]["selected"] == ["p.c", "p.a"]
+    texts = [data["nodes"][n]["text"].strip() for n in ("p.c", "p.a", "p.a")]   # maj: p.a's text (first cast)
+    assert server.requests_for("f")[0].body["messages"][0]["content"].endswith(
+        "".join(f"\n{i}. {t}" for i, t in enumerate(texts, 1)))
+    assert server.requests_for("r")[0].body["messages"][0]["content"].startswith(RANK_PROMPT + "\n[1] ")
+    assert main(["run", str(path), "q", "--no-cache", "--budget-calls", "4"]) == 3
+    assert "skipped  fuse: budget: " in capsys.readouterr().err
+    assert main(["run", str(path), "q", "--dry-run", "--no-cache"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("budget: 5 calls (fits)")
