@@ -10,6 +10,8 @@ measures, each against what no orchestrator could beat (bench/README.md says wha
   ours / raw httpx               the same N calls at the same bound, httpx on the same transport
   ours / aiohttp alone           1,001 zero-latency calls at bound 64, best of 5 each
   cached / uncached, cache hits per second
+  quorum: time to the output with quorum / without, one proposer 10x slower
+  agreement: calls with `agree` / without, proposers agreeing on half the items
   moa check time and peak memory for 300 / 3,000 / 30,000 nodes
   AlpacaEval batch (805 prompts) through MoA-Lite: ideal time / ours
   moa serve / the same topology in-process, at 1, 16 and 128 concurrent clients
@@ -42,7 +44,7 @@ import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 import networkx as nx  # noqa: E402
 
-from bench import bench_check, bench_run, bench_serve  # noqa: E402
+from bench import bench_check, bench_ops, bench_run, bench_serve  # noqa: E402
 from moa_dsl import loads  # noqa: E402
 from moa_dsl.config import REFERENCE_PROMPT  # noqa: E402
 from moa_dsl.config import request_params  # noqa: E402
@@ -494,6 +496,20 @@ FULL = Plan(0.2, 0.01, 0.1, ((1000, 64), (1000, 256), (10000, 256)), 2000, (300,
 QUICK = Plan(0.05, 0.005, 0.05, ((200, 64),), 200, (300, 3000), 0.05, 100, 2)
 
 
+def bench_quorum(unit: float) -> list[Row]:
+    m = bench_ops.measure_quorum(lambda latency, default: Server(latency, default), unit)
+    return [row("quorum", "time to output: quorum = 3 of 4 / no quorum (one proposer 10x slower)",
+                f"{m['quorum_s']:.3f}s vs {m['plain_s']:.3f}s; expected {m['expected']:.3f}",
+                m["ratio"], f"{m['expected']:.3f}", f"<= {m['expected'] * 1.15:.3f}")]
+
+
+def bench_agreement(items: int) -> list[Row]:
+    m = bench_ops.measure_agreement(items)
+    return [row("agreement", "calls: agree = true / without (proposers agree on half the items)",
+                f"{m['agree_calls']} vs {m['plain_calls']} calls over {items} items",
+                m["ratio"], f"{m['expected']:.3f}", f"<= {m['expected'] + 1e-9:.3f}")]
+
+
 def _loadavg() -> str:
     """The machine is shared: other processes' load is printed beside the numbers."""
     try:
@@ -518,10 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a fast smoke version (about a minute)")
     ap.add_argument("--json", metavar="PATH", help="also save the rows as JSON")
     ap.add_argument("--profile", action="store_true", help="cProfile the batch row and print its hot spots")
-    ap.add_argument("--only", metavar="SECTIONS", help="comma list: dags,overhead,cache,batch,serve,check")
+    ap.add_argument("--only", metavar="SECTIONS",
+                    help="comma list: dags,overhead,cache,quorum,agreement,batch,serve,check")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    only = set(args.only.split(",")) if args.only else {"dags", "overhead", "cache", "batch", "serve", "check"}
+    only = (set(args.only.split(",")) if args.only
+            else {"dags", "overhead", "cache", "quorum", "agreement", "batch", "serve", "check"})
     os.environ.setdefault("MOA_CACHE_DIR", tempfile.mkdtemp(prefix="moa-bench-"))
     # `check` runs last: parsing 30,000 nodes leaves glibc's heap fragmented, and a batch run after it
     # in the same process measured 0.93 of ideal instead of 0.96 (malloc_trim(0) restored it). In
@@ -531,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         ("overhead", lambda: bench_overhead(list(plan.grid), plan.call_latency)
          + bench_over_aiohttp(1001, 64, plan.aiohttp_runs)),
         ("cache", lambda: bench_cache(plan.unit, plan.cache_hits)),
+        ("quorum", lambda: bench_quorum(plan.unit)),
+        ("agreement", lambda: bench_agreement(40)),
         ("batch", lambda: bench_batch(plan.batch_unit, plan.batch_limit, 64, args.profile)),
         ("serve", lambda: bench_serve.bench_serve(quick=args.quick)),
         ("check", lambda: bench_check_sizes(list(plan.check_sizes))),

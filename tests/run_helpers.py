@@ -8,34 +8,55 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import networkx as nx
 
-from moa_dsl.config import REFERENCE_PROMPT, ProviderConfig
+from moa_dsl.config import REFERENCE_PROMPT, EnvRef, ProviderConfig
 from moa_dsl.errors import ConfigError, ProviderHTTPError
 from moa_dsl.runtime.pipeline import Pipeline
 from moa_dsl.providers.base import CallRequest, Completion
 
 
-def node(role: str, inputs: Iterable[str] = (), *, provider: str = "fake", model: str | None = None,
+# The ranking instruction the hand-built rank nodes use (the language half's config.RANK_PROMPT is
+# what a `.moa` file gets; these graphs stand in for it).
+RANK_PROMPT = "Rank the candidate responses from best to worst; answer with their numbers, like [2] > [1] > [3]."
+
+
+def node(role: str, inputs: Iterable[str] = (), *, provider: str | None = "fake", model: str | None = None,
          **params: Any) -> dict[str, Any]:
+    """One node of a hand-built graph (ops contract: a vote has provider and model None)."""
+    if role == "vote":
+        provider = None
     return {"role": role, "inputs": tuple(inputs), "provider": provider, "model": model, "params": params}
 
 
 def make_pipe(nodes: Mapping[str, Mapping[str, Any]], output: str, *, dead: Iterable[str] = (),
-              providers: Mapping[str, ProviderConfig] | None = None) -> Pipeline:
+              providers: Mapping[str, ProviderConfig] | None = None,
+              budget: Mapping[str, Any] | None = None) -> Pipeline:
     g = nx.DiGraph()
     for name, spec in nodes.items():
         params = {"temperature": 0.7, "max_tokens": 512, "cache": True, "timeout": 120.0, "retries": 3}
         if spec["role"] == "aggregate":
             params.update(prompt=REFERENCE_PROMPT, min_inputs=1)
+        elif spec["role"] == "rank":
+            params.update(prompt=RANK_PROMPT, min_inputs=1, top_k=1)
+        elif spec["role"] == "vote":   # only its own keys: no model parameters
+            params = {"min_inputs": 1, "normalize": True}
         params.update(spec["params"])
-        g.add_node(name, role=spec["role"], provider=spec["provider"], model=spec["model"] or f"m-{name}",
+        model = None if spec["role"] == "vote" else spec["model"] or f"m-{name}"
+        g.add_node(name, role=spec["role"], provider=spec["provider"], model=model,
                    model_name=None, sample=None, layer=None, inputs=spec["inputs"], params=params, span=None)
     for name, spec in nodes.items():
         for i in spec["inputs"]:
             g.add_edge(i, name)
     g.graph["output"] = output
     g.graph["dead"] = frozenset(dead)
+    g.graph["budget"] = dict(budget or {})
     g.graph["providers"] = dict(providers or {"fake": ProviderConfig("fake", "openai", "http://fake.invalid/v1")})
     return Pipeline(graph=g)
+
+
+def served(nodes: Mapping[str, Mapping[str, Any]], output: str, url: str, **kw: Any) -> Pipeline:
+    """`make_pipe` with provider "fake" pointing at a FakeLLMServer (api key from $FAKE_KEY)."""
+    provider = ProviderConfig("fake", "openai", url, EnvRef("FAKE_KEY"))
+    return make_pipe(nodes, output, providers={"fake": provider}, **kw)
 
 
 class FakeProvider:

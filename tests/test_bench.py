@@ -24,8 +24,8 @@ def test_quick_bench_prints_and_saves_every_section(tmp_path):
     assert "Traceback" not in done.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
     rows = data["rows"]
-    assert {r["section"] for r in rows} == {"makespan", "first token", "overhead", "cache", "moa check", "batch",
-                                                "serve"}
+    assert {r["section"] for r in rows} == {"makespan", "first token", "overhead", "cache", "quorum", "agreement",
+                                            "moa check", "batch", "serve"}
     for r in rows:
         assert isinstance(r["ratio"], float) and math.isfinite(r["ratio"]), r
         assert (r["ok"] is None) == (r["goal"] == ""), r           # a verdict exactly where there is a goal

@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="silence stderr except errors")
     p.add_argument("--json", action="store_true", help="print one JSON result object instead of the text")
     p.add_argument("--trace", metavar="PATH", help="append the run's events as JSON lines")
+    p.add_argument("--budget-usd", type=float, metavar="X",
+                   help="cap one query's cost in USD (replaces the file's budget usd)")
+    p.add_argument("--budget-tokens", type=int, metavar="N",
+                   help="cap one query's tokens (replaces the file's budget tokens)")
+    p.add_argument("--budget-calls", type=int, metavar="M",
+                   help="cap one query's calls (replaces the file's budget calls)")
     add_call_options(p, bound="")
     p.set_defaults(func=main)
 
@@ -73,6 +79,10 @@ def main(args: argparse.Namespace) -> int:
         return _usage(f"--limit must be >= 1, not {args.limit}")
     if args.no_cache and args.refresh:
         return _usage("--no-cache and --refresh contradict each other")
+    for flag in ("usd", "tokens", "calls"):
+        value = getattr(args, f"budget_{flag}")
+        if value is not None and not (value > 0 and value != float("inf")):
+            return _usage(f"--budget-{flag} must be a number > 0, not {value}")
     if not Path(args.file).is_file():
         return _usage(f"no such file: {args.file}")
     pipe = _load(args)
@@ -160,16 +170,23 @@ def _load(args: argparse.Namespace) -> Any:
     return pipe
 
 
+def _budget(args: argparse.Namespace) -> dict[str, Any]:
+    """--budget-usd/-tokens/-calls, each replacing the file's key of the same name (LANGUAGE.md, "budget")."""
+    return {key: value for key in ("usd", "tokens", "calls")
+            if (value := getattr(args, f"budget_{key}", None)) is not None}
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"concurrency": args.concurrency, "cache": not args.no_cache, "cache_dir": args.cache_dir,
-            "refresh": args.refresh}
+            "refresh": args.refresh, "budget": _budget(args)}
 
 
 def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
     from ..runtime.dryrun import format_plan, plan
+    from ..runtime.operators import budget_caps
 
     rows = plan(pipe, query, cache=not args.no_cache, cache_dir=args.cache_dir, refresh=args.refresh)
-    print(format_plan(rows))
+    print(format_plan(rows, budget_caps(pipe.graph.graph.get("budget"), _budget(args))))
     return EXIT_OK
 
 
@@ -197,11 +214,21 @@ class NodeLines:
             return f"  started  {e.node} ({d['provider']}:{d['model']})"
         if e.kind == "retry":
             return f"  retry    {e.node}: attempt {d.get('attempt')} failed ({d.get('error')}), waiting {d.get('delay_s', 0):.1f}s"
+        if e.kind == "node_cancelled":
+            return f"  cancelled {e.node}: {d.get('reason')}"
+        if e.kind == "node_finished" and d.get("agreed"):
+            return f"  agreed   {e.node}: its inputs gave the same answer, no call"
+        if e.kind == "node_finished" and d.get("votes") is not None:
+            tally = ", ".join(f"{answer[:40]!r} {n}" for answer, n in d["votes"].items())
+            return f"  voted    {e.node}: {tally}"
         if e.kind == "node_finished" and d["status"] == "ok":
-            return (f"  done     {e.node}: {d['usage']['completion_tokens']} tokens in {d['latency_s']:.2f}s")
+            selected = f", selected {', '.join(d['selected'])}" if d.get("selected") else ""
+            return (f"  done     {e.node}: {d['usage']['completion_tokens']} tokens in {d['latency_s']:.2f}s"
+                    + selected)
         if e.kind == "node_finished":
             u = d["usage"]
-            return f"  cached   {e.node} ({u['prompt_tokens'] + u['completion_tokens']} tokens saved)"
+            selected = f", selected {', '.join(d['selected'])}" if d.get("selected") else ""
+            return f"  cached   {e.node} ({u['prompt_tokens'] + u['completion_tokens']} tokens saved{selected})"
         if e.kind == "node_skipped":
             return f"  skipped  {e.node}: {d['reason']}"
         return None
@@ -326,7 +353,8 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
     """
     conversation = [{"role": role, "content": content} for role, content in item.prefix]
     outputs: list[str | None] = []
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0}
+    usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0,
+                             "cost_usd": 0.0}
     elapsed, status, error = 0.0, "ok", None
     for turn in item.turns:
         conversation.append({"role": "user", "content": turn})
@@ -335,7 +363,10 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
         result = await session.run(query, on_event=on_event)
         elapsed += result.elapsed_s
         for k, v in result.usage.to_json().items():
-            usage[k] += v
+            if k == "cost_usd":   # None (an unpriced call) stays None
+                usage[k] = None if v is None or usage[k] is None else round(usage[k] + v, 6)
+            else:
+                usage[k] += v
         outputs.append(result.output)
         if result.status != "ok":  # later turns need this answer: stop here
             status, error = "failed", _error(result)

@@ -284,7 +284,8 @@ class Evaluation:
 
 
 def _priced(graph: nx.DiGraph, order: Sequence[str]) -> bool:
-    return all(graph.nodes[n]["params"].get("price") is not None for n in order)
+    """Every node that calls a model has a price (a vote calls none)."""
+    return all(graph.nodes[n]["params"].get("price") is not None for n in order if graph.nodes[n]["role"] != "vote")
 
 
 def evaluate(topologies: Sequence[str | os.PathLike | Pipeline], data: str | os.PathLike | Iterable[Mapping],

@@ -80,27 +80,36 @@ async def run_item(session: Any, item: Item, *, ledger: LatencyLedger, on_event:
 
 
 def _account(run: ItemRun, session: Any, result: Any, ledger: LatencyLedger) -> None:
+    """Calls, tokens and cost of every call the topology made or was served (a window folds in
+    several; a vote, and an aggregator whose inputs agreed, make none; a skipped or cancelled node
+    counts what it had spent), and the critical path to the output."""
     graph = session.graph
     finish: dict[str, float | None] = {}
     for name in session.order:
         node = result.nodes[name]
         attrs = graph.nodes[name]
-        # A node starts when its last input has finished, failed or been skipped.
-        waits = [finish[i] for i in attrs["inputs"]]
+        # A node starts when its last input has finished, failed or been skipped; a quorum when the
+        # K inputs it read had.
+        read = node.inputs_read if getattr(node, "inputs_read", None) is not None else attrs["inputs"]
+        waits = [finish[i] for i in read]
         known = [w for w in waits if w is not None]
         ready = None if len(known) < len(waits) else max(known, default=0.0)
-        if node.status == "skipped":
-            finish[name] = ready
-            continue
-        run.calls += 1
+        calls = getattr(node, "calls", None)
+        if calls is None:
+            calls = 0 if node.status == "skipped" else 1
+        run.calls += calls
         run.prompt_tokens += node.prompt_tokens
         run.completion_tokens += node.completion_tokens
-        price = attrs["params"].get("price")
-        if price is None or run.cost_usd is None:
-            run.cost_usd = None
-        else:
-            run.cost_usd += (node.prompt_tokens * price[0] + node.completion_tokens * price[1]) / 1e6
-        latency = _node_latency(node, ledger)
+        if calls:
+            price = attrs["params"].get("price")
+            if price is None or run.cost_usd is None:
+                run.cost_usd = None
+            else:
+                run.cost_usd += (node.prompt_tokens * price[0] + node.completion_tokens * price[1]) / 1e6
+        if node.status in ("skipped", "cancelled"):
+            finish[name] = ready
+            continue
+        latency = _node_latency(node, ledger) if calls else 0.0
         finish[name] = None if latency is None or ready is None else ready + latency
     out = finish.get(result.output_node)
     run.latency_s = None if out is None or run.latency_s is None else run.latency_s + out

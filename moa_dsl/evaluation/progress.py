@@ -59,8 +59,9 @@ class Progress:
     def listener(self, graph: Any = None) -> Callable[[Any], None]:
         """An on_event callback for one topology's runs; `graph` gives the nodes' prices (spent cost)."""
         def on_event(event: Any) -> None:
+            # `calls`: a window folds in several, a vote or an agreeing aggregator makes none
             if event.kind == "node_finished" and event.data.get("status") == "ok":
-                self.calls += 1
+                self.calls += event.data.get("calls", 1)
                 usage = event.data.get("usage", {})
                 pt, ct = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
                 self.tokens += pt + ct
@@ -68,7 +69,9 @@ class Progress:
                 if price is not None:
                     self.spent_usd += (pt * price[0] + ct * price[1]) / 1e6
             elif event.kind == "node_failed":
-                self.calls += 1
+                self.calls += event.data.get("calls", 1)
+            elif event.kind == "node_cancelled":
+                self.calls += event.data.get("calls", 0)
             elif event.kind == "cache_hit":
                 self.hits += 1
         return on_event

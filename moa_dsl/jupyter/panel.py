@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover - the panel only reads an event's fields
 __all__ = ["has_frontend", "NodeRow", "panel_html", "panel_text", "PanelState", "RunPanel", "STATES", "TextView",
            "WidgetView"]
 
-STATES = ("waiting", "running", "cached", "done", "failed", "skipped")
+# `agreed`: an aggregator whose inputs gave the same answer (no call); `cancelled`: an input a quorum
+# no longer needed (its call abandoned).
+STATES = ("waiting", "running", "cached", "done", "agreed", "failed", "skipped", "cancelled")
 # JupyterLab's theme variables, so a state reads in the light and the dark theme alike; the fallbacks
 # are for frontends without them (classic Notebook < 7, VS Code, a saved file seen elsewhere).
 _MUTED = "var(--jp-ui-font-color2, #757575)"
@@ -92,9 +94,13 @@ class PanelState:
         import networkx as nx
 
         dead = graph.graph.get("dead", frozenset())
-        rows = {n: NodeRow(n, str(graph.nodes[n].get("model", "")), str(graph.nodes[n].get("provider", "")),
-                           price=_price(graph.nodes[n]))
-                for n in nx.topological_sort(graph) if n not in dead}
+        def row(n: str) -> NodeRow:
+            a = graph.nodes[n]
+            if a.get("role") == "vote":   # no model, no call
+                return NodeRow(n, "(vote)", "")
+            return NodeRow(n, str(a.get("model") or ""), str(a.get("provider") or ""), price=_price(a))
+
+        rows = {n: row(n) for n in nx.topological_sort(graph) if n not in dead}
         return cls(rows=rows, output=graph.graph.get("output"))
 
     @property
@@ -159,8 +165,13 @@ class PanelState:
 
     def _on_node_finished(self, ev: Event) -> None:
         r = self.row(ev.node)
-        r.state = "cached" if ev.data.get("status") == "cached" else "done"
+        d = ev.data
+        r.state = "agreed" if d.get("agreed") else "cached" if d.get("status") == "cached" else "done"
         r.finished, r.detail = ev.t, ""
+        if d.get("selected"):
+            r.detail = "selected " + ", ".join(d["selected"])
+        elif d.get("votes"):
+            r.detail = "votes " + ", ".join(f"{a[:40]!r} {n}" for a, n in d["votes"].items())
         if r.started is None:
             r.started = ev.t
         usage = ev.data.get("usage") or {}
@@ -174,6 +185,10 @@ class PanelState:
     def _on_node_skipped(self, ev: Event) -> None:
         r = self.row(ev.node)
         r.state, r.detail = "skipped", str(ev.data.get("reason", ""))
+
+    def _on_node_cancelled(self, ev: Event) -> None:
+        r = self.row(ev.node)
+        r.state, r.finished, r.detail = "cancelled", ev.t, f"cancelled: {ev.data.get('reason', '')}"
 
     def _on_run_finished(self, ev: Event) -> None:
         self.status = str(ev.data.get("status", "ok"))
@@ -202,6 +217,7 @@ class PanelState:
                  "cache_hits": u.get("cache_hits", len(cached)),
                  "prompt_tokens": u.get("prompt_tokens", sum(r.prompt_tokens for r in called)),
                  "completion_tokens": u.get("completion_tokens", sum(r.completion_tokens for r in called)),
+                 "cost_usd": u.get("cost_usd"),
                  "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
                  "saved_completion_tokens": sum(r.completion_tokens for r in cached)}
         return totals_line(self.status, usage, self.elapsed_s if self.elapsed_s is not None else self.last_t)

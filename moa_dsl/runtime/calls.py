@@ -24,8 +24,10 @@ class PreparedCall:
 
 def prepare_call(attrs: Mapping[str, Any], conversation: Sequence[Message], refs: Sequence[str] | None,
                  provider: Any) -> PreparedCall:
-    """`attrs`: the graph node's attributes; `refs`: the succeeded inputs' texts (None for a proposer)."""
+    """`attrs`: the graph node's attributes; `refs`: the succeeded inputs' texts (None for a proposer),
+    numbered `[i]` for a ranker."""
     params = attrs["params"]
-    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"))
+    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"),
+                              numbered=attrs["role"] == "rank")
     body = request_params(params)
     return PreparedCall(messages, body, call_key(provider, attrs["model"], messages, body, attrs.get("sample")))

@@ -2,7 +2,8 @@
 
 Kinds, in the order they can happen for a node (docs/architecture.md, "Events"):
 run_started, node_started, request_sent, retry, token, cache_hit, node_finished, node_failed,
-node_skipped, run_finished. Event data never holds a header, a key or any other credential: the
+node_skipped, node_cancelled, run_finished. `node_skipped` and `node_cancelled` carry `reason` (in
+words; a budget's starts "budget: "); `node_finished` may carry `agreed`, `selected` and `votes`. Event data never holds a header, a key or any other credential: the
 runner only puts model names, counts, timings, texts and error messages (already credential-free,
 errors.py) in it.
 """
@@ -18,7 +19,7 @@ __all__ = ["Emitter", "Event", "EVENT_KINDS", "EventKind", "OnEvent", "TraceWrit
 
 EventKind = Literal[
     "run_started", "node_started", "request_sent", "retry", "token", "cache_hit",
-    "node_finished", "node_failed", "node_skipped", "run_finished"
+    "node_finished", "node_failed", "node_skipped", "node_cancelled", "run_finished"
 ]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 

@@ -3,7 +3,8 @@
 They follow togethercomputer/MoA's `inject_references_to_messages`, so that a topology written in
 `.moa` sends the same requests as the paper's code: a proposer sends the conversation (behind an
 optional system message); an aggregator appends a numbered block of its inputs' answers to the
-system message, or puts one in front.
+system message, or puts one in front. A ranker (LANGUAGE.md, "rank") builds its request the same
+way, its candidates numbered `[1]`, `[2]`, ... instead.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ..config import REFERENCE_PROMPT
 from ..errors import ConfigError
 
-__all__ = ["Message", "build_messages", "normalize_query", "references_block"]
+__all__ = ["Message", "build_messages", "candidates_block", "normalize_query", "references_block"]
 
 Message = dict[str, str]
 _ROLES = ("system", "user", "assistant")
@@ -60,15 +61,25 @@ def references_block(refs: Iterable[str], prompt: str = REFERENCE_PROMPT) -> str
     return prompt + "".join(f"\n{i}. {ref.strip()}" for i, ref in enumerate(refs, 1))
 
 
+def candidates_block(refs: Iterable[str], prompt: str) -> str:
+    """A ranker's block: PROMPT, then "\n[1] ref", "\n[2] ref", ... with each candidate stripped."""
+    return prompt + "".join(f"\n[{i}] {ref.strip()}" for i, ref in enumerate(refs, 1))
+
+
 def build_messages(conversation: Sequence[Message], *, system: str | None = None,
-                   refs: Sequence[str] | None = None, prompt: str | None = None) -> list[Message]:
-    """The messages for one call. `refs` is None for a proposer, the succeeded inputs' texts otherwise."""
+                   refs: Sequence[str] | None = None, prompt: str | None = None,
+                   numbered: bool = False) -> list[Message]:
+    """The messages for one call. `refs` is None for a proposer, the succeeded inputs' texts otherwise;
+    `numbered`: a ranker's `[i]` candidates (then `prompt` is the ranking instruction)."""
     messages = [dict(m) for m in conversation]  # never mutate the caller's conversation
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     if refs is None:
         return messages
-    block = references_block(refs, REFERENCE_PROMPT if prompt is None else prompt)
+    if numbered:
+        block = candidates_block(refs, prompt or "")
+    else:
+        block = references_block(refs, REFERENCE_PROMPT if prompt is None else prompt)
     if messages and messages[0]["role"] == "system":
         messages[0]["content"] += "\n\n" + block
     else:

@@ -11,15 +11,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .result import NodeResult, RunResult
 
-__all__ = ["failure_reason", "result_html", "result_markdown", "totals_line"]
+__all__ = ["failure_reason", "node_detail", "result_html", "result_markdown", "totals_line"]
 
 
 def totals_line(status: str, usage: Any, elapsed_s: float | None) -> str:
     """`ok: 4 calls, 0 cache hits, 120 prompt + 80 completion tokens (30 saved by the cache), 1.20s`."""
     saved = _get(usage, "saved_prompt_tokens") + _get(usage, "saved_completion_tokens")
+    cost = usage.get("cost_usd") if isinstance(usage, dict) else getattr(usage, "cost_usd", None)
     return (f"{status}: {_get(usage, 'calls')} calls, {_get(usage, 'cache_hits')} cache hits, "
             f"{_get(usage, 'prompt_tokens')} prompt + {_get(usage, 'completion_tokens')} completion tokens"
             + (f" ({saved} saved by the cache)" if saved else "")
+            + (f", ${cost:.6f}" if cost else "")
             + (f", {elapsed_s:.2f}s" if elapsed_s is not None else ""))
 
 
@@ -44,12 +46,29 @@ def _rows(result: "RunResult") -> list[tuple[str, str, str, str, str, str]]:
     rows: list[tuple[str, str, str, str, str, str]] = []
     for name, n in result.nodes.items():
         p, c = n.prompt_tokens, n.completion_tokens
-        rows.append((name, n.status, f"{n.provider}:{n.model}", _fmt_s(n.latency_s),
-                     f"{p} / {c}" if (p or c) else "", n.error or ""))
+        model = f"{n.provider}:{n.model}" if n.provider is not None else "(vote: no call)"
+        rows.append((name, n.status, model, _fmt_s(n.latency_s),
+                     f"{p} / {c}" if (p or c) else "", node_detail(n)))
     return rows
 
 
-_HEAD = ("node", "status", "model", "latency", "tokens in / out", "error")
+def node_detail(n: "NodeResult") -> str:
+    """What a node's row says beside its status: its error or skip reason, why it was cancelled,
+    that its inputs agreed, what a ranker selected, a vote's tally."""
+    if n.error:
+        return n.error
+    if n.status == "cancelled":
+        return f"cancelled: {n.reason}"
+    if n.agreed:
+        return "agreed: no call"
+    if n.selected:
+        return "selected " + ", ".join(n.selected)
+    if n.votes:
+        return "votes " + ", ".join(f"{a[:40]!r} {k}" for a, k in n.votes.items())
+    return ""
+
+
+_HEAD = ("node", "status", "model", "latency", "tokens in / out", "detail")
 
 
 def result_html(result: "RunResult") -> str:

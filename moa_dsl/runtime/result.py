@@ -6,7 +6,14 @@ totals count only what was spent in this run (ok nodes, and failed ones that rep
 today); what the cache saved is in `Usage.saved_prompt_tokens` / `saved_completion_tokens`.
 `Usage.calls` is the number of nodes whose call reached a provider in this run (ok or failed, each
 counted once however many attempts it took; per-node attempts are in `NodeResult.attempts`);
-`cache_hits` is the number of nodes served from the cache.
+`cache_hits` is the number of nodes served from the cache. A `window` aggregator folds its inputs in
+several calls: each counts (`calls` or `cache_hits`), and all are in its node's usage and attempts.
+A `vote`, and an `agree` aggregator whose inputs agreed, make no call.
+
+Cost: `NodeResult.cost_usd` is what the node's calls made in this run cost at its model's `price`
+(USD per million prompt and completion tokens): 0.0 when it was served from the cache or made no
+call, None when its model has no price (a vote has no model: 0.0). `Usage.cost_usd` sums them for the
+run, None when any call made or served was unpriced.
 """
 from __future__ import annotations
 
@@ -17,9 +24,9 @@ from ..errors import RunFailed
 from .events import Event
 from .report import failure_reason, result_html, result_markdown, totals_line
 
-__all__ = ["NODE_STATUSES", "NodeResult", "NodeStatus", "RunResult", "RunStatus", "Usage"]
+__all__ = ["NODE_STATUSES", "NodeResult", "NodeStatus", "RunResult", "RunStatus", "Usage", "price_usd"]
 
-NodeStatus = Literal["ok", "cached", "failed", "skipped"]
+NodeStatus = Literal["ok", "cached", "failed", "skipped", "cancelled"]
 RunStatus = Literal["ok", "failed"]
 NODE_STATUSES: tuple[NodeStatus, ...] = get_args(NodeStatus)
 
@@ -32,28 +39,39 @@ class Usage:
     cache_hits: int = 0
     saved_prompt_tokens: int = 0
     saved_completion_tokens: int = 0
+    cost_usd: float | None = 0.0        # None once a call made or served was unpriced
 
-    def to_json(self) -> dict[str, int]:
+    def to_json(self) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "calls": self.calls, "cache_hits": self.cache_hits}
+                "calls": self.calls, "cache_hits": self.cache_hits, "cost_usd": _round(self.cost_usd)}
 
 
 @dataclass
 class NodeResult:
     status: NodeStatus
-    model: str
-    provider: str
+    model: str | None                   # None for a vote (no model)
+    provider: str | None
     text: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float | None = None      # the call's duration (0 for a cache hit); None if never started
     attempts: int = 0                   # requests sent (0 when cached or skipped)
-    error: str | None = None            # why it failed, or why it was skipped
+    error: str | None = None            # why it failed, or why it was skipped (in words)
     started_s: float | None = None
     finished_s: float | None = None
     # The call's response-cache key (the same whether or not the cache was used); None if it never
     # got as far as a request (skipped). Not part of `--json`: it is for tools built on a run.
     cache_key: str | None = field(default=None, repr=False)
+    reason: str | None = None           # why it was skipped or cancelled: "budget", "min_inputs", "quorum"
+    cost_usd: float | None = None       # see the module docstring
+    selected: list[str] | None = None   # rank: the chosen candidates' node names, best first
+    votes: dict[str, int] | None = None  # vote: answer -> votes, in the order first cast
+    agreed: bool | None = None          # aggregate with `agree`: True when it made no call
+    # Calls made or served from the cache for it (a window folds in several; a vote makes none; None:
+    # not said, one unless skipped), and the inputs it read (a quorum reads only K of them). Not part
+    # of `--json`: for the evaluation.
+    calls: int | None = field(default=None, repr=False)
+    inputs_read: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property
     def usage(self) -> dict[str, int]:
@@ -64,11 +82,19 @@ class NodeResult:
         return self.status in ("ok", "cached")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "status": self.status, "model": self.model, "provider": self.provider, "text": self.text,
             "usage": self.usage, "latency_s": _round(self.latency_s), "attempts": self.attempts,
             "error": self.error, "started_s": _round(self.started_s), "finished_s": _round(self.finished_s),
+            "reason": self.reason, "cost_usd": _round(self.cost_usd),
         }
+        if self.selected is not None:
+            out["selected"] = list(self.selected)
+        if self.votes is not None:
+            out["votes"] = dict(self.votes)
+        if self.agreed is not None:
+            out["agreed"] = self.agreed
+        return out
 
 
 @dataclass
@@ -112,3 +138,10 @@ class RunResult:
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 6)
+
+
+def price_usd(price: Any, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """USD for these tokens at `price` ([prompt, completion] USD per million tokens); None if unpriced."""
+    if price is None:
+        return None
+    return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6

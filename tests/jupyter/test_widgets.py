@@ -306,3 +306,67 @@ def test_panel_after_a_run_with_a_failed_and_a_skipped_node(monkeypatch):
     assert panel.state.usage == result.usage.to_json()
     assert "ok: 3 calls, 0 cache hits" in view.html.value
     assert view.answer == result.output
+
+
+# -- the states of the operators beyond propose and aggregate -------------------------------------------
+
+def test_cancelled_and_agreed_rows_show_their_state_colour_and_mark():
+    from moa_dsl.jupyter.panel import STATES, _STATE_COLOURS, _TEXT_MARKS
+
+    assert {"cancelled", "agreed"} <= set(STATES) <= set(_STATE_COLOURS)
+    assert set(STATES) - {"waiting"} <= set(_TEXT_MARKS)
+    zero = {"prompt_tokens": 0, "completion_tokens": 0}
+    state = PanelState.from_graph(_graph())
+    out = io.StringIO()
+    view = TextView(state, stream=out)
+    events = [
+        Event("node_started", 0.1, "a", {"model": "m1", "provider": "fake"}),
+        Event("node_cancelled", 0.3, "a", {"reason": "quorum"}),
+        Event("node_finished", 0.3, "b", {"status": "ok", "usage": zero, "latency_s": 0.0, "agreed": True}),
+        Event("node_finished", 0.4, "final", {"status": "ok", "usage": zero, "latency_s": 0.2,
+                                              "selected": ["b"]}),
+    ]
+    changed = set()
+    for ev in events:
+        changed |= state.apply(ev)
+    view.render(changed, None)
+    rows = state.rows
+    assert (rows["a"].state, rows["a"].detail, rows["a"].finished) == ("cancelled", "cancelled: quorum", 0.3)
+    assert rows["b"].state == "agreed" and rows["final"].detail == "selected b"
+    text = out.getvalue()
+    assert f"{_TEXT_MARKS['cancelled']} a" in text and "cancelled" in text
+    assert f"{_TEXT_MARKS['agreed']} b" in text and "agreed" in text
+    widget = RunPanel(PanelState.from_graph(_graph()), widgets=True)
+    widget.handle_many(events)
+    html = widget.view.html.value
+    assert ">cancelled<" in row_html(html, "a") and _STATE_COLOURS["cancelled"] in row_html(html, "a")
+    assert ">agreed<" in row_html(html, "b") and _STATE_COLOURS["agreed"] in row_html(html, "b")
+    assert "selected b" in row_html(html, "final")
+
+
+def test_panel_after_a_real_run_with_quorum_agree_vote_and_rank(make_server, monkeypatch):
+    from conftest import KEY
+    from run_helpers import node, served
+    from moa_dsl.jupyter.magics import run_with_panel
+
+    texts = {"a": "Paris.", "b": "paris", "ranker": "[2] > [1]"}
+    server = make_server(api_key=KEY, latency={"slow": 30.0},
+                         responder=lambda m, b: texts.get(m, "other"))
+    pipe = served({"a": node("propose", model="a"), "b": node("propose", model="b"),
+                   "slow": node("propose", model="slow"),
+                   "same": node("aggregate", ["a", "b"], agree=True),
+                   "maj": node("vote", ["a", "b", "same"]),
+                   "fast": node("aggregate", ["a", "b", "slow"], quorum=2),
+                   "best": node("rank", ["maj", "fast"], model="ranker")}, "best", server.url)
+    monkeypatch.setenv("FAKE_KEY", KEY)
+    panel = RunPanel.for_pipeline(pipe, widgets=True)
+    result = run_with_panel(pipe, "Capital of France?", panel=panel, cache=False)
+    states = {n: r.state for n, r in panel.state.rows.items()}
+    assert states == {"a": "done", "b": "done", "slow": "cancelled", "same": "agreed", "maj": "done",
+                      "fast": "done", "best": "done"}
+    assert {n: r.status for n, r in result.nodes.items()}["slow"] == "cancelled"
+    assert panel.state.rows["maj"].model == "(vote)" and "votes 'paris' 3" in panel.state.rows["maj"].detail
+    assert panel.state.rows["best"].detail == "selected fast"
+    html = panel.view.html.value
+    assert ">cancelled<" in row_html(html, "slow") and ">agreed<" in row_html(html, "same")
+    assert result.output == "other"

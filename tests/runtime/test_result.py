@@ -27,11 +27,12 @@ def test_to_json_is_exactly_the_interface_shape():
     data = _result().to_json()
     assert data == json.loads(json.dumps(data))
     assert list(data) == ["output", "output_node", "status", "elapsed_s", "usage", "nodes"]
-    assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "calls": 2, "cache_hits": 1}
+    assert data["usage"] == {"prompt_tokens": 10, "completion_tokens": 20, "calls": 2, "cache_hits": 1,
+                             "cost_usd": 0.0}
     assert data["nodes"]["a"] == {
         "status": "cached", "model": "m1", "provider": "p", "text": "A",
         "usage": {"prompt_tokens": 3, "completion_tokens": 4}, "latency_s": 0.0, "attempts": 0,
-        "error": None, "started_s": 0.01, "finished_s": 0.01}
+        "error": None, "started_s": 0.01, "finished_s": 0.01, "reason": None, "cost_usd": None}
     assert data["nodes"]["b"]["error"] == "HTTP 500" and data["nodes"]["b"]["text"] is None
 
 

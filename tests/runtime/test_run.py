@@ -141,10 +141,11 @@ def test_events_order_and_trace_without_credentials(server, cache_dir, tmp_path)
 def test_to_json_shape(server, cache_dir):
     data = go(loads(source(server.url)), cache_dir=cache_dir).to_json()
     assert set(data) == {"output", "output_node", "status", "elapsed_s", "usage", "nodes"}
-    assert set(data["usage"]) == {"prompt_tokens", "completion_tokens", "calls", "cache_hits"}
+    assert set(data["usage"]) == {"prompt_tokens", "completion_tokens", "calls", "cache_hits", "cost_usd"}
     node = data["nodes"]["final"]
+    # `selected`, `votes` and `agreed` appear only on the nodes they apply to (rank, vote, agree)
     assert set(node) == {"status", "model", "provider", "text", "usage", "latency_s", "attempts", "error",
-                         "started_s", "finished_s"}
+                         "started_s", "finished_s", "reason", "cost_usd"}
     assert set(node["usage"]) == {"prompt_tokens", "completion_tokens"}
     assert data["nodes"]["first.a"]["finished_s"] <= node["started_s"] <= node["finished_s"]
     json.dumps(data)
