@@ -11,7 +11,7 @@ counted once however many attempts it took; per-node attempts are in `NodeResult
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Callable, Literal, get_args
 
 from ..errors import RunFailed
 from .events import Event
@@ -38,6 +38,26 @@ class Usage:
                 "calls": self.calls, "cache_hits": self.cache_hits}
 
 
+class _LazyKey:
+    """A field that may be given as a zero-argument callable, called (once) at first read: the runner
+    passes the call's cache key this way when the cache is off, so no run pays for a SHA-256 per call
+    that nobody reads."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return None                    # the dataclass field's default
+        value = obj.__dict__[self._slot]
+        if callable(value):
+            value = obj.__dict__[self._slot] = value()
+        return value
+
+    def __set__(self, obj: Any, value: str | Callable[[], str] | None) -> None:
+        obj.__dict__[self._slot] = None if value is self else value   # `self`: the default, not given
+
+
 @dataclass
 class NodeResult:
     status: NodeStatus
@@ -53,7 +73,8 @@ class NodeResult:
     finished_s: float | None = None
     # The call's response-cache key (the same whether or not the cache was used); None if it never
     # got as far as a request (skipped). Not part of `--json`: it is for tools built on a run.
-    cache_key: str | None = field(default=None, repr=False)
+    # Computed at first read when the run's cache was off (the runner passes a callable).
+    cache_key: str | None = field(default=_LazyKey(), repr=False)  # type: ignore[assignment]
 
     @property
     def usage(self) -> dict[str, int]:

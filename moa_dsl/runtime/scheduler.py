@@ -185,13 +185,15 @@ class _Run:
         call = prepare_call(attrs, self.conversation, refs, provider)
         cache = self.s.cache if params.get("cache", True) else None
         key = call.key if cache is not None else None
+        # The key for NodeResult.cache_key: computed now only if the cache needs it, else at first read.
+        node_key: Any = key if key is not None else (lambda: call.key)
         if cache is not None and key is not None and not self.s.refresh:
             hit = cache.get(key)
             if hit is None and key in self.s.inflight:
                 await self.s.inflight[key].wait()
                 hit = cache.get(key)  # None if that call failed: then this node makes its own
             if hit is not None:
-                return self._cached(name, attrs, hit, call.key)
+                return self._cached(name, attrs, hit, key)
         req = CallRequest(node=name, model=attrs["model"], messages=call.messages, params=call.body,
                           stream=name == self.output, timeout=params.get("timeout", DEFAULT_TIMEOUT_S),
                           retries=params.get("retries", DEFAULT_RETRIES))
@@ -199,14 +201,14 @@ class _Run:
         if key is not None and key not in self.s.inflight:
             owner = self.s.inflight[key] = asyncio.Event()
         try:
-            return await self._call(name, attrs, provider, req, cache, call.key)
+            return await self._call(name, attrs, provider, req, cache, node_key)
         finally:
             if owner is not None and key is not None:
                 del self.s.inflight[key]
                 owner.set()
 
     async def _call(self, name: str, attrs: Mapping[str, Any], provider: Any, req: CallRequest,
-                    cache: ResponseCache | None, key: str) -> NodeResult:
+                    cache: ResponseCache | None, key: Any) -> NodeResult:
         em = self.emitter
         slots = _Slots(self.s.semaphore, self.s.provider_slots.get(attrs["provider"]))
         await slots.acquire()
@@ -267,7 +269,7 @@ class _Run:
         return result
 
     def _failed(self, name: str, attrs: Mapping[str, Any], error: str, started: float,
-                attempts: int, key: str) -> NodeResult:
+                attempts: int, key: Any) -> NodeResult:
         t = self.emitter.now()
         self.emitter.emit("node_failed", name, {"error": error}, t=t)
         return NodeResult("failed", attrs["model"], attrs["provider"], None, 0, 0, t - started, attempts,
