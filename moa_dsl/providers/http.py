@@ -169,6 +169,7 @@ class HTTPProvider:
         self._semaphore: AbstractAsyncContextManager[Any] | None = semaphore if semaphore is not None else (
             asyncio.Semaphore(max_concurrency) if max_concurrency else None)
         self._target = httpx.URL(self.url)
+        self._target_text = str(self._target)   # as httpx normalised it
         self._headers = httpx.Headers({**_DEFAULT_HEADERS, **self.auth_headers(api_key), **extra})
         # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
@@ -270,7 +271,7 @@ class HTTPProvider:
         encoded body, an answer that does not parse) goes through the httpx path's own reading, so the
         outcome and every message are the same."""
         head, tail = self._direct_headers or self._split_headers()
-        response = await transport.send("POST", self._target, [*head, ("content-length", str(len(content))), *tail],
+        response = await transport.send("POST", self._target_text, [*head, ("content-length", str(len(content))), *tail],
                                         content)
         if response.status >= 400 or "Content-Encoding" in response.headers:
             wrapped = transport.wrap(response, self._request(body))

@@ -181,9 +181,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise _translate(exc, request) from exc
         return self.wrap(response, request)
 
-    def _url(self, url: httpx.URL) -> yarl.URL:
+    def _url(self, url: httpx.URL | str) -> yarl.URL:
         # encoded=True: the URL goes out as httpx built it, byte for byte (yarl would re-quote %2F)
-        text = str(url)
+        text = url if isinstance(url, str) else str(url)
         parsed = self._urls.get(text)
         if parsed is None:
             if len(self._urls) >= 64:
@@ -191,10 +191,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             parsed = self._urls[text] = yarl.URL(text, encoded=True)
         return parsed
 
-    async def send(self, method: str, url: httpx.URL, headers: list[tuple[str, str]],
+    async def send(self, method: str, url: str, headers: list[tuple[str, str]],
                    body: bytes) -> aiohttp.ClientResponse:
         """The providers' fast path: a request given as the parts an `httpx.Request` would hold (its
-        `headers.multi_items()`, its content), aiohttp's own response back, unread. Sent and refused
+        `headers.multi_items()`, its content; the URL as `str(request.url)`), aiohttp's own response back, unread. Sent and refused
         exactly as by `handle_async_request` (no timeout extension: the caller bounds the request);
         its errors are the same httpx exceptions, without a request attached."""
         if self._closed:
