@@ -29,6 +29,9 @@ class PreparedCall:
         """The response-cache key (never holds a credential). Computed at first use: a SHA-256 over
         canonical JSON of the messages, which a run with the cache off does not need for every call
         (1,001 zero-latency calls: ~10 us a call)."""
+        return self.compute_key()
+
+    def compute_key(self) -> str:
         return call_key(self.provider, self.model, self.messages, self.body, self.sample)
 
 

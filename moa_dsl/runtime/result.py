@@ -44,18 +44,19 @@ class _LazyKey:
     that nobody reads."""
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self._slot = "_" + name
+        self._slot = "_" + name            # a plain attribute: reading obj.__dict__ would build a dict per result
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return None                    # the dataclass field's default
-        value = obj.__dict__[self._slot]
+        value = getattr(obj, self._slot)
         if callable(value):
-            value = obj.__dict__[self._slot] = value()
+            value = value()
+            setattr(obj, self._slot, value)
         return value
 
     def __set__(self, obj: Any, value: str | Callable[[], str] | None) -> None:
-        obj.__dict__[self._slot] = None if value is self else value   # `self`: the default, not given
+        setattr(obj, self._slot, None if value is self else value)   # `self`: the default, not given
 
 
 @dataclass

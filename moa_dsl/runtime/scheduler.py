@@ -186,7 +186,7 @@ class _Run:
         cache = self.s.cache if params.get("cache", True) else None
         key = call.key if cache is not None else None
         # The key for NodeResult.cache_key: computed now only if the cache needs it, else at first read.
-        node_key: Any = key if key is not None else (lambda: call.key)
+        node_key: Any = key if key is not None else call.compute_key
         if cache is not None and key is not None and not self.s.refresh:
             hit = cache.get(key)
             if hit is None and key in self.s.inflight:
