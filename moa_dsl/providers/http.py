@@ -173,9 +173,13 @@ class HTTPProvider:
         self._headers = httpx.Headers({**_DEFAULT_HEADERS, **self.auth_headers(api_key), **extra})
         # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
-        self._transport = transport if transport is not None else AiohttpTransport(
-            trust_env=trust_env, max_connections=MAX_CONNECTIONS)
-        self._direct: AiohttpTransport | None = self._transport if transport is None and self.fast_path else None
+        # The fast path only on our own transport: an injected one (a test's MockTransport) sees httpx's objects.
+        self._direct: AiohttpTransport | None = None
+        if transport is None:
+            own = AiohttpTransport(trust_env=trust_env, max_connections=MAX_CONNECTIONS)
+            self._direct = own if self.fast_path else None
+            transport = own
+        self._transport = transport
         self._direct_headers: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = None
         self._closed = False
 
@@ -271,8 +275,8 @@ class HTTPProvider:
         encoded body, an answer that does not parse) goes through the httpx path's own reading, so the
         outcome and every message are the same."""
         head, tail = self._direct_headers or self._split_headers()
-        response = await transport.send("POST", self._target_text, [*head, ("content-length", str(len(content))), *tail],
-                                        content)
+        headers = [*head, ("content-length", str(len(content))), *tail]
+        response = await transport.send("POST", self._target_text, headers, content)
         if response.status >= 400 or "Content-Encoding" in response.headers:
             wrapped = transport.wrap(response, self._request(body))
             try:

@@ -194,9 +194,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def send(self, method: str, url: str, headers: list[tuple[str, str]],
                    body: bytes) -> aiohttp.ClientResponse:
         """The providers' fast path: a request given as the parts an `httpx.Request` would hold (its
-        `headers.multi_items()`, its content; the URL as `str(request.url)`), aiohttp's own response back, unread. Sent and refused
-        exactly as by `handle_async_request` (no timeout extension: the caller bounds the request);
-        its errors are the same httpx exceptions, without a request attached."""
+        `headers.multi_items()`, its content; the URL as `str(request.url)`), aiohttp's own response back,
+        unread. Sent and refused exactly as by `handle_async_request` (no timeout extension: the caller
+        bounds the request); its errors are the same httpx exceptions, without a request attached."""
         if self._closed:
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         session = self._open()
