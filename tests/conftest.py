@@ -64,3 +64,19 @@ def make_server():
 def server(make_server):
     """A FakeLLMServer on 127.0.0.1 that requires KEY, started for the test and closed after it."""
     return make_server(api_key=KEY)
+
+
+@pytest.fixture(params=["fast", "httpx"])
+def provider_path(request, monkeypatch):
+    """Run a test once on each of the providers' two ways to a server (the loopback tests of limits,
+    retries, errors, pooling and proxies in tests/providers use it; both must behave the same).
+
+    "fast": the providers' own transport; calls that are not streamed go to aiohttp as bytes and plain
+    answers are read without httpx's objects (HTTPProvider._fast). "httpx": every call through
+    `httpx.Request` and `httpx.Response` over the same AiohttpTransport, as an injected transport always is.
+    """
+    if request.param == "httpx":
+        from moa_dsl.providers.http import HTTPProvider
+
+        monkeypatch.setattr(HTTPProvider, "fast_path", False)
+    return request.param

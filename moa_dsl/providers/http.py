@@ -41,7 +41,7 @@ from ..errors import (
     ProviderTimeout,
 )
 from .base import CallRequest, Completion, Emit, OnToken, Wait
-from .transport import MAX_CONNECTIONS, AiohttpTransport
+from .transport import MAX_CONNECTIONS, AiohttpTransport, ResponseTooLarge, read_body
 
 __all__ = ["Backoff", "DEFAULT_BACKOFF", "Failure", "HTTPProvider", "request_params", "RETRYABLE_STATUS", "TokenGate"]
 
@@ -100,8 +100,9 @@ class TokenGate:
             self.on_token(text)
 
 
-class _TooLarge(Exception):
-    pass
+_TooLarge = ResponseTooLarge
+# The body of a JSON request, as httpx.Request(json=...) encodes it (httpx/_content.py: encode_json).
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 class _Capped(httpx.AsyncByteStream):
@@ -130,7 +131,15 @@ def _capped(response: httpx.Response, limit: int) -> tuple[httpx.Response, _Capp
 
 
 class HTTPProvider:
-    """Base of the OpenAI and Anthropic providers. Subclasses set `kind`, `path` and the four hooks."""
+    """Base of the OpenAI and Anthropic providers. Subclasses set `kind`, `path` and the four hooks.
+
+    `fast_path`: with the providers' own transport (none injected), a call that is not streamed goes to
+    aiohttp as bytes and a plain answer is read without httpx's objects (transport.py says why); False
+    sends every call through httpx over the transport, as an injected one always is (the loopback tests
+    run both ways).
+    """
+
+    fast_path = True
 
     kind = "http"
     path = ""
@@ -160,11 +169,18 @@ class HTTPProvider:
         self._semaphore: AbstractAsyncContextManager[Any] | None = semaphore if semaphore is not None else (
             asyncio.Semaphore(max_concurrency) if max_concurrency else None)
         self._target = httpx.URL(self.url)
+        self._target_text = str(self._target)   # as httpx normalised it
         self._headers = httpx.Headers({**_DEFAULT_HEADERS, **self.auth_headers(api_key), **extra})
         # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
-        self._transport = transport if transport is not None else AiohttpTransport(
-            trust_env=trust_env, max_connections=MAX_CONNECTIONS)
+        # The fast path only on our own transport: an injected one (a test's MockTransport) sees httpx's objects.
+        self._direct: AiohttpTransport | None = None
+        if transport is None:
+            own = AiohttpTransport(trust_env=trust_env, max_connections=MAX_CONNECTIONS)
+            self._direct = own if self.fast_path else None
+            transport = own
+        self._transport = transport
+        self._direct_headers: tuple[list[tuple[str, str]], list[tuple[str, str]]] | None = None
         self._closed = False
 
     # -- hooks ------------------------------------------------------------------------------------
@@ -220,9 +236,16 @@ class HTTPProvider:
         """One request, bounded as a whole by `req.timeout`: connect, send, wait, every read."""
         if self._closed:
             raise RuntimeError("Cannot send a request, as the provider has been closed.")
-        request = httpx.Request("POST", self._target, json=self.build_body(req), headers=self._headers)
+        body = self.build_body(req)
+        direct = self._direct if not req.stream else None
+        if direct is not None:
+            content = _JSON.encode(body).encode("utf-8")
+        else:
+            request = httpx.Request("POST", self._target, json=body, headers=self._headers)
         try:
             async with asyncio.timeout(req.timeout) as deadline:
+                if direct is not None:
+                    return await self._fast(direct, body, content, req, gate, deadline)
                 response = await self._transport.handle_async_request(request)
                 response.request = request   # as httpx's client sets it (a MockTransport's response has none)
                 try:
@@ -244,6 +267,40 @@ class HTTPProvider:
             raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}", retryable=True) from exc
         except httpx.HTTPError as exc:   # e.g. a body that cannot be decoded
             raise Failure(ProviderResponseError, f"unreadable response: {_describe(exc)}") from exc
+
+    async def _fast(self, transport: AiohttpTransport, body: dict[str, Any], content: bytes, req: CallRequest,
+                    gate: TokenGate, deadline: asyncio.Timeout) -> Completion:
+        """A call that is not streamed, on the providers' own transport: the same bytes out as the httpx
+        path sends, a plain JSON answer read straight from aiohttp; everything else (an error status, an
+        encoded body, an answer that does not parse) goes through the httpx path's own reading, so the
+        outcome and every message are the same."""
+        head, tail = self._direct_headers or self._split_headers()
+        headers = [*head, ("content-length", str(len(content))), *tail]
+        response = await transport.send("POST", self._target_text, headers, content)
+        if response.status >= 400 or "Content-Encoding" in response.headers:
+            wrapped = transport.wrap(response, self._request(body))
+            try:
+                return await self._read(wrapped, req, gate, deadline)
+            finally:
+                await wrapped.aclose()
+        try:
+            data = await read_body(response, self.max_response_bytes)
+        finally:
+            response.release()   # back to the pool once read to its end; else aiohttp closes the connection
+        try:
+            return self.parse_body(json.loads(data))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            return self._parse(transport.buffered(response, data, self._request(body)))   # raises its Failure
+
+    def _request(self, body: dict[str, Any]) -> httpx.Request:
+        return httpx.Request("POST", self._target, json=body, headers=self._headers)
+
+    def _split_headers(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The headers httpx.Request(json=...) sends, in its order, around its content-length."""
+        items = self._request({}).headers.multi_items()
+        at = next(i for i, (k, _) in enumerate(items) if k == "content-length")
+        self._direct_headers = items[:at], items[at + 1:]
+        return self._direct_headers
 
     async def _read(self, response: httpx.Response, req: CallRequest, gate: TokenGate,
                     deadline: asyncio.Timeout) -> Completion:

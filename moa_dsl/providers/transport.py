@@ -20,6 +20,14 @@ first imported), keep-alive, flow control (it stops reading the socket while 128
 
 Timeouts: a request's httpx `timeout` extension, if any, becomes aiohttp's connect and per-read socket
 timeouts. The providers send none: they bound each whole request themselves (`asyncio.timeout`).
+
+The providers' fast path (`send`, `read_body`, `wrap`, `buffered`): for a call that is not streamed, the
+providers skip httpx's objects and hand aiohttp the request as bytes (the same headers, in the same order,
+that `httpx.Request` would have carried), then read a plain answer (< 400, no Content-Encoding) with
+`read_body`. Anything else (an error status, an encoded body) is wrapped (`wrap`) into the same
+`httpx.Response` `handle_async_request` returns and read the httpx way. Why: at zero latency, building
+an `httpx.Request` and `httpx.Response` and reading the body through httpx's decoder chain cost more
+client CPU per call than aiohttp's whole request (bench/README.md, "Where the time goes over aiohttp alone").
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import aiohttp
 import httpx
 import yarl
 
-__all__ = ["AiohttpTransport", "MAX_CONNECTIONS"]
+__all__ = ["AiohttpTransport", "MAX_CONNECTIONS", "ResponseTooLarge", "read_body"]
 
 MAX_CONNECTIONS = 512
 
@@ -57,11 +65,36 @@ def _mapped(exc: BaseException) -> type[httpx.TransportError]:
     return httpx.ReadError                 # ClientOSError and the rest: the connection failed
 
 
-def _translate(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+def _translate(exc: BaseException, request: httpx.Request | None) -> httpx.TransportError:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientSSLError) and getattr(exc, "certificate_error", None) is not None:
         text = f"{text} ({exc.certificate_error})"   # type: ignore[attr-defined]
     return _mapped(exc)(text, request=request)
+
+
+class ResponseTooLarge(Exception):
+    """A body past its limit (the providers' `max_response_bytes`), counted as it arrived."""
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """A whole body as it arrived (the caller has checked it has no Content-Encoding), counted chunk by
+    chunk: past `limit` bytes, `ResponseTooLarge`, never buffered first. aiohttp's errors as httpx's."""
+    chunks: list[bytes] = []
+    count = 0
+    try:
+        async for chunk in response.content.iter_any():
+            count += len(chunk)
+            if count > limit:
+                raise ResponseTooLarge()
+            chunks.append(chunk)
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise _translate(exc, None) from exc
+    return b"".join(chunks)
+
+
+def _extensions(response: aiohttp.ClientResponse) -> dict[str, bytes]:
+    return {"http_version": b"HTTP/%d.%d" % tuple(response.version),
+            "reason_phrase": (response.reason or "").encode("latin-1", "replace")}
 
 
 class _Body(httpx.AsyncByteStream):
@@ -102,6 +135,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._urls: dict[str, yarl.URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -140,16 +174,49 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
         kwargs = {} if (timeout := self._timeout(request)) is None else {"timeout": timeout}
         try:
-            # encoded=True: the URL goes out as httpx built it, byte for byte (yarl would re-quote %2F)
-            response = await session.request(request.method, yarl.URL(str(request.url), encoded=True),
+            response = await session.request(request.method, self._url(request.url),
                                              headers=headers, data=data,
                                              allow_redirects=False, compress=False, **kwargs)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, TypeError) as exc:
             raise _translate(exc, request) from exc
+        return self.wrap(response, request)
+
+    def _url(self, url: httpx.URL | str) -> yarl.URL:
+        # encoded=True: the URL goes out as httpx built it, byte for byte (yarl would re-quote %2F)
+        text = url if isinstance(url, str) else str(url)
+        parsed = self._urls.get(text)
+        if parsed is None:
+            if len(self._urls) >= 64:
+                self._urls.clear()
+            parsed = self._urls[text] = yarl.URL(text, encoded=True)
+        return parsed
+
+    async def send(self, method: str, url: str, headers: list[tuple[str, str]],
+                   body: bytes) -> aiohttp.ClientResponse:
+        """The providers' fast path: a request given as the parts an `httpx.Request` would hold (its
+        `headers.multi_items()`, its content; the URL as `str(request.url)`), aiohttp's own response back,
+        unread. Sent and refused exactly as by `handle_async_request` (no timeout extension: the caller
+        bounds the request); its errors are the same httpx exceptions, without a request attached."""
+        if self._closed:
+            raise RuntimeError("Cannot send a request, as the transport has been closed.")
+        session = self._open()
+        try:
+            return await session.request(method, self._url(url), headers=headers, data=body or None,
+                                         allow_redirects=False, compress=False)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, TypeError) as exc:
+            raise _translate(exc, None) from exc
+
+    @staticmethod
+    def wrap(response: aiohttp.ClientResponse, request: httpx.Request) -> httpx.Response:
+        """aiohttp's unread response as httpx's, its body streamed as it arrives."""
         return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request),
-                              request=request,
-                              extensions={"http_version": b"HTTP/%d.%d" % tuple(response.version),
-                                          "reason_phrase": (response.reason or "").encode("latin-1", "replace")})
+                              request=request, extensions=_extensions(response))
+
+    @staticmethod
+    def buffered(response: aiohttp.ClientResponse, content: bytes, request: httpx.Request) -> httpx.Response:
+        """aiohttp's response, its (unencoded) body already read by `read_body`, as httpx's."""
+        return httpx.Response(response.status, headers=response.raw_headers, content=content, request=request,
+                              extensions=_extensions(response))
 
     async def aclose(self) -> None:
         self._closed = True

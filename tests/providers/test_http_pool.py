@@ -11,6 +11,8 @@ from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIPro
 from moa_dsl.providers import transport as transport_module
 from moa_dsl.testing import FakeLLMServer
 
+pytestmark = pytest.mark.usefixtures("provider_path")   # tests/conftest.py: the fast path and the httpx path
+
 KEY = "sk-test-pool-0123456789"
 FAST = Backoff(base_s=0.001, cap_s=0.01)
 CALLS = 6
@@ -218,3 +220,43 @@ def test_requests_carry_the_clients_headers_and_a_closed_provider_refuses():
     assert headers["authorization"] == f"Bearer {KEY}" and headers["x-extra"] == "yes"
     assert headers["content-type"] == "application/json" and "user-agent" in headers
     assert sent[0].body["messages"] == [{"role": "user", "content": "question 0"}]
+
+
+def _bytes_sent(fast: bool, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The request bytes a server reads for one call that is not streamed (non-ASCII text included)."""
+    monkeypatch.setattr(OpenAIProvider, "fast_path", fast)
+    body = b'{"choices":[{"message":{"content":"ok"},"finish_reason":"stop"}]}'
+
+    async def main() -> bytes:
+        got: list[bytes] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            got.append(head + await reader.readexactly(length))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        provider = OpenAIProvider(name="p", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY,
+                                  headers={"x-extra": "yes"})
+        try:
+            req = CallRequest(node="n", model="m", messages=[{"role": "user", "content": "héllo \u2028 \"x\""}],
+                              params={"temperature": 0.5, "max_tokens": 16}, retries=0, timeout=30)
+            assert (await provider.complete(req)).text == "ok"
+        finally:
+            await provider.aclose()
+            server.close()
+        return got[0].replace(b"127.0.0.1:%d" % port, b"127.0.0.1:PORT")
+
+    return asyncio.run(main())
+
+
+def test_the_fast_path_sends_the_same_bytes_as_the_httpx_path(monkeypatch):
+    fast, slow = _bytes_sent(True, monkeypatch), _bytes_sent(False, monkeypatch)
+    assert fast == slow
+    assert b"content-type: application/json" in fast and "héllo".encode() in fast

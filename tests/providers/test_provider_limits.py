@@ -19,7 +19,7 @@ import pytest
 from moa_dsl.errors import ProviderError, ProviderHTTPError, ProviderResponseError, ProviderTimeout
 from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIProvider
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("provider_path")]
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 FAST = Backoff(base_s=0.001, cap_s=0.01)

@@ -26,6 +26,8 @@ from moa_dsl.errors import ProviderConnectionError
 from moa_dsl.providers import CallRequest, OpenAIProvider
 from moa_dsl.testing import FakeLLMServer
 
+pytestmark = pytest.mark.usefixtures("provider_path")   # tests/conftest.py: the fast path and the httpx path
+
 KEY = "sk-proxy-test-0123456789"
 REMOTE = "http://api.moa-proxy-test.invalid/v1"   # .invalid never resolves (RFC 6761)
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,6 +15,8 @@ from moa_dsl.providers import AnthropicProvider, Backoff, CallRequest, OpenAIPro
 from moa_dsl.providers.http import _retry_after
 from moa_dsl.testing import FakeLLMServer
 
+pytestmark = pytest.mark.usefixtures("provider_path")   # tests/conftest.py: the fast path and the httpx path
+
 KEY = "sk-retry-secret-0123456789"
 FAST = Backoff(base_s=0.001, cap_s=0.01)
 
