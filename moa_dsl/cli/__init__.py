@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import ConfigError, MoaError
 
@@ -16,7 +16,7 @@ _COMMANDS = ("check", "run", "eval", "sweep", "cache", "models", "serve")  # mod
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own exit code is already 2; keep it short
+    def error(self, message: str) -> NoReturn:  # argparse's own exit code is already 2; keep it short
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"moa: error: {message}\n")
 

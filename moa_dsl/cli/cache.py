@@ -61,7 +61,8 @@ def _open(directory: Path):
         warnings.simplefilter("always", CacheWarning)
         cache = ResponseCache(directory)
     if not cache.enabled:
-        reason = caught[0].message.reason if caught else "it cannot be opened"
+        first = caught[0].message if caught else None   # typed Warning | str: check it is ours
+        reason = first.reason if isinstance(first, CacheWarning) else "it cannot be opened"
         raise ConfigError(f"cannot use the response cache at {directory} ({reason})")
     return cache
 

@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import IO, Any, Iterable, Mapping
 
 from ..errors import ConfigError
 from ..runtime.messages import normalize_query
@@ -42,7 +42,8 @@ def item_from_record(record: Any, *, index: int, dataset: str, where: str) -> It
     a conversation), else MT-Bench's `turns` (a list of strings, run as one growing conversation)."""
     if not isinstance(record, Mapping):
         raise ConfigError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    ds = record.get("dataset") if isinstance(record.get("dataset"), str) else dataset
+    given = record.get("dataset")
+    ds = given if isinstance(given, str) else dataset
     if "instruction" in record:
         return Item(index, (_text(record["instruction"], "instruction", where),), ds)
     if "query" in record:
@@ -87,7 +88,7 @@ def read_items(data: str | os.PathLike | Iterable[Mapping], *, limit: int | None
         raise ConfigError(f"limit must be an integer >= 1, not {limit!r}")
     if isinstance(data, (str, os.PathLike)):
         return _read_jsonl(data, limit)
-    items = []
+    items: list[Item] = []
     for i, record in enumerate(data):
         if limit is not None and len(items) >= limit:
             break
@@ -113,7 +114,7 @@ def dataset_names() -> tuple[str, ...]:
     return tuple(DATASETS)
 
 
-def _open_dataset(data: str | os.PathLike) -> tuple[BinaryIO, str, str]:
+def _open_dataset(data: str | os.PathLike) -> tuple[IO[bytes], str, str]:
     """(a binary stream, the name errors show, the dataset's default name) for a path or a shipped
     dataset's name. A path that exists is always the file; a name is a name only when no such file
     exists. Anything that is not a regular file (a directory, /dev/zero, a FIFO) is refused."""
@@ -157,7 +158,7 @@ def read_jsonl_records(path: str | os.PathLike, *, limit: int | None = None) -> 
         return read_jsonl_stream(stream, name=where, dataset=stem, limit=limit)
 
 
-def read_jsonl_stream(stream: BinaryIO, *, name: str, dataset: str,
+def read_jsonl_stream(stream: IO[bytes], *, name: str, dataset: str,
                       limit: int | None = None) -> list[tuple[dict, Item]]:
     """JSONL from a binary stream (a file, stdin). Lines end at `\n` (or `\r\n`) only -- never at
     U+2028 and the other characters `str.splitlines` breaks on -- and each is read with at most

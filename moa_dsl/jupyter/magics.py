@@ -158,6 +158,7 @@ class MoaMagics(Magics):
 
         As a line magic: `%moa run NAME -q QUERY [options]` runs a Pipeline bound earlier.
         """
+        assert self.shell is not None  # a Magics registered on a shell always has it
         tokens = split_and_expand(line, self.shell.user_ns)
         if cell is None:
             return self._line(tokens)
@@ -173,6 +174,7 @@ class MoaMagics(Magics):
         if not tokens or tokens[0] != "run":
             raise UsageError("usage: %moa run NAME -q QUERY [options]  (or %%moa as a cell magic)")
         args = self.moa_run.parser.parse_args(tokens[1:])
+        assert self.shell is not None  # a Magics registered on a shell always has it
         pipe = self.shell.user_ns.get(args.pipeline)
         if pipe is None:
             raise UsageError(f"%moa run: no pipeline named {args.pipeline!r}; bind one with %%moa --as NAME")
@@ -202,6 +204,7 @@ class MoaMagics(Magics):
         panel = RunPanel.for_pipeline(pipe, widgets=_NO_FRONTEND_PANEL)
         panel.show()
         result = run_with_panel(pipe, args.query, panel=panel, **options)
+        assert self.shell is not None  # a Magics registered on a shell always has it
         self.shell.user_ns[args.out] = result
         if not panel.shows_answer:   # the widget panel has rendered it in place already
             show_answer(result)

@@ -203,11 +203,12 @@ def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[i
                 bottom: dict[int, int]) -> tuple[list[str], list[float]]:
     """One SVG path per edge. An edge between neighbouring columns is one curve; a skip connection
     (over one column or more) runs in its own lane below the columns it passes, never behind a box."""
-    paths, lanes = [], []
+    paths: list[str] = []
+    lanes: list[float] = []
     bend = _GAP_X / 3
     for u, v in graph.edges:
-        (x1, y1), (x2, y2) = pos[u], pos[v]
-        x1, y1, y2 = x1 + _BOX_W, y1 + _BOX_H / 2, y2 + _BOX_H / 2
+        (x1, top1), (x2, top2) = pos[u], pos[v]
+        x1, y1, y2 = x1 + _BOX_W, top1 + _BOX_H / 2, top2 + _BOX_H / 2  # y: the boxes' middles
         passed = range(depth[u] + 1, depth[v])
         if not passed:
             mid = (x1 + x2) / 2

@@ -39,6 +39,13 @@ class _Model:
     params: dict[str, tuple[Any, Span]] = field(default_factory=dict)
 
 
+def _inline(ref: ast.ModelRef) -> tuple[ast.Name, ast.Str]:
+    """The PROVIDER and MODEL-ID of an inline reference; the grammar sets both or neither."""
+    if ref.provider is None or ref.model_id is None:  # a named ref here is a builder bug
+        raise AssertionError("expected an inline PROVIDER:\"MODEL-ID\" reference")
+    return ref.provider, ref.model_id
+
+
 @dataclass
 class Built:
     graph: nx.DiGraph
@@ -157,7 +164,7 @@ class _Builder:
         ref = decl.ref
         self.check_provider(ref)
         params = v.convert_params(decl.params, self.prompts, where="model", diags=self.diags)
-        return _Model(ref.provider.text, self.model_id(ref), decl.name.text, params)
+        return _Model(_inline(ref)[0].text, self.model_id(ref), decl.name.text, params)
 
     def check_provider(self, ref: ast.ModelRef) -> None:
         if ref.provider is not None and ref.provider.text not in self.providers:
@@ -170,17 +177,18 @@ class _Builder:
                 self.unknown("model", ref.name.text, ref.name.span, self.models)
             return model
         self.check_provider(ref)
-        return _Model(ref.provider.text, self.model_id(ref), None)  # type: ignore[union-attr]
+        return _Model(_inline(ref)[0].text, self.model_id(ref), None)
 
     def model_id(self, ref: ast.ModelRef) -> str:
         """The id sent to the provider. A relative GGUF path for the embedded runtime is relative to
         the file that names it, as includes are, not to wherever `moa` happens to run."""
-        model_id = ref.model_id.value  # type: ignore[union-attr]
+        provider, given = _inline(ref)
+        model_id = given.value
         if not model_id:
-            self.diags.append(v.error("E206", "empty model id", ref.model_id.span,  # type: ignore[union-attr]
-                                      f'name the model: {ref.provider.text}:"MODEL-ID"'))  # type: ignore[union-attr]
-        cfg = self.providers.get(ref.provider.text)  # type: ignore[union-attr]
-        where = ref.model_id.span.file  # type: ignore[union-attr]
+            self.diags.append(v.error("E206", "empty model id", given.span,
+                                      f'name the model: {provider.text}:"MODEL-ID"'))
+        cfg = self.providers.get(provider.text)
+        where = given.span.file
         if (cfg is not None and cfg.kind == "local" and ("/" in model_id or model_id.lower().endswith(".gguf"))
                 and not os.path.isabs(model_id) and not model_id.startswith("~") and os.path.isfile(where)):
             return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(where)), model_id))
@@ -221,7 +229,7 @@ class _Builder:
             elif m.model.name is not None:
                 base, at = m.model.name.text, m.model.name.span
             else:
-                base, at = sanitize(m.model.model_id.value), m.span  # type: ignore[union-attr]
+                base, at = sanitize(_inline(m.model)[1].value), m.span
             # Several unnamed samples of one model are numbered (L.m.1, L.m.2); a name given
             # explicitly must not be renamed that way behind the user's back.
             if base in first and (m.name is not None or first[base][1]):
@@ -234,7 +242,7 @@ class _Builder:
         for base, n in zip(bases, counts):
             totals[base] = totals.get(base, 0) + n
         seen: dict[str, int] = {}
-        out = []
+        out: list[tuple[str, ast.Member, int | None]] = []
         for m, base, n in zip(layer.members, bases, counts):
             for _ in range(n):
                 if totals[base] == 1:

@@ -158,7 +158,7 @@ class _Sources:
         rel = inc.path.value
         # Only files under the top file's directory: nothing of another target is read, nor is it
         # said whether it exists (`include "../.env"` would show the key on its first line).
-        hint = f"includes stay under {self.root_display}; copy or link the file there"
+        hint: str | None = f"includes stay under {self.root_display}; copy or link the file there"
         if rel and (os.path.isabs(rel) or rel.startswith("~")):
             self.error(f"cannot include '{rel}': an include path must be relative", inc.path.span, hint)
             return []

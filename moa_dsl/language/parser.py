@@ -10,7 +10,7 @@ import json
 import re
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -165,7 +165,9 @@ def _show(tok: Token) -> str:
 
 
 def _unexpected_char(exc: UnexpectedCharacters, text: str, filename: str) -> Diagnostic:
-    pos, line, col = exc.pos_in_stream, exc.line, exc.column
+    # lark declares `pos_in_stream = None` on UnexpectedInput without an annotation, so mypy reads
+    # it as always None; UnexpectedCharacters always sets it to the lexer's int position.
+    pos, line, col = cast(int, exc.pos_in_stream), exc.line, exc.column
     char = text[pos] if 0 <= pos < len(text) else ""
     if char == '"':
         if text[max(0, pos - 2):pos] == '""':  # the lexer took `""` as an empty string
@@ -197,6 +199,19 @@ class _TooDeep(Exception):
         self.span = span
 
 
+def _pos(value: int | None) -> int:
+    """A token's line or column; lark types them Optional, but a token from the parser always has
+    them. Should one be missing, point at the start (1-based) rather than build a Span with None."""
+    return 1 if value is None else value
+
+
+def _token(node: Tree | Token) -> Token:
+    """Where the grammar puts a terminal; a subtree there is a grammar/builder mismatch, a bug."""
+    if not isinstance(node, Token):
+        raise AssertionError(f"expected a token, got tree {node.data}")
+    return node
+
+
 class _Builder:
     """Builds only; the one thing it checks is what a lark token cannot: string escapes."""
 
@@ -206,7 +221,7 @@ class _Builder:
 
     def span(self, node: Tree | Token) -> Span:
         if isinstance(node, Token):
-            return Span(self.file, node.line, node.column, node.end_line, node.end_column)
+            return Span(self.file, _pos(node.line), _pos(node.column), _pos(node.end_line), _pos(node.end_column))
         m = node.meta
         return Span(self.file, m.line, m.column, m.end_line, m.end_column)
 
@@ -267,14 +282,14 @@ class _Builder:
     # -- parts
     def modelref(self, t: Tree) -> ast.ModelRef:
         if t.data == "model_name":
-            return ast.ModelRef(self.span(t), name=self.name(t.children[0]))
+            return ast.ModelRef(self.span(t), name=self.name(_token(t.children[0])))
         provider, _, model_id = t.children
-        return ast.ModelRef(self.span(t), provider=self.name(provider), model_id=self.string(model_id))
+        return ast.ModelRef(self.span(t), provider=self.name(_token(provider)), model_id=self.string(model_id))
 
     def member(self, t: Tree) -> ast.Member:
         c = t.children
         if t.data == "named_member":
-            name, ref, count = self.name(c[0]), c[2], c[3]
+            name, ref, count = self.name(_token(c[0])), c[2], c[3]
         else:
             name, ref, count = None, c[0], c[1]
         num = None
@@ -289,7 +304,7 @@ class _Builder:
         return tuple(self.ref(r) for r in t.children if isinstance(r, Tree)), self.span(t)
 
     def ref(self, t: Tree) -> ast.Ref:
-        self.name(t.children[0])  # reserved-keyword check
+        self.name(_token(t.children[0]))  # reserved-keyword check
         return ast.Ref("".join(str(tok) for tok in t.children), self.span(t))
 
     def opt_map(self, t: Tree | None) -> ast.MapValue | None:
@@ -330,7 +345,7 @@ class _Builder:
         raise AssertionError(f"unknown value node {kind}")  # a grammar/builder mismatch, a bug
 
     def string(self, t: Tree) -> ast.Str:
-        tok = t.children[0]
+        tok = _token(t.children[0])
         span = self.span(tok)
         if tok.type == "TRIPLE_STRING":
             return ast.Str(dedent_triple(str(tok)[3:-3]), span)
@@ -339,9 +354,9 @@ class _Builder:
         except json.JSONDecodeError as exc:
             # The token never spans lines, so the column of the bad escape is start + offset.
             bad = str(tok)[exc.pos:exc.pos + 2]
-            col = tok.column + exc.pos
+            col, line = _pos(tok.column) + exc.pos, _pos(tok.line)
             self.errors.append(Diagnostic("error", "E101", f"invalid escape '{bad}' in string",
-                                          Span(self.file, tok.line, col, tok.line, col + len(bad)),
+                                          Span(self.file, line, col, line, col + len(bad)),
                                           r'JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX'))
             return ast.Str(str(tok)[1:-1], span)
 

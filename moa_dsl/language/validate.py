@@ -74,11 +74,11 @@ def describe_value(v: ast.Value) -> str:
 def _number(key: str, v: ast.Value, *, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, integer: bool = False) -> int | float:
     kind = "an integer" if integer else "a number"
-    ok_type = isinstance(v, ast.Num) and (isinstance(v.value, int) or not integer)
-    if not ok_type or not math.isfinite(v.value):  # type: ignore[union-attr]
+    # One condition, so that mypy narrows `v` to Num for the code after the raise.
+    if not isinstance(v, ast.Num) or (integer and not isinstance(v.value, int)) or not math.isfinite(v.value):
         got = "an infinite number" if isinstance(v, ast.Num) and not integer else describe_value(v)
         raise Invalid("E206", f"'{key}' must be {kind}{_range(lo, hi, lo_open)}, not {got}", v.span)
-    x = v.value  # type: ignore[union-attr]
+    x = v.value
     if (lo is not None and (x <= lo if lo_open else x < lo)) or (hi is not None and x > hi):
         raise Invalid("E206", f"'{key}' = {x} is out of range: it must be {kind}{_range(lo, hi, lo_open)}", v.span)
     return float(x) if not integer else int(x)

@@ -162,6 +162,7 @@ class _ServerProcess:
 
     def stop(self) -> None:
         """Close its stdin (it exits at once), then wait; kill it if it does not."""
+        assert self.proc.stdin is not None  # _start opens it with stdin=PIPE
         try:
             self.proc.stdin.close()
         except OSError:
@@ -186,6 +187,7 @@ def _start(path: Path) -> _ServerProcess:
     except OSError as exc:
         raise LocalModelError(f"could not start llama.cpp's server process: {exc}") from exc
     hint = "" if verbose() else " (set MOA_VERBOSE=1 to see llama.cpp's log)"
+    assert proc.stdout is not None  # stdout=PIPE above
     try:
         line = proc.stdout.readline()    # blocks while the weights load; ends if the child dies
     finally:
