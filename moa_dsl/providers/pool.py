@@ -70,8 +70,8 @@ class ProviderPool:
         if cfg.kind == "local":
             return []
         refs = [cfg.api_key, *cfg.headers.values()]
-        if not (isinstance(cfg.base_url, EnvRef) and cfg.base_url.name in BASE_URL_FALLBACKS):
-            refs.append(cfg.base_url)
+        if isinstance(cfg.base_url, EnvRef) and cfg.base_url.name not in BASE_URL_FALLBACKS:
+            refs.append(cfg.base_url)   # a list of replicas is literal URLs: nothing to look up
         return [ref.name for ref in refs if isinstance(ref, EnvRef) and not self._resolve(ref)]
 
     def _resolve(self, value: str | EnvRef | None) -> str | None:

@@ -84,7 +84,7 @@ class ReplicatedProvider:
     def set_aside(self) -> tuple[str, ...]:
         """The replicas left out of routing right now."""
         now = self._clock()
-        return tuple(u for u, until in zip(self._shown, self._aside_until) if until > now)
+        return tuple(u for u, until in zip(self._shown, self._aside_until, strict=True) if until > now)
 
     # -- the call ---------------------------------------------------------------------------------
     async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
