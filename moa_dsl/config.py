@@ -94,7 +94,7 @@ class ProviderConfig:
 
     name: str
     kind: str                                  # "openai" | "anthropic" | "local"
-    base_url: str | EnvRef | None = None       # None for local
+    base_url: str | EnvRef | tuple[str, ...] | None = None   # None for local; a tuple: replicas, in order
     api_key: str | EnvRef | None = None
     headers: Mapping[str, str | EnvRef] = field(default_factory=dict)
     max_concurrency: int | None = None

@@ -303,13 +303,44 @@ def url_problem(url: str) -> str | None:
     return None
 
 
-def _base_url(key: str, v: ast.Value) -> str | EnvRef:
-    """Checked here, not when the first call fails; the URL itself is not echoed (it may hold a password)."""
+_REPLICAS_HINT = 'replicas of one server: base_url = ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]'
+
+
+def _base_url(key: str, v: ast.Value) -> str | EnvRef | tuple[str, ...]:
+    """Checked here, not when the first call fails; the URL itself is not echoed (it may hold a password).
+    A list is replicas of one server: each item a literal URL, checked alike, none twice."""
+    if isinstance(v, ast.ListValue):
+        return _replica_urls(key, v)
     value = _str_or_env(key, v)
     problem = url_problem(value) if isinstance(value, str) else None
     if problem:
         raise Invalid("E206", f"'{key}' {problem}", v.span, 'e.g. base_url = "http://10.0.0.5:8000/v1"')
     return value
+
+
+def _replica_urls(key: str, v: ast.ListValue) -> tuple[str, ...]:
+    if not v.items:
+        raise Invalid("E206", f"'{key}' is an empty list: name at least one URL", v.span, _REPLICAS_HINT)
+    seen: dict[str, Span] = {}
+    for i, item in enumerate(v.items, 1):
+        if not isinstance(item, ast.Str):
+            raise Invalid("E206", f"'{key}' item {i} must be a string URL, not {describe_value(item)}",
+                          item.span, _REPLICAS_HINT)
+        problem = url_problem(item.value)
+        if problem:
+            raise Invalid("E206", f"'{key}' item {i} {problem}", item.span, _REPLICAS_HINT)
+        same = _url_identity(item.value)
+        if same in seen:
+            raise Invalid("E206", f"'{key}' item {i} repeats an earlier URL (first at {position(seen[same])})",
+                          item.span, "each replica once: a URL listed twice would get twice the calls")
+        seen[same] = item.span
+    return tuple(item.value for item in v.items if isinstance(item, ast.Str))
+
+
+def _url_identity(url: str) -> str:
+    """What makes two URLs the same server: scheme and host case-insensitive, a trailing / ignored."""
+    parts = urlsplit(url.rstrip("/"))
+    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
 
 
 OPTION_SCHEMA: dict[str, Callable[[str, ast.Value], Any]] = {

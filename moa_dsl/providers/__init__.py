@@ -6,6 +6,7 @@ from .base import CallRequest, Completion, Provider
 from .http import Backoff
 from .openai import OpenAIProvider
 from .pool import ProviderPool
+from .replicas import ReplicatedProvider
 
 __all__ = ["AnthropicProvider", "Backoff", "CallRequest", "Completion", "OpenAIProvider", "Provider",
-           "ProviderPool"]
+           "ProviderPool", "ReplicatedProvider"]

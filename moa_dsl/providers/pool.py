@@ -18,6 +18,7 @@ from .anthropic import AnthropicProvider
 from .base import Provider
 from .http import Backoff
 from .openai import OpenAIProvider
+from .replicas import ReplicatedProvider
 
 __all__ = ["ProviderPool"]
 
@@ -69,8 +70,8 @@ class ProviderPool:
         if cfg.kind == "local":
             return []
         refs = [cfg.api_key, *cfg.headers.values()]
-        if not (isinstance(cfg.base_url, EnvRef) and cfg.base_url.name in BASE_URL_FALLBACKS):
-            refs.append(cfg.base_url)
+        if isinstance(cfg.base_url, EnvRef) and cfg.base_url.name not in BASE_URL_FALLBACKS:
+            refs.append(cfg.base_url)   # a list of replicas is literal URLs: nothing to look up
         return [ref.name for ref in refs if isinstance(ref, EnvRef) and not self._resolve(ref)]
 
     def _resolve(self, value: str | EnvRef | None) -> str | None:
@@ -93,15 +94,25 @@ class ProviderPool:
         if cls is None:
             raise ConfigError(f"provider {cfg.name}: unknown kind {cfg.kind!r}")
         self.check_keys([cfg.name])
-        base_url = self._resolve(cfg.base_url)
-        if base_url is None and isinstance(cfg.base_url, EnvRef):
-            base_url = BASE_URL_FALLBACKS.get(cfg.base_url.name)
-        if not base_url:
+        if isinstance(cfg.base_url, tuple):   # replicas of one server, literal URLs
+            urls: tuple[str, ...] = cfg.base_url
+        else:
+            base_url = self._resolve(cfg.base_url)
+            if base_url is None and isinstance(cfg.base_url, EnvRef):
+                base_url = BASE_URL_FALLBACKS.get(cfg.base_url.name)
+            urls = (base_url,) if base_url else ()
+        if not urls:
             raise ConfigError(f"provider {cfg.name}: no base_url")
         headers = {k: self._resolve(v) or "" for k, v in cfg.headers.items()}
-        return cls(name=cfg.name, base_url=base_url, api_key=self._resolve(cfg.api_key), headers=headers,
-                   max_concurrency=cfg.max_concurrency, transport=self._transport, backoff=self._backoff,
-                   max_response_bytes=cfg.max_response_bytes)
+        api_key = self._resolve(cfg.api_key)
+        # One client per URL, each with its own connections and max_concurrency; more than one are
+        # routed between by a ReplicatedProvider (replicas.py).
+        clients = [cls(name=cfg.name, base_url=url, api_key=api_key, headers=headers,
+                       max_concurrency=cfg.max_concurrency, transport=self._transport, backoff=self._backoff,
+                       max_response_bytes=cfg.max_response_bytes) for url in urls]
+        if len(clients) == 1:
+            return clients[0]
+        return ReplicatedProvider(cfg.name, clients, backoff=self._backoff)
 
 
 def _join(parts: list[str]) -> str:

@@ -216,6 +216,39 @@ def test_good_base_urls_pass(url: str) -> None:
     assert pipe.graph.graph["providers"]["p"].base_url == url
 
 
+# ---- base_url as a list: replicas of one server ---------------------------------------------------
+
+def test_a_list_of_base_urls_is_kept_in_order_as_a_tuple() -> None:
+    pipe = moa_dsl.loads('provider gpus = openai { base_url = ["http://gpu1:8000/v1", "http://gpu2:8000/v1/"], '
+                         'api_key = env("K"), max_concurrency = 4 }\nnode a = propose gpus:"x"\n')
+    cfg = pipe.graph.graph["providers"]["gpus"]
+    assert cfg.base_url == ("http://gpu1:8000/v1", "http://gpu2:8000/v1/") and cfg.max_concurrency == 4
+    assert moa_dsl.loads('provider one = openai { base_url = ["http://h/v1"] }\nnode a = propose one:"x"\n') \
+        .graph.graph["providers"]["one"].base_url == ("http://h/v1",)
+
+
+@pytest.mark.parametrize("urls, column, words", [
+    ("[]", 34, "empty list"),
+    ('["http://a/v1", env("GPU2")]', 50, "item 2 must be a string URL, not env(...)"),
+    ('["http://a/v1", 8000]', 50, "item 2 must be a string URL, not an integer"),
+    ('["http://a/v1", ["http://b/v1"]]', 50, "item 2 must be a string URL, not a list of 1"),
+    ('["gpu1:8000/v1"]', 35, "item 1 must be an http or https URL"),
+    ('["http://a/v1", "http:///v1"]', 50, "item 2 has no host"),
+    ('["http://a/v1", "http://b:0/v1"]', 50, "item 2 has an invalid port"),
+    ('["http://a/v1", "http://b/v1", "HTTP://A/v1/"]', 65, "item 3 repeats an earlier URL (first at <string>:1:35)"),
+])
+def test_a_bad_list_of_base_urls_is_e206_at_the_item(urls: str, column: int, words: str) -> None:
+    [d] = _errors(f'provider p = openai {{ base_url = {urls}, api_key = env("K") }}\nnode a = propose p:"x"\n')
+    assert d.code == "E206" and "'base_url'" in d.message and words in d.message, d.message
+    assert (d.span.line, d.span.column) == (1, column)
+
+
+def test_a_bad_replica_url_is_not_echoed() -> None:
+    [d] = _errors('provider p = openai { base_url = ["http://u:s3cret-pw@a/v1", "ftp://u:s3cret-pw@b/v1"] }\n'
+                  'node a = propose p:"x"\n')
+    assert d.code == "E206" and "s3cret" not in d.message
+
+
 def test_an_empty_model_id_is_e206_where_it_is() -> None:
     diags = _errors('model m = openai:""\nlayer L = propose [openai:"", openai:"ok"]\nnode f = aggregate openai:"a" <- L\n')
     assert [(d.code, d.span.line, d.span.column) for d in diags] == [("E206", 1, 18), ("E206", 2, 27)]
