@@ -9,6 +9,7 @@ The package is layered, and every import points down (docs/architecture.md):
 `errors`/`config` (shared vocabulary) < `language` < `providers` < `runtime` < the faces
 (`evaluation`, `jupyter`, `cli`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,9 +19,23 @@ from .evaluation import EvalReport, aevaluate, evaluate, sweep
 from .runtime import NodeResult, Pipeline, RunResult, Usage, load, loads
 
 __all__ = [
-    "ConfigError", "Diagnostic", "EvalReport", "LocalModelError", "MoaError", "NodeResult", "Pipeline",
-    "ProviderError", "RunFailed", "RunResult", "Usage", "aevaluate", "evaluate", "load",
-    "load_ipython_extension", "loads", "sweep",
+    "ConfigError",
+    "Diagnostic",
+    "EvalReport",
+    "LocalModelError",
+    "MoaError",
+    "NodeResult",
+    "Pipeline",
+    "ProviderError",
+    "RunFailed",
+    "RunResult",
+    "Usage",
+    "aevaluate",
+    "evaluate",
+    "load",
+    "load_ipython_extension",
+    "loads",
+    "sweep",
 ]
 
 

@@ -3,6 +3,7 @@
 Environment variables are read here and nowhere else (except `env("X")` values, which the
 provider pool resolves when a run starts).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,28 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
-    "BASE_URL_FALLBACKS", "BUILTIN_PARAMS", "builtin_providers", "cache_dir", "DEFAULT_CONCURRENCY",
-    "DEFAULT_MAX_RESPONSE_BYTES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "LOCAL_TIMEOUT_S", "EnvRef", "MODEL_PARAMS",
-    "models_dir", "PARAM_KEYS", "PROVIDER_KINDS", "PROVIDER_OPTIONS", "ProviderConfig", "RANK_PROMPT",
-    "REFERENCE_PROMPT", "REQUEST_PARAMS", "request_params", "ROLE_PARAMS", "ROLES",
+    "BASE_URL_FALLBACKS",
+    "BUILTIN_PARAMS",
+    "builtin_providers",
+    "cache_dir",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT_S",
+    "LOCAL_TIMEOUT_S",
+    "EnvRef",
+    "MODEL_PARAMS",
+    "models_dir",
+    "PARAM_KEYS",
+    "PROVIDER_KINDS",
+    "PROVIDER_OPTIONS",
+    "ProviderConfig",
+    "RANK_PROMPT",
+    "REFERENCE_PROMPT",
+    "REQUEST_PARAMS",
+    "request_params",
+    "ROLE_PARAMS",
+    "ROLES",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -23,7 +42,9 @@ DEFAULT_TIMEOUT_S = 120.0
 # timeout bounds a request from its start to its last byte; a sweep on 2 busy cores saw 120 s run out.
 LOCAL_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 3
-DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024   # a response body past it fails the call (INTERFACES.md, "Limits on input")
+DEFAULT_MAX_RESPONSE_BYTES = (
+    8 * 1024 * 1024
+)  # a response body past it fails the call (INTERFACES.md, "Limits on input")
 
 # The synthesis instruction of togethercomputer/MoA, verbatim (LANGUAGE.md, "The messages a call sends").
 REFERENCE_PROMPT = (
@@ -44,30 +65,49 @@ RANK_PROMPT = (
     "with its number in brackets. Your task is to rank them from best to worst: judge each one on "
     "accuracy, completeness and helpfulness as an answer to that query, keeping in mind that some of "
     "them may be biased or incorrect. Reply with the candidates' numbers only, in brackets, from best "
-    "to worst, separated by \" > \", for example: [2] > [1] > [3]. Name every candidate exactly once "
+    'to worst, separated by " > ", for example: [2] > [1] > [3]. Name every candidate exactly once '
     "and write nothing else.\n\nCandidates:"
 )
 
 PROVIDER_KINDS = ("openai", "anthropic", "local")
-PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries",
-                    "max_response_bytes")
+PROVIDER_OPTIONS = ("base_url", "api_key", "headers", "max_concurrency", "timeout", "retries", "max_response_bytes")
 
 # Parameters that reach the HTTP request body (when set). The rest steer the runner.
 REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
-BUILTIN_PARAMS: Mapping[str, Any] = {"temperature": 0.7, "max_tokens": 512, "min_inputs": 1, "cache": True,
-                                     "top_k": 1, "normalize": True}
+BUILTIN_PARAMS: Mapping[str, Any] = {
+    "temperature": 0.7,
+    "max_tokens": 512,
+    "min_inputs": 1,
+    "cache": True,
+    "top_k": 1,
+    "normalize": True,
+}
 PARAM_KEYS = (
-    "temperature", "top_p", "max_tokens", "seed", "stop", "system", "prompt",
-    "min_inputs", "timeout", "retries", "cache", "price",
-    "top_k", "quorum", "agree", "window", "extract", "normalize",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "seed",
+    "stop",
+    "system",
+    "prompt",
+    "min_inputs",
+    "timeout",
+    "retries",
+    "cache",
+    "price",
+    "top_k",
+    "quorum",
+    "agree",
+    "window",
+    "extract",
+    "normalize",
 )
 
 # Which parameters each role takes (LANGUAGE.md, "Beyond propose and aggregate"). A key written on
 # a node or layer of a role that does not take it is E205; from `defaults` or a model it simply
 # does not apply to that node. MODEL_PARAMS steer the one model call a node makes; a `vote`
 # calls none.
-MODEL_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop", "system", "timeout", "retries",
-                "cache", "price")
+MODEL_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop", "system", "timeout", "retries", "cache", "price")
 ROLE_PARAMS: Mapping[str, tuple[str, ...]] = {
     "propose": MODEL_PARAMS,
     "aggregate": MODEL_PARAMS + ("prompt", "min_inputs", "quorum", "agree", "window", "extract", "normalize"),
@@ -93,8 +133,8 @@ class ProviderConfig:
     Its repr stars a literal api_key and literal header values (an EnvRef is a name: shown)."""
 
     name: str
-    kind: str                                  # "openai" | "anthropic" | "local"
-    base_url: str | EnvRef | tuple[str, ...] | None = None   # None for local; a tuple: replicas, in order
+    kind: str  # "openai" | "anthropic" | "local"
+    base_url: str | EnvRef | tuple[str, ...] | None = None  # None for local; a tuple: replicas, in order
     api_key: str | EnvRef | None = None
     headers: Mapping[str, str | EnvRef] = field(default_factory=dict)
     max_concurrency: int | None = None
@@ -107,9 +147,13 @@ class ProviderConfig:
             if name == "api_key" and isinstance(value, str):
                 return "'***'"
             if name == "headers":
-                return "{" + ", ".join(f"{k!r}: " + ("'***'" if isinstance(v, str) else repr(v))
-                                       for k, v in value.items()) + "}"
+                return (
+                    "{"
+                    + ", ".join(f"{k!r}: " + ("'***'" if isinstance(v, str) else repr(v)) for k, v in value.items())
+                    + "}"
+                )
             return repr(value)
+
         parts = ", ".join(f"{f.name}={shown(f.name, getattr(self, f.name))}" for f in fields(self))
         return f"ProviderConfig({parts})"
 
@@ -124,9 +168,13 @@ def builtin_providers() -> dict[str, ProviderConfig]:
         "openai": ProviderConfig("openai", "openai", EnvRef("OPENAI_BASE_URL"), EnvRef("OPENAI_API_KEY")),
         "together": ProviderConfig("together", "openai", "https://api.together.xyz/v1", EnvRef("TOGETHER_API_KEY")),
         "groq": ProviderConfig("groq", "openai", "https://api.groq.com/openai/v1", EnvRef("GROQ_API_KEY")),
-        "openrouter": ProviderConfig("openrouter", "openai", "https://openrouter.ai/api/v1", EnvRef("OPENROUTER_API_KEY")),
+        "openrouter": ProviderConfig(
+            "openrouter", "openai", "https://openrouter.ai/api/v1", EnvRef("OPENROUTER_API_KEY")
+        ),
         "ollama": ProviderConfig("ollama", "openai", "http://localhost:11434/v1", None),
-        "anthropic": ProviderConfig("anthropic", "anthropic", "https://api.anthropic.com/v1", EnvRef("ANTHROPIC_API_KEY")),
+        "anthropic": ProviderConfig(
+            "anthropic", "anthropic", "https://api.anthropic.com/v1", EnvRef("ANTHROPIC_API_KEY")
+        ),
         "local": ProviderConfig("local", "local", None, None, timeout=LOCAL_TIMEOUT_S),
     }
 

@@ -16,6 +16,7 @@ layer reports problems in these terms, and this module imports nothing else from
 Third-party exceptions (httpx, lark, xllamacpp, diskcache) are translated into this tree at one
 boundary each, `raise ... from exc`. No message ever contains a credential.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,9 +25,23 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
 __all__ = [
-    "ConfigError", "Diagnostic", "LocalModelError", "mask_secrets", "mask_value", "MAX_SHOWN_CELLS",
-    "MoaError", "ProviderConnectionError", "ProviderError", "ProviderHTTPError", "ProviderResponseError",
-    "ProviderTimeout", "render_diagnostic", "render_diagnostics", "RunFailed", "Severity", "Span",
+    "ConfigError",
+    "Diagnostic",
+    "LocalModelError",
+    "mask_secrets",
+    "mask_value",
+    "MAX_SHOWN_CELLS",
+    "MoaError",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderHTTPError",
+    "ProviderResponseError",
+    "ProviderTimeout",
+    "render_diagnostic",
+    "render_diagnostics",
+    "RunFailed",
+    "Severity",
+    "Span",
     "summary",
 ]
 
@@ -55,7 +70,7 @@ class Span:
 @dataclass(frozen=True)
 class Diagnostic:
     severity: Severity
-    code: str                # "E101" ... "W302"
+    code: str  # "E101" ... "W302"
     message: str
     span: Span | None
     hint: str | None = None
@@ -67,18 +82,24 @@ class Diagnostic:
     def to_json(self) -> dict[str, Any]:
         s = self.span
         return {
-            "severity": self.severity, "code": self.code, "message": self.message,
-            "file": s.file if s else None, "line": s.line if s else None,
-            "column": s.column if s else None, "end_line": s.end_line if s else None,
-            "end_column": s.end_column if s else None, "hint": self.hint,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "file": s.file if s else None,
+            "line": s.line if s else None,
+            "column": s.column if s else None,
+            "end_line": s.end_line if s else None,
+            "end_column": s.end_column if s else None,
+            "hint": self.hint,
         }
 
 
 class MoaError(Exception):
     """Base of the tree. With diagnostics, it renders them like `moa check` does."""
 
-    def __init__(self, message: str | None = None, diagnostics: Iterable[Diagnostic] = (),
-                 sources: dict[str, str] | None = None):
+    def __init__(
+        self, message: str | None = None, diagnostics: Iterable[Diagnostic] = (), sources: dict[str, str] | None = None
+    ):
         self.diagnostics = list(diagnostics)
         self.sources = dict(sources or {})
         super().__init__(message if message is not None else self.render())
@@ -98,9 +119,17 @@ class ConfigError(MoaError):
 
 
 class ProviderError(MoaError):
-    def __init__(self, message: str, *, node: str | None = None, provider: str | None = None,
-                 status: int | None = None, retryable: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str | None = None,
+        provider: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+    ):
         self.node, self.provider, self.status, self.retryable = node, provider, status, retryable
+        self.attempts = 1  # requests sent before it gave up; the provider sets it
         super().__init__(message)
 
 
@@ -139,9 +168,13 @@ class RunFailed(MoaError):
 #   - anything shaped like a key (`sk-...`, `sk-ant-...`, `gsk_...`, `Bearer xxx`, ...), anywhere.
 # Starring keeps every character's place (newlines stay), so spans and columns still fit.
 
-_SECRET_KEY = re.compile(r"(?:^|[_\-\s])(?:api[_-]?key|apikey|key|token|secret|password|passwd|passphrase"
-                         r"|authorization|auth|credentials?|bearer)(?:$|[_\-\s])", re.I)
-_SECRETS = re.compile(r"""
+_SECRET_KEY = re.compile(
+    r"(?:^|[_\-\s])(?:api[_-]?key|apikey|key|token|secret|password|passwd|passphrase"
+    r"|authorization|auth|credentials?|bearer)(?:$|[_\-\s])",
+    re.I,
+)
+_SECRETS = re.compile(
+    r"""
     (?<![\w-])(?P<key>[A-Za-z_][\w-]*+|"[^"\n]{1,100}+"|'[^'\n]{1,100}+')
     [ \t]*+[=:][ \t]*+
     (?=(?P<value>                                        # looked at, not consumed: a value that is
@@ -155,7 +188,9 @@ _SECRETS = re.compile(r"""
   | (?<![\w-])(?:sk-|gsk_|ghp_|gho_|ghs_|github_pat_|xox[abposr]-|hf_|AKIA|AIza)
                (?P<rest>[A-Za-z0-9_\-]{8,}+)
   | \b[Bb]earer[ \t]++(?P<token>[A-Za-z0-9._~+/=\-]{8,}+)
-""", re.X)
+""",
+    re.X,
+)
 _NOT_NEWLINE = re.compile(r"[^\n]")
 
 
@@ -169,7 +204,7 @@ def _secret_range(m: "re.Match[str]") -> tuple[int, int] | None:
         if not _SECRET_KEY.search(m.group("key").strip("\"'")):
             return None
         value, a = m.group("value"), m.start("value")
-        q = 3 if value.startswith('\"\"\"') else 1 if value[:1] in "\"'[" else 0
+        q = 3 if value.startswith('"""') else 1 if value[:1] in "\"'[" else 0
         closing = {'"': '"', "'": "'", "[": "]"}.get(value[:1], "")
         close = q if q and len(value) >= 2 * q and value.endswith(closing * q) else 0
         return a + q, a + len(value) - close
@@ -206,8 +241,7 @@ def mask_value(value: str) -> str:
 #         |                  ^~~
 #         = hint: did you mean 'qwen'?
 
-_COLORS = {"error": "\033[1;31m", "warning": "\033[1;33m", "hint": "\033[1;36m", "bold": "\033[1m",
-           "dim": "\033[2m"}
+_COLORS = {"error": "\033[1;31m", "warning": "\033[1;33m", "hint": "\033[1;36m", "bold": "\033[1m", "dim": "\033[2m"}
 _RESET = "\033[0m"
 
 
@@ -216,7 +250,7 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 
 MAX_SHOWN_CELLS = 120  # of a source line, around the caret; `…` marks a cut end
-_TAB_CELLS = 4         # a guess, only for deciding where to cut: tabs are printed as tabs
+_TAB_CELLS = 4  # a guess, only for deciding where to cut: tabs are printed as tabs
 
 
 def _cells(ch: str) -> int:

@@ -44,6 +44,7 @@ request, before any answer:
 
 `api_key=` makes it answer 401 to requests without that key (Bearer or x-api-key).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -65,10 +66,38 @@ FAULTS = ("hang", "reset", "invalid_json", "bad_shape", "truncated_stream", "str
 _HOST = "127.0.0.1"
 _TOKEN = re.compile(r"\S*\s*")
 _VOCAB = (
-    "light", "scatters", "because", "the", "air", "molecules", "blue", "shorter", "waves", "sun",
-    "answer", "energy", "model", "reason", "layer", "clearly", "therefore", "simple", "data", "sky",
-    "ocean", "signal", "first", "second", "overall", "careful", "result", "value", "mixture", "agents",
-    "graph", "quickly",
+    "light",
+    "scatters",
+    "because",
+    "the",
+    "air",
+    "molecules",
+    "blue",
+    "shorter",
+    "waves",
+    "sun",
+    "answer",
+    "energy",
+    "model",
+    "reason",
+    "layer",
+    "clearly",
+    "therefore",
+    "simple",
+    "data",
+    "sky",
+    "ocean",
+    "signal",
+    "first",
+    "second",
+    "overall",
+    "careful",
+    "result",
+    "value",
+    "mixture",
+    "agents",
+    "graph",
+    "quickly",
 )
 
 
@@ -78,11 +107,11 @@ class RecordedRequest:
 
     method: str
     path: str
-    headers: dict[str, str]        # lower-case names
-    body: Any                      # parsed JSON, or None
+    headers: dict[str, str]  # lower-case names
+    body: Any  # parsed JSON, or None
     model: str | None
     stream: bool
-    started: float                 # time.monotonic()
+    started: float  # time.monotonic()
     finished: float | None = None
     fault: str | None = None
 
@@ -117,7 +146,7 @@ def default_answer(model: str, messages: list[dict], seed: Any = None) -> str:
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):   # Anthropic-style content blocks
+    if isinstance(content, list):  # Anthropic-style content blocks
         return " ".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
     return ""
 
@@ -125,9 +154,16 @@ def _text(content: Any) -> str:
 class FakeLLMServer:
     """See the module docstring. Start with `with FakeLLMServer() as server:` or `start()`/`close()`."""
 
-    def __init__(self, *, latency: float | Mapping[str, float] | None = None, default_latency: float = 0.0,
-                 token_delay: float = 0.0, responder: Responder | Mapping[str, Responder] | None = None,
-                 api_key: str | None = None, record: bool = True):
+    def __init__(
+        self,
+        *,
+        latency: float | Mapping[str, float] | None = None,
+        default_latency: float = 0.0,
+        token_delay: float = 0.0,
+        responder: Responder | Mapping[str, Responder] | None = None,
+        api_key: str | None = None,
+        record: bool = True,
+    ):
         if isinstance(latency, (int, float)):
             default_latency, latency = float(latency), None
         self.latency: dict[str, float] = dict(latency or {})
@@ -139,7 +175,7 @@ class FakeLLMServer:
         self.port: int | None = None
         self.in_flight = 0
         self.max_in_flight = 0
-        self.connections = 0       # accepted since start or reset_stats(): a client that reuses keeps it low
+        self.connections = 0  # accepted since start or reset_stats(): a client that reuses keeps it low
         self._requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._faults: dict[str, Deque[_Fault]] = collections.defaultdict(collections.deque)
@@ -182,8 +218,17 @@ class FakeLLMServer:
         return f"http://{_HOST}:{self.port}/v1"
 
     # -- control ----------------------------------------------------------------------------------
-    def inject(self, model: str, fault: str, *, message: str | None = None, retry_after: float | None = None,
-               retry_after_ms: float | None = None, tokens: int = 0, times: int = 1) -> None:
+    def inject(
+        self,
+        model: str,
+        fault: str,
+        *,
+        message: str | None = None,
+        retry_after: float | None = None,
+        retry_after_ms: float | None = None,
+        tokens: int = 0,
+        times: int = 1,
+    ) -> None:
         """Queue `fault` for the next `times` requests for `model` ("*": any model)."""
         if fault not in FAULTS and not (fault.isdigit() and 400 <= int(fault) <= 599):
             raise ValueError(f"unknown fault {fault!r}: use an HTTP status 400-599 or one of {', '.join(FAULTS)}")
@@ -220,20 +265,20 @@ class FakeLLMServer:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
-        await asyncio.sleep(0)   # let the transports' close callbacks run before the loop stops
+        await asyncio.sleep(0)  # let the transports' close callbacks run before the loop stops
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        self.connections += 1   # only this server's loop thread writes it
+        self.connections += 1  # only this server's loop thread writes it
         try:
             while await self._one_request(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         except asyncio.CancelledError:
-            pass   # close(): drop the connection
+            pass  # close(): drop the connection
         finally:
             self._tasks.discard(task)
             writer.transport.abort()
@@ -243,7 +288,7 @@ class FakeLLMServer:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError:
-            return False   # the client closed a kept-alive connection
+            return False  # the client closed a kept-alive connection
         lines = head.decode("latin-1").split("\r\n")
         method, path, _ = lines[0].split(" ", 2)
         headers = {}
@@ -275,25 +320,28 @@ class FakeLLMServer:
     async def _dispatch(self, req: RecordedRequest, writer: asyncio.StreamWriter) -> bool:
         api = "anthropic" if req.path.rstrip("/").endswith("/messages") else "openai"
         if req.method == "GET" and req.path.rstrip("/").endswith("/models"):
-            return await _send_json(writer, 200, {"object": "list", "data": [
-                {"id": m, "object": "model"} for m in sorted(self.latency)]})
+            return await _send_json(
+                writer, 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in sorted(self.latency)]}
+            )
         if req.method != "POST" or not req.path.rstrip("/").endswith(("/chat/completions", "/messages")):
             return await _send_json(writer, 404, _error_body(api, 404, f"no route for {req.method} {req.path}"))
         if not isinstance(req.body, dict) or not req.model or not isinstance(req.body.get("messages"), list):
             return await _send_json(writer, 400, _error_body(api, 400, "the body needs `model` and `messages`"))
-        if self.api_key and self.api_key not in (req.headers.get("x-api-key"),
-                                                 req.headers.get("authorization", "")[7:]):
+        if self.api_key and self.api_key not in (
+            req.headers.get("x-api-key"),
+            req.headers.get("authorization", "")[7:],
+        ):
             return await _send_json(writer, 401, _error_body(api, 401, "invalid API key"))
         fault = self._next_fault(req.model)
         if fault is not None:
             req.fault = fault.kind
             if fault.kind != "hang":
                 return await self._fault(api, req, fault, writer)
-            await asyncio.Event().wait()   # never answers; close() cancels it
+            await asyncio.Event().wait()  # never answers; close() cancels it
         await asyncio.sleep(self.latency.get(req.model, self.default_latency))
         try:
             answer = self._answer(api, req)
-        except Exception as exc:   # a test's responder failed: say so to the client
+        except Exception as exc:  # a test's responder failed: say so to the client
             return await _send_json(writer, 500, _error_body(api, 500, f"responder failed: {exc!r}"))
         if req.stream:
             return await self._stream(writer, _stream_events(api, req, answer), answer, self.token_delay)
@@ -315,8 +363,7 @@ class FakeLLMServer:
         responder = self.responder
         if isinstance(responder, Mapping):
             responder = responder.get(model) or responder.get("*")
-        text = responder(model, body) if responder else default_answer(model, body["messages"],
-                                                                             body.get("seed"))
+        text = responder(model, body) if responder else default_answer(model, body["messages"], body.get("seed"))
         tokens = [t for t in _TOKEN.findall(str(text)) if t]
         finish = "stop" if api == "openai" else "end_turn"
         limit = body.get("max_tokens")
@@ -342,26 +389,29 @@ class FakeLLMServer:
         if kind == "invalid_json" and not req.stream:
             return await _send_raw(writer, 200, b"{this is not json", "application/json")
         if kind == "bad_shape":
-            shape = {"object": "chat.completion", "choices": []} if api == "openai" else {"type": "message", "content": []}
+            shape = (
+                {"object": "chat.completion", "choices": []} if api == "openai" else {"type": "message", "content": []}
+            )
             return await _send_json(writer, 200, shape)
-        if kind == "truncated_stream" and not req.stream:   # a body shorter than its Content-Length
+        if kind == "truncated_stream" and not req.stream:  # a body shorter than its Content-Length
             writer.write(_head(200, "application/json", [("content-length", "1000")]) + b'{"choices": [')
             await writer.drain()
             return False
         answer = self._answer(api, req)
         events = list(_stream_events(api, req, answer))
-        head = events[:_first_token_index(api) + fault.tokens]
+        head = events[: _first_token_index(api) + fault.tokens]
         if kind == "invalid_json":
             return await self._stream(writer, head + [b"data: {this is not json\n\n"], answer, 0.0)
         if kind == "stream_error":
             return await self._stream(writer, head + [_stream_error(api)], answer, 0.0)
         if kind == "truncated_stream":
             return await self._stream(writer, head, answer, 0.0)
-        await self._stream(writer, head, answer, 0.0, end=False)   # reset mid-stream
+        await self._stream(writer, head, answer, 0.0, end=False)  # reset mid-stream
         return False
 
-    async def _stream(self, writer: asyncio.StreamWriter, events: Iterable[bytes], answer: _Answer,
-                      delay: float, *, end: bool = True) -> bool:
+    async def _stream(
+        self, writer: asyncio.StreamWriter, events: Iterable[bytes], answer: _Answer, delay: float, *, end: bool = True
+    ) -> bool:
         writer.write(_head(200, "text/event-stream", [("transfer-encoding", "chunked"), ("cache-control", "no-cache")]))
         for event in events:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
@@ -381,36 +431,62 @@ def _head(status: int, content_type: str, headers: Iterable[tuple[str, str]] = (
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def _send_raw(writer: asyncio.StreamWriter, status: int, data: bytes, content_type: str,
-                    headers: Iterable[tuple[str, str]] = ()) -> bool:
+async def _send_raw(
+    writer: asyncio.StreamWriter, status: int, data: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
+) -> bool:
     writer.write(_head(status, content_type, [("content-length", str(len(data))), *headers]) + data)
     await writer.drain()
     return True
 
 
-async def _send_json(writer: asyncio.StreamWriter, status: int, obj: Any,
-                     headers: Iterable[tuple[str, str]] = ()) -> bool:
+async def _send_json(
+    writer: asyncio.StreamWriter, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()
+) -> bool:
     return await _send_raw(writer, status, json.dumps(obj).encode(), "application/json", headers)
 
 
 def _error_body(api: str, status: int, message: str) -> dict:
     if api == "anthropic":
-        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+        kind = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            404: "not_found_error",
+            429: "rate_limit_error",
+            529: "overloaded_error",
+        }.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
     return {"error": {"message": message, "type": "fake_error", "code": status}}
 
 
 def _body(api: str, req: RecordedRequest, answer: _Answer) -> dict:
     if api == "anthropic":
-        return {"id": "msg_fake", "type": "message", "role": "assistant", "model": req.model,
-                "content": [{"type": "text", "text": answer.text}], "stop_reason": answer.finish_reason,
-                "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": len(answer.tokens)}}
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": req.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                         "finish_reason": answer.finish_reason}],
-            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": len(answer.tokens),
-                      "total_tokens": answer.prompt_tokens + len(answer.tokens)}}
+        return {
+            "id": "msg_fake",
+            "type": "message",
+            "role": "assistant",
+            "model": req.model,
+            "content": [{"type": "text", "text": answer.text}],
+            "stop_reason": answer.finish_reason,
+            "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": len(answer.tokens)},
+        }
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.text},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": len(answer.tokens),
+            "total_tokens": answer.prompt_tokens + len(answer.tokens),
+        },
+    }
 
 
 def _first_token_index(api: str) -> int:
@@ -421,27 +497,55 @@ def _first_token_index(api: str) -> int:
 def _stream_events(api: str, req: RecordedRequest, answer: _Answer) -> Iterable[bytes]:
     n = len(answer.tokens)
     if api == "anthropic":
-        yield _sse({"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "model": req.model, "content": [],
-            "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": 1}}}, "message_start")
-        yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-                   "content_block_start")
+        yield _sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": req.model,
+                    "content": [],
+                    "usage": {"input_tokens": answer.prompt_tokens, "output_tokens": 1},
+                },
+            },
+            "message_start",
+        )
+        yield _sse(
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            "content_block_start",
+        )
         for token in answer.tokens:
-            yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}},
-                       "content_block_delta")
+            yield _sse(
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}},
+                "content_block_delta",
+            )
         yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-        yield _sse({"type": "message_delta", "delta": {"stop_reason": answer.finish_reason},
-                    "usage": {"output_tokens": n}}, "message_delta")
+        yield _sse(
+            {"type": "message_delta", "delta": {"stop_reason": answer.finish_reason}, "usage": {"output_tokens": n}},
+            "message_delta",
+        )
         yield _sse({"type": "message_stop"}, "message_stop")
         return
     base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": req.model}
-    yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+    yield _sse(
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    )
     for token in answer.tokens:
         yield _sse({**base, "choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]})
     yield _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]})
     if (req.body.get("stream_options") or {}).get("include_usage"):
-        yield _sse({**base, "choices": [], "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": n,
-                                                    "total_tokens": answer.prompt_tokens + n}})
+        yield _sse(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": n,
+                    "total_tokens": answer.prompt_tokens + n,
+                },
+            }
+        )
     yield b"data: [DONE]\n\n"
 
 

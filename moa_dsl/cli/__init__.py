@@ -1,4 +1,5 @@
 """`moa`: argv in, exit code out. Each command lives in its own module with a `register(sub)`."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,13 @@ def add_call_options(p: argparse.ArgumentParser, *, bound: str) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="response cache (default $MOA_CACHE_DIR or ~/.cache/moa-dsl)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--refresh", action="store_true", help="call again and overwrite cached responses")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, metavar="N",
-                   help=f"global bound on calls in flight{bound} (default {DEFAULT_CONCURRENCY})")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"global bound on calls in flight{bound} (default {DEFAULT_CONCURRENCY})",
+    )
     p.add_argument("--verbose", action="store_true", help="show the embedded llama.cpp runtime's logs")
 
 
@@ -70,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..providers.local import registry
     from .progress import byte_bars
 
-    registry.use_byte_progress(byte_bars)   # a run's first use of a local model pulls it with a bar
+    registry.use_byte_progress(byte_bars)  # a run's first use of a local model pulls it with a bar
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

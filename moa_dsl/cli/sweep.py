@@ -9,6 +9,7 @@ none). --halving: successive halving, all variants on the first N/8 items, the b
 as many, ... until all N. Results go to --out: eval's files plus sweep-KEY.svg per key. Exit codes:
 0 done, 1 the file has errors, 2 usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,26 +29,50 @@ def register(sub: Any) -> None:
     from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
     from ..evaluation.search import DEFAULT_SWEEP_OUT
 
-    p = sub.add_parser("sweep", help=HELP, description=__doc__.split("\n\n")[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "sweep", help=HELP, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("file", metavar="FILE", help="the .moa topology whose settings are searched")
-    p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
-                   help="values to try for one key (repeatable; every combination is a variant). KEY: what "
-                        "--set takes, or LAYER.n for a one-member layer's sample count")
-    p.add_argument("--input", required=True, metavar="DATA.jsonl",
-                   help="one JSON object a line: instruction, query or turns (MT-Bench); or a shipped "
-                        "dataset's name: alpaca-eval, mt-bench")
+    p.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="values to try for one key (repeatable; every combination is a variant). KEY: what "
+        "--set takes, or LAYER.n for a one-member layer's sample count",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="DATA.jsonl",
+        help="one JSON object a line: instruction, query or turns (MT-Bench); or a shipped "
+        "dataset's name: alpaca-eval, mt-bench",
+    )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
-    p.add_argument("--judge", default=DEFAULT_JUDGE, metavar="MODELREF",
-                   help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})')
-    p.add_argument("--judge-max-tokens", type=int, default=DEFAULT_JUDGE_MAX_TOKENS, metavar="N",
-                   help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})")
-    p.add_argument("--baseline", metavar="NAME",
-                   help="a variant to judge the others against (default: FILE as written)")
-    p.add_argument("--halving", action="store_true",
-                   help="successive halving: drop the worse half of the variants at N/8, N/4, N/2 items")
-    p.add_argument("--out", default=DEFAULT_SWEEP_OUT, metavar="DIR",
-                   help=f"where results go (default {DEFAULT_SWEEP_OUT}/)")
+    p.add_argument(
+        "--judge",
+        default=DEFAULT_JUDGE,
+        metavar="MODELREF",
+        help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})',
+    )
+    p.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=DEFAULT_JUDGE_MAX_TOKENS,
+        metavar="N",
+        help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
+    )
+    p.add_argument(
+        "--baseline", metavar="NAME", help="a variant to judge the others against (default: FILE as written)"
+    )
+    p.add_argument(
+        "--halving",
+        action="store_true",
+        help="successive halving: drop the worse half of the variants at N/8, N/4, N/2 items",
+    )
+    p.add_argument(
+        "--out", default=DEFAULT_SWEEP_OUT, metavar="DIR", help=f"where results go (default {DEFAULT_SWEEP_OUT}/)"
+    )
     add_call_options(p, bound=", all variants and items together")
     p.add_argument("--quiet", action="store_true", help="no progress display on stderr")
     p.set_defaults(func=main)
@@ -65,10 +90,23 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         grid = parse_grid(args.grid)
-        report = sweep(args.file, grid, args.input, limit=args.limit, judge=args.judge, baseline=args.baseline,
-                       out=args.out, halving=args.halving, concurrency=args.concurrency, cache=not args.no_cache,
-                       cache_dir=args.cache_dir, refresh=args.refresh, judge_max_tokens=args.judge_max_tokens,
-                       progress=None if args.quiet else sys.stderr, verbose=args.verbose)
+        report = sweep(
+            args.file,
+            grid,
+            args.input,
+            limit=args.limit,
+            judge=args.judge,
+            baseline=args.baseline,
+            out=args.out,
+            halving=args.halving,
+            concurrency=args.concurrency,
+            cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            refresh=args.refresh,
+            judge_max_tokens=args.judge_max_tokens,
+            progress=None if args.quiet else sys.stderr,
+            verbose=args.verbose,
+        )
     except ConfigError as exc:
         return _usage(str(exc))
     except MoaError as exc:
@@ -97,4 +135,4 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return "--no-cache and --refresh contradict each other"
     if not Path(args.file).is_file():
         return f"no such file: {args.file}"
-    return None   # --input is read (and its errors named) by the dataset reader
+    return None  # --input is read (and its errors named) by the dataset reader

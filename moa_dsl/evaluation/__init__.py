@@ -4,6 +4,7 @@ a topology's settings (`moa sweep`, `moa_dsl.sweep`).
 AlpacaEval-style pairwise judging, cost and latency side by side; it runs everything through the
 runtime's sessions (one bound, one cache).
 """
+
 from __future__ import annotations
 
 from .compare import EvalReport, aevaluate, evaluate

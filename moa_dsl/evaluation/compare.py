@@ -19,6 +19,7 @@ inputs, so it does not depend on how many other items were in flight. A cached c
 the one measured when it was made, kept in a small ledger beside the response cache under the same
 key (`CACHE_DIR/eval-latency`); without one the item's latency is unknown and left out of the mean.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -55,6 +56,7 @@ DEFAULT_OUT = "moa-eval"
 
 # --- the evaluation -------------------------------------------------------------------------------
 
+
 def _pipelines(topologies: Sequence[str | os.PathLike | Pipeline]) -> list[Pipeline]:
     pipes = [t if isinstance(t, Pipeline) else load(t) for t in topologies]
     if not pipes:
@@ -66,19 +68,31 @@ def _names(pipes: Sequence[Pipeline]) -> list[str]:
     names = [p.name or f"topology{i}" for i, p in enumerate(pipes, 1)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"two topologies are named {', '.join(dupes)} (a topology's name is its file's "
-                          "stem): rename one of the files")
+        raise ConfigError(
+            f"two topologies are named {', '.join(dupes)} (a topology's name is its file's "
+            "stem): rename one of the files"
+        )
     return names
 
 
-async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
-                    data: str | os.PathLike | Iterable[Mapping], *, limit: int | None = None,
-                    judge: str = DEFAULT_JUDGE, baseline: str | None = None, out: str | os.PathLike | None = None,
-                    concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
-                    cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-                    judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS, progress: IO[str] | None = None,
-                    environ: Mapping[str, str] | None = None, transport: Any = None,
-                    verbose: bool = False) -> EvalReport:
+async def aevaluate(
+    topologies: Sequence[str | os.PathLike | Pipeline],
+    data: str | os.PathLike | Iterable[Mapping],
+    *,
+    limit: int | None = None,
+    judge: str = DEFAULT_JUDGE,
+    baseline: str | None = None,
+    out: str | os.PathLike | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS,
+    progress: IO[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    transport: Any = None,
+    verbose: bool = False,
+) -> EvalReport:
     """Run, judge, report (see the module docstring). Raises ConfigError/MoaError before any call
     for bad input; a failing item or judge call is reported, never raised."""
     pipes = _pipelines(topologies)
@@ -92,10 +106,22 @@ async def aevaluate(topologies: Sequence[str | os.PathLike | Pipeline],
     async def plan(evaluation: Evaluation) -> None:
         await evaluation.run_round(names, len(items))
 
-    report = await run_evaluation(dict(zip(names, pipes)), items, base, judge_model, judge_pipe, plan,
-                                  concurrency=concurrency, cache=cache, cache_dir=cache_dir, refresh=refresh,
-                                  progress=Progress(items=len(items), units=0, stream=progress),
-                                  environ=environ, transport=transport, verbose=verbose)
+    report = await run_evaluation(
+        dict(zip(names, pipes, strict=False)),
+        items,
+        base,
+        judge_model,
+        judge_pipe,
+        plan,
+        concurrency=concurrency,
+        cache=cache,
+        cache_dir=cache_dir,
+        refresh=refresh,
+        progress=Progress(items=len(items), units=0, stream=progress),
+        environ=environ,
+        transport=transport,
+        verbose=verbose,
+    )
     if out is not None:
         report.write(out)
     return report
@@ -109,11 +135,23 @@ def check_judge(judge: str, pipes: Sequence[Pipeline], judge_max_tokens: int) ->
     return judge_model, judge_pipeline(judge_model, provider_cfg, max_tokens=judge_max_tokens)
 
 
-async def run_evaluation(pipes: Mapping[str, Pipeline], items: list[Item], baseline: str, judge_model: JudgeModel,
-                         judge_pipe: Pipeline, plan: Callable[["Evaluation"], Awaitable[None]], *,
-                         concurrency: int, cache: bool, cache_dir: str | os.PathLike | None, refresh: bool,
-                         progress: Progress, environ: Mapping[str, str] | None, transport: Any,
-                         verbose: bool) -> EvalReport:
+async def run_evaluation(
+    pipes: Mapping[str, Pipeline],
+    items: list[Item],
+    baseline: str,
+    judge_model: JudgeModel,
+    judge_pipe: Pipeline,
+    plan: Callable[["Evaluation"], Awaitable[None]],
+    *,
+    concurrency: int,
+    cache: bool,
+    cache_dir: str | os.PathLike | None,
+    refresh: bool,
+    progress: Progress,
+    environ: Mapping[str, str] | None,
+    transport: Any,
+    verbose: bool,
+) -> EvalReport:
     """Open one session per topology and one for the judge, all under one bound and one cache;
     `plan` decides which topologies answer which items (`Evaluation.run_round`); the report has
     every topology with the items it answered."""
@@ -126,10 +164,22 @@ async def run_evaluation(pipes: Mapping[str, Pipeline], items: list[Item], basel
         ledger = LatencyLedger(default_cache_dir(cache_dir) if cache else None)
         for pipe in [*pipes.values(), judge_pipe]:
             # One bound for everything in flight, across topologies and the judge.
-            sessions.append(Session(pipe, concurrency=concurrency, cache=cache, refresh=refresh, environ=environ,
-                                    transport=transport, response_cache=store, verbose=verbose, limiter=limiter))
-        evaluation = Evaluation(dict(zip(pipes, sessions)), sessions[-1], items, baseline, ledger, progress,
-                                concurrency)
+            sessions.append(
+                Session(
+                    pipe,
+                    concurrency=concurrency,
+                    cache=cache,
+                    refresh=refresh,
+                    environ=environ,
+                    transport=transport,
+                    response_cache=store,
+                    verbose=verbose,
+                    limiter=limiter,
+                )
+            )
+        evaluation = Evaluation(
+            dict(zip(pipes, sessions, strict=False)), sessions[-1], items, baseline, ledger, progress, concurrency
+        )
         try:
             await plan(evaluation)
         finally:
@@ -149,8 +199,16 @@ class Evaluation:
     round: `run_round(names, upto)` has `names` (and the baseline) answer the first `upto` items,
     skipping what an earlier round already did."""
 
-    def __init__(self, sessions: dict[str, Any], judge: Any, items: list[Item], baseline: str,
-                 ledger: LatencyLedger, progress: Progress, concurrency: int):
+    def __init__(
+        self,
+        sessions: dict[str, Any],
+        judge: Any,
+        items: list[Item],
+        baseline: str,
+        ledger: LatencyLedger,
+        progress: Progress,
+        concurrency: int,
+    ):
         self.sessions, self.judge, self.items, self.baseline = sessions, judge, items, baseline
         self.ledger, self.progress = ledger, progress
         # Bounds coroutines, not calls (the limiter does that): enough items in flight to keep every
@@ -159,9 +217,10 @@ class Evaluation:
         n = len(items)
         self.runs: dict[str, list[ItemRun | None]] = {name: [None] * n for name in sessions}
         self.scores: dict[str, list[float | None]] = {name: [None] * n for name in sessions if name != baseline}
-        self.reports = {name: TopologyReport(name, [], None if name == baseline else [],
-                                             priced=_priced(s.graph, s.order))
-                        for name, s in sessions.items()}
+        self.reports = {
+            name: TopologyReport(name, [], None if name == baseline else [], priced=_priced(s.graph, s.order))
+            for name, s in sessions.items()
+        }
         self.listeners = {name: progress.listener(s.graph) for name, s in sessions.items()}
         self.judge_listener = progress.listener(judge.graph)
         self.judge_usage: dict[str, float] = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -200,8 +259,11 @@ class Evaluation:
                 report.scores = [s for s in self.scores[name][:k] if s is not None]
         usage = dict(self.judge_usage)
         if judge_model.price is not None:
-            usage["cost_usd"] = round((usage["prompt_tokens"] * judge_model.price[0]
-                                       + usage["completion_tokens"] * judge_model.price[1]) / 1e6, 8)
+            usage["cost_usd"] = round(
+                (usage["prompt_tokens"] * judge_model.price[0] + usage["completion_tokens"] * judge_model.price[1])
+                / 1e6,
+                8,
+            )
         return EvalReport(self.baseline, judge_model, self.items, list(self.reports.values()), usage)
 
     async def _item(self, i: int, order: list[str]) -> None:
@@ -246,9 +308,11 @@ class Evaluation:
         question = self.items[i].instruction
         first, second = await asyncio.gather(
             self._judge(report, judge_prompt(question, base.output, run.output)),
-            self._judge(report, judge_prompt(question, run.output, base.output)))
-        scores[i] = pair_score(judgment_score(first, candidate_first=False),
-                               judgment_score(second, candidate_first=True))
+            self._judge(report, judge_prompt(question, run.output, base.output)),
+        )
+        scores[i] = pair_score(
+            judgment_score(first, candidate_first=False), judgment_score(second, candidate_first=True)
+        )
 
     async def _judge(self, report: TopologyReport, prompt: str) -> str | None:
         try:
@@ -288,7 +352,8 @@ def _priced(graph: nx.DiGraph, order: Sequence[str]) -> bool:
     return all(graph.nodes[n]["params"].get("price") is not None for n in order if graph.nodes[n]["role"] != "vote")
 
 
-def evaluate(topologies: Sequence[str | os.PathLike | Pipeline], data: str | os.PathLike | Iterable[Mapping],
-             **options: Any) -> EvalReport:
+def evaluate(
+    topologies: Sequence[str | os.PathLike | Pipeline], data: str | os.PathLike | Iterable[Mapping], **options: Any
+) -> EvalReport:
     """Blocking `aevaluate`: in a script, or on a loop in a worker thread inside a running loop (Jupyter)."""
     return run_sync(lambda: aevaluate(topologies, data, **options))

@@ -1,4 +1,5 @@
 """Datasets: JSONL files (or the shipped ones, by name) into `Item`s, with file:line errors."""
+
 from __future__ import annotations
 
 import json
@@ -14,19 +15,27 @@ from ..errors import ConfigError
 from ..runtime.messages import normalize_query
 
 __all__ = [
-    "dataset_names", "DATASETS", "Item", "item_from_record", "MAX_DEPTH", "MAX_LINE_BYTES", "read_items",
-    "read_jsonl_records", "read_jsonl_stream",
+    "dataset_names",
+    "DATASETS",
+    "Item",
+    "item_from_record",
+    "MAX_DEPTH",
+    "MAX_LINE_BYTES",
+    "read_items",
+    "read_jsonl_records",
+    "read_jsonl_stream",
 ]
 
 # --- the dataset --------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Item:
-    index: int                      # 0-based position in the dataset
-    turns: tuple[str, ...]          # the user's messages, one run each (MT-Bench has two)
+    index: int  # 0-based position in the dataset
+    turns: tuple[str, ...]  # the user's messages, one run each (MT-Bench has two)
     dataset: str
-    prefix: tuple[tuple[str, str], ...] = ()   # (role, content) before the turns: a `query` conversation
-    category: str | None = None     # MT-Bench's `category` (writing, coding, ...): per-category win rates
+    prefix: tuple[tuple[str, str], ...] = ()  # (role, content) before the turns: a `query` conversation
+    category: str | None = None  # MT-Bench's `category` (writing, coding, ...): per-category win rates
 
     @property
     def instruction(self) -> str:
@@ -53,8 +62,7 @@ def item_from_record(record: Any, *, index: int, dataset: str, where: str) -> It
         return Item(index, (_text(query, "query", where),), ds)
     if "turns" in record:
         turns = record["turns"]
-        if (not isinstance(turns, list) or not turns
-                or not all(isinstance(t, str) and t.strip() for t in turns)):
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise ConfigError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
         return Item(index, tuple(turns), ds, category=_category(record))
     raise ConfigError(f"{where}: no 'instruction', 'query' or 'turns' field")
@@ -104,9 +112,9 @@ def _read_jsonl(path: str | os.PathLike, limit: int | None) -> list[Item]:
 
 # --- reading JSONL: by name or path, bounded, exact ------------------------------------------------
 
-DATASETS = {"alpaca-eval": "alpaca_eval.jsonl", "mt-bench": "mt_bench.jsonl"}   # name -> file in datasets/
-MAX_LINE_BYTES = 1024 * 1024    # an --input line longer than this is refused, never read whole
-MAX_DEPTH = 256                 # JSON nesting a line may have (deeper would only overflow the stack later)
+DATASETS = {"alpaca-eval": "alpaca_eval.jsonl", "mt-bench": "mt_bench.jsonl"}  # name -> file in datasets/
+MAX_LINE_BYTES = 1024 * 1024  # an --input line longer than this is refused, never read whole
+MAX_DEPTH = 256  # JSON nesting a line may have (deeper would only overflow the stack later)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -125,7 +133,7 @@ def _open_dataset(data: str | os.PathLike) -> tuple[IO[bytes], str, str]:
         resource = resources.files(__package__).joinpath("datasets", DATASETS[data])
         try:
             return resource.open("rb"), data, Path(DATASETS[data]).stem
-        except OSError as exc:   # a broken install
+        except OSError as exc:  # a broken install
             raise ConfigError(f"the shipped dataset {data!r} cannot be read: {exc.strerror or exc}") from exc
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
@@ -158,8 +166,9 @@ def read_jsonl_records(path: str | os.PathLike, *, limit: int | None = None) -> 
         return read_jsonl_stream(stream, name=where, dataset=stem, limit=limit)
 
 
-def read_jsonl_stream(stream: IO[bytes], *, name: str, dataset: str,
-                      limit: int | None = None) -> list[tuple[dict, Item]]:
+def read_jsonl_stream(
+    stream: IO[bytes], *, name: str, dataset: str, limit: int | None = None
+) -> list[tuple[dict, Item]]:
     """JSONL from a binary stream (a file, stdin). Lines end at `\n` (or `\r\n`) only -- never at
     U+2028 and the other characters `str.splitlines` breaks on -- and each is read with at most
     MAX_LINE_BYTES (plus its line break) in memory. A UTF-8 BOM at the start is skipped."""
@@ -178,14 +187,14 @@ def read_jsonl_stream(stream: IO[bytes], *, name: str, dataset: str,
             body = raw[:-1]
             if body.endswith(b"\r"):
                 body = body[:-1]
-        elif len(raw) == MAX_LINE_BYTES + 2:   # stopped before the line's end
+        elif len(raw) == MAX_LINE_BYTES + 2:  # stopped before the line's end
             raise ConfigError(f"{where}: line longer than 1 MiB")
         else:
             body = raw
         if len(body) > MAX_LINE_BYTES:
             raise ConfigError(f"{where}: line longer than 1 MiB")
         if lineno == 1 and body.startswith(_BOM):
-            body = body[len(_BOM):]
+            body = body[len(_BOM) :]
         record = _parse_line(body, where)
         if record is None:
             continue
@@ -205,7 +214,7 @@ def _reject_constant(name: str) -> Any:
 
 def _finite_float(text: str) -> float:
     value = float(text)
-    if math.isinf(value):   # 1e999: it would be written back out as Infinity, which is not JSON
+    if math.isinf(value):  # 1e999: it would be written back out as Infinity, which is not JSON
         raise _NotFinite(text)
     return value
 

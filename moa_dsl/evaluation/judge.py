@@ -1,4 +1,5 @@
 """The judge: MT-Bench's pairwise prompt, its verdicts, how a pair of verdicts scores, and the judge's model."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,17 @@ from ..runtime import (
 )
 
 __all__ = [
-    "DEFAULT_JUDGE", "DEFAULT_JUDGE_MAX_TOKENS", "judge_pipeline", "judge_prompt", "JUDGE_SYSTEM",
-    "JUDGE_USER", "JudgeModel", "judgment_score", "pair_score", "parse_judge", "parse_verdict",
+    "DEFAULT_JUDGE",
+    "DEFAULT_JUDGE_MAX_TOKENS",
+    "judge_pipeline",
+    "judge_prompt",
+    "JUDGE_SYSTEM",
+    "JUDGE_USER",
+    "JudgeModel",
+    "judgment_score",
+    "pair_score",
+    "parse_judge",
+    "parse_verdict",
     "unjudged_score",
 ]
 
@@ -33,8 +43,8 @@ JUDGE_SYSTEM = (
     "responses and give a short explanation. Avoid any position bias: the order in which the "
     "responses are presented must not influence your decision. Do not let the length of the "
     "responses or the names of the assistants influence you. Be as objective as possible. After your "
-    "explanation, output your final verdict strictly in this format: \"[[A]]\" if assistant A is "
-    "better, \"[[B]]\" if assistant B is better, and \"[[C]]\" for a tie."
+    'explanation, output your final verdict strictly in this format: "[[A]]" if assistant A is '
+    'better, "[[B]]" if assistant B is better, and "[[C]]" for a tie.'
 )
 JUDGE_USER = (
     "[User Question]\n{question}\n\n"
@@ -83,7 +93,7 @@ _NAME = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
 
 @dataclass(frozen=True)
 class JudgeModel:
-    ref: str                        # as the user wrote it, for the report
+    ref: str  # as the user wrote it, for the report
     provider: str
     model: str
     price: tuple[float, float] | None = None
@@ -118,11 +128,12 @@ def parse_judge(ref: str, pipes: Sequence[Pipeline]) -> tuple[JudgeModel, Any]:
             for _, attrs in pipe.graph.nodes(data=True):
                 if attrs.get("model_name") == m.group(1):
                     price = attrs["params"].get("price")
-                    judge = JudgeModel(ref.strip(), attrs["provider"], attrs["model"],
-                                       tuple(price) if price else None)
+                    judge = JudgeModel(ref.strip(), attrs["provider"], attrs["model"], tuple(price) if price else None)
                     return judge, pipe.graph.graph["providers"][attrs["provider"]]
-        raise ConfigError(f"--judge {ref}: no model named '{m.group(1)}' in the topologies; "
-                          'write PROVIDER:"MODEL-ID", e.g. openai:"gpt-4o" or local:"qwen2.5-coder-1.5b"')
+        raise ConfigError(
+            f"--judge {ref}: no model named '{m.group(1)}' in the topologies; "
+            'write PROVIDER:"MODEL-ID", e.g. openai:"gpt-4o" or local:"qwen2.5-coder-1.5b"'
+        )
     raise ConfigError(f'--judge {ref!r}: expected PROVIDER:"MODEL-ID" (e.g. openai:"gpt-4o") or a declared model name')
 
 
@@ -139,8 +150,24 @@ def judge_pipeline(judge: JudgeModel, provider_cfg: Any, *, max_tokens: int) -> 
     """A one-node graph (the attributes of docs/architecture.md) so judge calls take the runner's path:
     same providers, cache, global bound and events. Temperature 0: a verdict should be reproducible."""
     graph = nx.DiGraph(output="judge", providers={judge.provider: provider_cfg}, dead=frozenset())
-    params = {"temperature": 0.0, "max_tokens": max_tokens, "cache": True, "timeout": provider_cfg.timeout,
-              "retries": provider_cfg.retries, "system": JUDGE_SYSTEM}
-    graph.add_node("judge", role="propose", provider=judge.provider, model=judge.model, model_name=None,
-                   sample=None, layer=None, inputs=(), params=params, span=Span("<judge>", 1, 1, 1, 1))
+    params = {
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+        "cache": True,
+        "timeout": provider_cfg.timeout,
+        "retries": provider_cfg.retries,
+        "system": JUDGE_SYSTEM,
+    }
+    graph.add_node(
+        "judge",
+        role="propose",
+        provider=judge.provider,
+        model=judge.model,
+        model_name=None,
+        sample=None,
+        layer=None,
+        inputs=(),
+        params=params,
+        span=Span("<judge>", 1, 1, 1, 1),
+    )
     return Pipeline(graph=graph, name="judge")

@@ -1,5 +1,6 @@
 """One topology on one item: its answer, calls, tokens, cost, and critical-path latency (with a ledger
 that keeps a cached call's measured duration)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,19 +14,20 @@ __all__ = ["ItemRun", "LatencyLedger", "run_item"]
 
 # --- one topology on one item --------------------------------------------------------------------
 
+
 @dataclass
 class ItemRun:
     """One topology's answer to one item, with what it took (cached calls included: this is what
     the topology costs, not what this particular evaluation happened to spend)."""
 
-    status: str                     # "ok" | "failed"
+    status: str  # "ok" | "failed"
     output: str | None
     error: str | None = None
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost_usd: float | None = 0.0    # None: some node has no price
-    latency_s: float | None = 0.0   # None: a cached call's duration is not known
+    cost_usd: float | None = 0.0  # None: some node has no price
+    latency_s: float | None = 0.0  # None: a cached call's duration is not known
 
 
 class LatencyLedger:
@@ -33,7 +35,7 @@ class LatencyLedger:
 
     def __init__(self, directory: Path | None):
         self._db = None
-        self._fresh: set[str] = set()       # keys measured by this evaluation
+        self._fresh: set[str] = set()  # keys measured by this evaluation
         if directory is not None:
             try:
                 import diskcache
@@ -71,7 +73,7 @@ async def run_item(session: Any, item: Item, *, ledger: LatencyLedger, on_event:
         _account(run, session, result, ledger)
         if result.status != "ok":
             run.status, run.output = "failed", None
-            why = failure_reason(result)   # a provider's error already starts with the node's name
+            why = failure_reason(result)  # a provider's error already starts with the node's name
             run.error = why if why.startswith(f"{result.output_node}: ") else f"{result.output_node}: {why}"
             return run
         run.output = result.output
@@ -120,7 +122,7 @@ def _node_latency(node: Any, ledger: LatencyLedger) -> float | None:
         return node.latency_s or 0.0
     if not ledger.enabled:
         return node.latency_s if node.status == "ok" else None
-    key = node.cache_key          # the runner's own key for this call (runtime.calls.prepare_call)
+    key = node.cache_key  # the runner's own key for this call (runtime.calls.prepare_call)
     if key is None:
         return None
     if node.status == "ok":

@@ -12,6 +12,7 @@ variant's point with its interval, and a line through the mean win rate per valu
 Kept hand-written on purpose: the plotting libraries that write SVG offline (matplotlib, pygal)
 would be a heavy or extra dependency for a few dozen shapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,18 +32,18 @@ COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e3
 @dataclass(frozen=True)
 class Point:
     name: str
-    y: float                                  # win rate, 0-1
-    interval: tuple[float, float] | None      # the 95% interval, drawn as an error bar
-    x: float | None                           # None: not measurable (unpriced model, no successful item)
+    y: float  # win rate, 0-1
+    interval: tuple[float, float] | None  # the 95% interval, drawn as an error bar
+    x: float | None  # None: not measurable (unpriced model, no successful item)
     baseline: bool = False
-    front: bool | None = None                 # on the Pareto front; None: work it out from the points
+    front: bool | None = None  # on the Pareto front; None: work it out from the points
 
 
 def pareto_front(points: Sequence[Point]) -> list[Point]:
     """The points on the Pareto front (lower x, higher y), sorted by x: the ones flagged so, or,
     where no flag is given, the ones no other point beats on both axes."""
     flags = pareto_flags([(p.x, p.y) for p in points])
-    chosen = [p for p, f in zip(points, flags) if p.x is not None and (f if p.front is None else p.front)]
+    chosen = [p for p, f in zip(points, flags, strict=False) if p.x is not None and (f if p.front is None else p.front)]
     return sorted(chosen, key=lambda p: (p.x, -p.y))
 
 
@@ -51,8 +52,12 @@ def render_svg(rows: Sequence[dict], *, title: str = "") -> str:
     colors = {row["name"]: COLORS[i % len(COLORS)] for i, row in enumerate(rows)}
     panels = [
         _panel(_points(rows, _cost_per_item, "pareto_cost"), colors, x_label="cost per item (USD)", x_offset=0),
-        _panel(_points(rows, lambda r: r.get("latency_mean_s"), "pareto_latency"), colors,
-               x_label="mean latency per item (s)", x_offset=PANEL_W),
+        _panel(
+            _points(rows, lambda r: r.get("latency_mean_s"), "pareto_latency"),
+            colors,
+            x_label="mean latency per item (s)",
+            x_offset=PANEL_W,
+        ),
     ]
     width, height = 2 * PANEL_W, PANEL_H + 24 + 18 * ((len(rows) + 2) // 3) + 18
     parts = [_head(width, height)]
@@ -60,8 +65,10 @@ def render_svg(rows: Sequence[dict], *, title: str = "") -> str:
         parts.append(f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{escape(title)}</text>')
     parts += panels
     parts.append(_legend(rows, colors, y0=PANEL_H + 20))
-    parts.append(f'<text x="20" y="{height - 8}" fill="#555">bars: 95% bootstrap interval; ringed and dashed: '
-                 'Pareto front (nothing cheaper/faster is better)</text>')
+    parts.append(
+        f'<text x="20" y="{height - 8}" fill="#555">bars: 95% bootstrap interval; ringed and dashed: '
+        "Pareto front (nothing cheaper/faster is better)</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -85,11 +92,14 @@ def render_param_svg(rows: Sequence[dict], key: str, values: Sequence[str], *, t
     parts.append(f'<rect x="{MARGIN_L}" y="{MARGIN_T}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>')
     for i in range(6):
         y = i / 5
-        parts.append(f'<line x1="{MARGIN_L}" y1="{sy(y):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(y):.1f}" '
-                     'stroke="#eee"/>')
+        parts.append(
+            f'<line x1="{MARGIN_L}" y1="{sy(y):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(y):.1f}" stroke="#eee"/>'
+        )
         parts.append(f'<text x="{MARGIN_L - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
-    parts.append(f'<line x1="{MARGIN_L}" y1="{sy(0.5):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(0.5):.1f}" '
-                 f'stroke="#999" stroke-dasharray="2 2"><title>the baseline (0.5)</title></line>')
+    parts.append(
+        f'<line x1="{MARGIN_L}" y1="{sy(0.5):.1f}" x2="{MARGIN_L + plot_w}" y2="{sy(0.5):.1f}" '
+        f'stroke="#999" stroke-dasharray="2 2"><title>the baseline (0.5)</title></line>'
+    )
     means = []
     for j, value in enumerate(values):
         center = MARGIN_L + col * (j + 0.5)
@@ -103,22 +113,30 @@ def render_param_svg(rows: Sequence[dict], key: str, values: Sequence[str], *, t
             means.append((center, sum(r["win_rate"] for r in group) / len(group)))
     if len(means) > 1:
         path = " ".join(f"{x:.1f},{sy(y):.1f}" for x, y in means)
-        parts.append(f'<polyline class="mean" points="{path}" fill="none" stroke="#333"><title>mean win rate '
-                     f'per value of {escape(key)}</title></polyline>')
+        parts.append(
+            f'<polyline class="mean" points="{path}" fill="none" stroke="#333"><title>mean win rate '
+            f"per value of {escape(key)}</title></polyline>"
+        )
     parts.append(f'<text x="{MARGIN_L + plot_w / 2}" y="{PANEL_H - 8}" text-anchor="middle">{escape(key)}</text>')
-    parts.append(f'<text transform="translate(14,{MARGIN_T + plot_h / 2}) rotate(-90)" '
-                 'text-anchor="middle">win rate vs baseline</text>')
+    parts.append(
+        f'<text transform="translate(14,{MARGIN_T + plot_h / 2}) rotate(-90)" '
+        'text-anchor="middle">win rate vs baseline</text>'
+    )
     parts.append("</g>")
-    parts.append(f'<text x="20" y="{height - 6}" fill="#555">each point a variant (bar: 95% bootstrap interval); '
-                 'line: mean per value; dashed: the baseline</text>')
+    parts.append(
+        f'<text x="20" y="{height - 6}" fill="#555">each point a variant (bar: 95% bootstrap interval); '
+        "line: mean per value; dashed: the baseline</text>"
+    )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
 
 def _head(width: float, height: float) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="11">\n'
-            f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="11">\n'
+        f'<rect width="{width:.0f}" height="{height:.0f}" fill="white"/>'
+    )
 
 
 def _cost_per_item(row: dict) -> float | None:
@@ -132,15 +150,23 @@ def _interval(row: dict) -> tuple[float, float] | None:
     ci = row.get("win_rate_ci")
     if ci is not None:
         return ci[0], ci[1]
-    if row.get("stderr") and row.get("win_rate") is not None:   # a row from before intervals
+    if row.get("stderr") and row.get("win_rate") is not None:  # a row from before intervals
         return row["win_rate"] - row["stderr"], row["win_rate"] + row["stderr"]
     return None
 
 
 def _points(rows: Sequence[dict], x_of: Callable[[dict], Any], front_key: str) -> list[Point]:
-    return [Point(name=r["name"], y=0.5 if r["win_rate"] is None else r["win_rate"], interval=_interval(r),
-                  x=x_of(r), baseline=r["win_rate"] is None, front=r.get(front_key))
-            for r in rows]
+    return [
+        Point(
+            name=r["name"],
+            y=0.5 if r["win_rate"] is None else r["win_rate"],
+            interval=_interval(r),
+            x=x_of(r),
+            baseline=r["win_rate"] is None,
+            front=r.get(front_key),
+        )
+        for r in rows
+    ]
 
 
 def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offset: int) -> str:
@@ -156,18 +182,23 @@ def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offse
     def sy(y: float) -> float:
         return MARGIN_T + plot_h * (1 - max(0.0, min(1.0, y)))
 
-    out = ['<g class="panel">',
-           f'<rect x="{x_offset + MARGIN_L}" y="{MARGIN_T}" width="{plot_w}" height="{plot_h}" '
-           f'fill="none" stroke="#999"/>']
+    out = [
+        '<g class="panel">',
+        f'<rect x="{x_offset + MARGIN_L}" y="{MARGIN_T}" width="{plot_w}" height="{plot_h}" '
+        f'fill="none" stroke="#999"/>',
+    ]
     for i in range(6):  # grid and ticks: y in fifths, x in fifths of a rounded maximum
         y, x = i / 5, x_max * i / 5
         out.append(f'<line x1="{sx(0)}" y1="{sy(y):.1f}" x2="{sx(x_max)}" y2="{sy(y):.1f}" stroke="#eee"/>')
         out.append(f'<text x="{sx(0) - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.1f}</text>')
         out.append(f'<text x="{sx(x):.1f}" y="{MARGIN_T + plot_h + 14}" text-anchor="middle">{_fmt(x)}</text>')
-    out.append(f'<text x="{x_offset + MARGIN_L + plot_w / 2}" y="{PANEL_H - 8}" text-anchor="middle">'
-               f'{escape(x_label)}</text>')
-    out.append(f'<text transform="translate({x_offset + 14},{MARGIN_T + plot_h / 2}) rotate(-90)" '
-               f'text-anchor="middle">win rate vs baseline</text>')
+    out.append(
+        f'<text x="{x_offset + MARGIN_L + plot_w / 2}" y="{PANEL_H - 8}" text-anchor="middle">{escape(x_label)}</text>'
+    )
+    out.append(
+        f'<text transform="translate({x_offset + 14},{MARGIN_T + plot_h / 2}) rotate(-90)" '
+        f'text-anchor="middle">win rate vs baseline</text>'
+    )
     front = pareto_front(placed)
     if len(front) > 1:
         path = " ".join(f"{sx(xs[p.name]):.1f},{sy(p.y):.1f}" for p in front)
@@ -190,18 +221,23 @@ def _marker(p: Point, x: float, sy: Callable[[float], float], color: str, *, fro
     parts = [f'<g class="point"><title>{escape(tip + (", on the Pareto front" if front else ""))}</title>']
     if p.interval is not None and p.interval[1] > p.interval[0]:
         low, high = sy(p.interval[0]), sy(p.interval[1])
-        parts.append(f'<line class="interval" x1="{x:.1f}" y1="{low:.1f}" x2="{x:.1f}" y2="{high:.1f}" '
-                     f'stroke="{color}"/>')
+        parts.append(
+            f'<line class="interval" x1="{x:.1f}" y1="{low:.1f}" x2="{x:.1f}" y2="{high:.1f}" stroke="{color}"/>'
+        )
         for y in (low, high):
             parts.append(f'<line x1="{x - 3:.1f}" y1="{y:.1f}" x2="{x + 3:.1f}" y2="{y:.1f}" stroke="{color}"/>')
     if p.baseline:  # a hollow square: the reference, not a measurement
-        parts.append(f'<rect x="{x - 5:.1f}" y="{sy(p.y) - 5:.1f}" width="10" height="10" '
-                     f'fill="white" stroke="{color}" stroke-width="2"/>')
+        parts.append(
+            f'<rect x="{x - 5:.1f}" y="{sy(p.y) - 5:.1f}" width="10" height="10" '
+            f'fill="white" stroke="{color}" stroke-width="2"/>'
+        )
     else:
         parts.append(f'<circle cx="{x:.1f}" cy="{sy(p.y):.1f}" r="5" fill="{color}"/>')
     if front:
-        parts.append(f'<circle class="pareto" cx="{x:.1f}" cy="{sy(p.y):.1f}" r="8.5" fill="none" '
-                     'stroke="#333" stroke-width="1.2"/>')
+        parts.append(
+            f'<circle class="pareto" cx="{x:.1f}" cy="{sy(p.y):.1f}" r="8.5" fill="none" '
+            'stroke="#333" stroke-width="1.2"/>'
+        )
     parts.append("</g>")
     return "".join(parts)
 
@@ -211,8 +247,10 @@ def _legend(rows: Sequence[dict], colors: dict[str, str], *, y0: int) -> str:
     for i, row in enumerate(rows):
         x, y = 20 + (i % 3) * 2 * PANEL_W // 3, y0 + 18 * (i // 3)
         label = row["name"] + (" (baseline)" if row["win_rate"] is None else "")
-        out.append(f'<circle cx="{x}" cy="{y - 4}" r="5" fill="{colors[row["name"]]}"/>'
-                   f'<text x="{x + 10}" y="{y}">{escape(label)}</text>')
+        out.append(
+            f'<circle cx="{x}" cy="{y - 4}" r="5" fill="{colors[row["name"]]}"/>'
+            f'<text x="{x + 10}" y="{y}">{escape(label)}</text>'
+        )
     out.append("</g>")
     return "\n".join(out)
 

@@ -9,6 +9,7 @@ stream (one for the whole run, and one per variant in a sweep); on any other str
 pipe, pytest's capture) a plain line every few seconds and a last one at the end, with no carriage
 returns -- the same text, formatted by tqdm.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,15 @@ class Progress:
     items every topology answers; `variants`: {name: items planned} for a sweep's per-variant counts.
     `add` extends both when a sweep's next round is planned."""
 
-    def __init__(self, *, items: int, units: int, stream: IO[str] | None, label: str = "eval",
-                 variants: dict[str, int] | None = None):
+    def __init__(
+        self,
+        *,
+        items: int,
+        units: int,
+        stream: IO[str] | None,
+        label: str = "eval",
+        variants: dict[str, int] | None = None,
+    ):
         self.items, self.units, self.stream, self.label = items, units, stream, label
         self.items_done = self.units_done = self.calls = self.hits = self.tokens = 0
         self.spent_usd = 0.0
@@ -58,6 +66,7 @@ class Progress:
 
     def listener(self, graph: Any = None) -> Callable[[Any], None]:
         """An on_event callback for one topology's runs; `graph` gives the nodes' prices (spent cost)."""
+
         def on_event(event: Any) -> None:
             # `calls`: a window folds in several, a vote or an agreeing aggregator makes none
             if event.kind == "node_finished" and event.data.get("status") == "ok":
@@ -74,6 +83,7 @@ class Progress:
                 self.calls += event.data.get("calls", 0)
             elif event.kind == "cache_hit":
                 self.hits += 1
+
         return on_event
 
     def on_event(self, event: Any) -> None:
@@ -166,8 +176,14 @@ class Progress:
         return ", ".join(f"{name} {self.variant_done[name]}/{n}" for name, n in self.variants.items())
 
     def line(self) -> str:
-        text = std_tqdm.format_meter(self.units_done, self.units, time.monotonic() - self.t0,
-                                     prefix=self.description(), postfix=self.postfix(), bar_format=_FORMAT)
+        text = std_tqdm.format_meter(
+            self.units_done,
+            self.units,
+            time.monotonic() - self.t0,
+            prefix=self.description(),
+            postfix=self.postfix(),
+            bar_format=_FORMAT,
+        )
         if self.variants:
             text += " | items per variant: " + self.variant_text()
         return text
@@ -178,13 +194,25 @@ class Progress:
         cls = _notebook_tqdm() if self.mode == "notebook" else std_tqdm
         assert cls is not None
         file = self.stream if self.mode == "terminal" else None
-        self._bar = cls(total=self.units, file=file, bar_format=_BAR_FORMAT, leave=True, dynamic_ncols=True,
-                        position=0 if self.mode == "terminal" else None)
+        self._bar = cls(
+            total=self.units,
+            file=file,
+            bar_format=_BAR_FORMAT,
+            leave=True,
+            dynamic_ncols=True,
+            position=0 if self.mode == "terminal" else None,
+        )
         self._describe()
         for i, (name, planned) in enumerate(self.variants.items(), 1):
-            self._variant_bars[name] = cls(total=planned, desc=f"  {name}", unit="item", file=file, leave=False,
-                                           position=i if self.mode == "terminal" else None,
-                                           dynamic_ncols=True)
+            self._variant_bars[name] = cls(
+                total=planned,
+                desc=f"  {name}",
+                unit="item",
+                file=file,
+                leave=False,
+                position=i if self.mode == "terminal" else None,
+                dynamic_ncols=True,
+            )
 
     def _describe(self) -> None:
         self._bar.set_description_str(self.description(), refresh=False)
@@ -234,5 +262,3 @@ def _notebook_tqdm() -> Any:
     except Exception:
         return None
     return notebook_tqdm
-
-

@@ -1,4 +1,5 @@
 """The report: per-topology rows, summary.json, summary.md, the plot, model_outputs.json."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,31 @@ __all__ = ["EvalReport", "SUMMARY_KEYS", "TopologyReport", "cost_per_item", "dir
 
 # --- the report ----------------------------------------------------------------------------------
 
-SUMMARY_KEYS = ("name", "win_rate", "stderr", "win_rate_ci", "lc_win_rate", "n", "calls", "prompt_tokens",
-                "completion_tokens", "cost_usd", "latency_mean_s", "latency_p95_s", "avg_length", "by_category",
-                "pareto_cost", "pareto_latency")
+SUMMARY_KEYS = (
+    "name",
+    "win_rate",
+    "stderr",
+    "win_rate_ci",
+    "lc_win_rate",
+    "n",
+    "calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_mean_s",
+    "latency_p95_s",
+    "avg_length",
+    "by_category",
+    "pareto_cost",
+    "pareto_latency",
+)
 
 
 @dataclass
 class TopologyReport:
     name: str
     runs: list[ItemRun]
-    scores: list[float] | None = None          # None for the baseline
+    scores: list[float] | None = None  # None for the baseline
     ties_unparseable: int = 0
     judge_errors: int = 0
     priced: bool = True
@@ -41,33 +57,43 @@ class TopologyReport:
         lengths = [len(r.output) for r in self.runs if r.status == "ok" and r.output is not None]
         ci = bootstrap_ci(self.scores) if self.scores else None
         return {
-            "name": self.name, "win_rate": _r(rate), "stderr": _r(stderr),
+            "name": self.name,
+            "win_rate": _r(rate),
+            "stderr": _r(stderr),
             "win_rate_ci": None if ci is None else [_r(ci[0]), _r(ci[1])],
-            "lc_win_rate": _r(self._lc(baseline)), "n": len(self.runs),
+            "lc_win_rate": _r(self._lc(baseline)),
+            "n": len(self.runs),
             "calls": sum(r.calls for r in self.runs),
             "prompt_tokens": sum(r.prompt_tokens for r in self.runs),
             "completion_tokens": sum(r.completion_tokens for r in self.runs),
-            "cost_usd": _r(cost, 8), "latency_mean_s": _r(mean), "latency_p95_s": _r(percentile(latencies, 95)),
+            "cost_usd": _r(cost, 8),
+            "latency_mean_s": _r(mean),
+            "latency_p95_s": _r(percentile(latencies, 95)),
             "avg_length": _r(sum(lengths) / len(lengths), 1) if lengths else None,
             "by_category": self._by_category(items),
-            "ties_unparseable": self.ties_unparseable, "judge_errors": self.judge_errors,
-            "failed_items": [{"index": items[i].index, "error": r.error}
-                             for i, r in enumerate(self.runs) if r.status != "ok"],
+            "ties_unparseable": self.ties_unparseable,
+            "judge_errors": self.judge_errors,
+            "failed_items": [
+                {"index": items[i].index, "error": r.error} for i, r in enumerate(self.runs) if r.status != "ok"
+            ],
         }
 
     def _lc(self, baseline: Sequence[ItemRun] | None) -> float | None:
         """Over the items both answered (a failed answer has no length to control for)."""
         if self.scores is None or baseline is None:
             return None
-        both = [(s, len(r.output), len(b.output)) for s, r, b in zip(self.scores, self.runs, baseline)
-                if r.output is not None and b.output is not None]
+        both = [
+            (s, len(r.output), len(b.output))
+            for s, r, b in zip(self.scores, self.runs, baseline, strict=False)
+            if r.output is not None and b.output is not None
+        ]
         return lc_win_rate([s for s, _, _ in both], [c for _, c, _ in both], [b for _, _, b in both])
 
     def _by_category(self, items: Sequence[Item]) -> dict[str, float] | None:
-        if self.scores is None or not any(item.category for item in items[:len(self.scores)]):
+        if self.scores is None or not any(item.category for item in items[: len(self.scores)]):
             return None
         per: dict[str, list[float]] = {}
-        for item, score in zip(items, self.scores):
+        for item, score in zip(items, self.scores, strict=False):
             per.setdefault(item.category or "uncategorised", []).append(score)
         return {c: round(sum(v) / len(v), 6) for c, v in per.items()}
 
@@ -89,8 +115,13 @@ class EvalReport:
 
     @property
     def summary(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "judge": self.judge.ref, "topologies": self.rows(),
-                "items": len(self.items), "judge_usage": self.judge_usage}
+        return {
+            "baseline": self.baseline,
+            "judge": self.judge.ref,
+            "topologies": self.rows(),
+            "items": len(self.items),
+            "judge_usage": self.judge_usage,
+        }
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per topology, with `pareto_cost`/`pareto_latency`: on the front of win rate
@@ -100,34 +131,54 @@ class EvalReport:
         rows = [t.row(self.items, base) for t in self.topologies]
         for key, x_of in (("pareto_cost", cost_per_item), ("pareto_latency", lambda r: r["latency_mean_s"])):
             flags = pareto_flags([(x_of(r), quality(r)) for r in rows])
-            for row, flag in zip(rows, flags):
+            for row, flag in zip(rows, flags, strict=False):
                 row[key] = flag
         return rows
 
     def model_outputs(self, name: str) -> list[dict[str, str]]:
         """AlpacaEval's format; a failed item's output is "" (it is listed in summary.json)."""
         topo = next(t for t in self.topologies if t.name == name)
-        return [{"instruction": item.instruction, "output": run.output or "", "generator": name,
-                 "dataset": item.dataset} for item, run in zip(self.items, topo.runs)]
+        return [
+            {"instruction": item.instruction, "output": run.output or "", "generator": name, "dataset": item.dataset}
+            for item, run in zip(self.items, topo.runs, strict=False)
+        ]
 
     def to_markdown(self) -> str:
         return self._table(self.summary["topologies"]) + "\n" + "\n".join(self._notes()) + "\n"
 
     def _table(self, rows: list[dict[str, Any]]) -> str:
-        head = ("| topology | win rate | 95% CI | LC win rate | ± s.e. | n | calls | prompt tok | completion tok "
-                "| cost USD | mean latency s | p95 latency s | avg length | failed | Pareto |")
+        head = (
+            "| topology | win rate | 95% CI | LC win rate | ± s.e. | n | calls | prompt tok | completion tok "
+            "| cost USD | mean latency s | p95 latency s | avg length | failed | Pareto |"
+        )
         lines = [head, "|" + "---|" * (head.count("|") - 1)]
         for row in rows:
             rate = "baseline" if row["win_rate"] is None else f"{row['win_rate']:.3f}"
             ci = row["win_rate_ci"]
             front = ", ".join(k for k in ("cost", "latency") if row.get(f"pareto_{k}"))
-            lines.append("| " + " | ".join([
-                row["name"], rate, "—" if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}", _fmt(row["lc_win_rate"], 3),
-                _fmt(row["stderr"], 3), str(row["n"]), str(row["calls"]),
-                str(row["prompt_tokens"]), str(row["completion_tokens"]), _fmt(row["cost_usd"], 6),
-                _fmt(row["latency_mean_s"], 2), _fmt(row["latency_p95_s"], 2), _fmt(row["avg_length"], 0),
-                str(len(row["failed_items"])), front or "—",
-            ]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        row["name"],
+                        rate,
+                        "—" if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}",
+                        _fmt(row["lc_win_rate"], 3),
+                        _fmt(row["stderr"], 3),
+                        str(row["n"]),
+                        str(row["calls"]),
+                        str(row["prompt_tokens"]),
+                        str(row["completion_tokens"]),
+                        _fmt(row["cost_usd"], 6),
+                        _fmt(row["latency_mean_s"], 2),
+                        _fmt(row["latency_p95_s"], 2),
+                        _fmt(row["avg_length"], 0),
+                        str(len(row["failed_items"])),
+                        front or "—",
+                    ]
+                )
+                + " |"
+            )
         table = "\n".join(lines) + "\n"
         categories = list(dict.fromkeys(c for row in rows for c in (row["by_category"] or {})))
         if categories:
@@ -135,15 +186,20 @@ class EvalReport:
             table += "|" + "---|" * (len(categories) + 1) + "\n"
             for row in rows:
                 if row["by_category"] is not None:
-                    table += (f"| {row['name']} | "
-                              + " | ".join(_fmt(row["by_category"].get(c), 3) for c in categories) + " |\n")
+                    table += (
+                        f"| {row['name']} | "
+                        + " | ".join(_fmt(row["by_category"].get(c), 3) for c in categories)
+                        + " |\n"
+                    )
         return table
 
     def _notes(self) -> list[str]:
-        notes = [f"judge: `{self.judge.ref}`, each pair judged in both orders; baseline: {self.baseline}; "
-                 f"{len(self.items)} items; 95% CI: bootstrap over items; LC: length-controlled win rate "
-                 "(AlpacaEval 2.0's logistic fit, without its instruction-difficulty term); avg length in characters; "
-                 "Pareto: on the front of win rate against cost per item / mean latency"]
+        notes = [
+            f"judge: `{self.judge.ref}`, each pair judged in both orders; baseline: {self.baseline}; "
+            f"{len(self.items)} items; 95% CI: bootstrap over items; LC: length-controlled win rate "
+            "(AlpacaEval 2.0's logistic fit, without its instruction-difficulty term); avg length in characters; "
+            "Pareto: on the front of win rate against cost per item / mean latency"
+        ]
         unparsed = sum(t.ties_unparseable for t in self.topologies)
         errors = sum(t.judge_errors for t in self.topologies)
         if unparsed or errors:
@@ -153,15 +209,19 @@ class EvalReport:
     def to_svg(self) -> str:
         from .plot import render_svg
 
-        return render_svg(self.summary["topologies"],
-                          title=f"win rate vs {self.baseline} (judge {self.judge.ref}, {len(self.items)} items)")
+        return render_svg(
+            self.summary["topologies"],
+            title=f"win rate vs {self.baseline} (judge {self.judge.ref}, {len(self.items)} items)",
+        )
 
     def write(self, out: str | os.PathLike) -> Path:
         out = Path(out)
         for topo in self.topologies:
             (out / dir_name(topo.name)).mkdir(parents=True, exist_ok=True)
-            write_file(out / dir_name(topo.name) / "model_outputs.json",
-                   json.dumps(self.model_outputs(topo.name), indent=2, ensure_ascii=False) + "\n")
+            write_file(
+                out / dir_name(topo.name) / "model_outputs.json",
+                json.dumps(self.model_outputs(topo.name), indent=2, ensure_ascii=False) + "\n",
+            )
         write_file(out / "summary.json", json.dumps(self.summary, indent=2, ensure_ascii=False) + "\n")
         write_file(out / "summary.md", self.to_markdown())
         write_file(out / "summary.svg", self.to_svg())

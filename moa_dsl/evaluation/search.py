@@ -17,6 +17,7 @@ Successive halving (`halving=True`): every variant answers the first ceil(N/8) i
 half by win rate goes on to twice as many, and so on until N. An eliminated variant is reported on
 the items it answered (its row's `n`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,10 +46,11 @@ from .report import EvalReport, write_file
 __all__ = ["asweep", "DEFAULT_SWEEP_OUT", "parse_grid", "SweepReport", "sweep", "Variant", "variants"]
 
 DEFAULT_SWEEP_OUT = "moa-sweep"
-HALVING_START = 8          # successive halving starts on ceil(N / 8) items
+HALVING_START = 8  # successive halving starts on ceil(N / 8) items
 
 
 # --- the grid ---------------------------------------------------------------------------------------
+
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
     """`--grid KEY=V1,V2,...` options into {KEY: [value text, ...]}; commas inside quotes or
@@ -131,10 +133,11 @@ def _split_top_level(raw: str) -> list[str]:
 
 # --- the variants -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Variant:
-    name: str                      # its settings: `temperature=0.3,p.n=3`
-    settings: dict[str, str]       # key -> value text
+    name: str  # its settings: `temperature=0.3,p.n=3`
+    settings: dict[str, str]  # key -> value text
     pipe: Pipeline
 
 
@@ -174,17 +177,22 @@ def _layer_keys(path: Path, grid: Mapping[str, Sequence[str]]) -> dict[str, str]
             raise ConfigError("--grid n: the sample count belongs to a layer: write LAYER.n (e.g. p.n=1,3)")
         if layer not in layers:
             if layer in nodes:
-                raise ConfigError(f"--grid {key}: '{layer}' is a node, not a layer; LAYER.n sets the sample "
-                                  "count of a layer's one model (`layer p = propose [m * 3]`)")
+                raise ConfigError(
+                    f"--grid {key}: '{layer}' is a node, not a layer; LAYER.n sets the sample "
+                    "count of a layer's one model (`layer p = propose [m * 3]`)"
+                )
             hint = did_you_mean(layer, layers)
             known = ", ".join(layers) or "none"
-            raise ConfigError(f"--grid {key}: no layer '{layer}' in {path} (its layers: {known})"
-                              + (f"; {hint}" if hint else ""))
+            raise ConfigError(
+                f"--grid {key}: no layer '{layer}' in {path} (its layers: {known})" + (f"; {hint}" if hint else "")
+            )
         members = layers[layer].members
         if len(members) != 1:
-            raise ConfigError(f"--grid {key}: layer '{layer}' has {len(members)} members; LAYER.n rewrites "
-                              f"`MODEL * N` in a layer of exactly one member (write the layer as one model "
-                              f"`* N`, or sweep each member's count as its own layer)")
+            raise ConfigError(
+                f"--grid {key}: layer '{layer}' has {len(members)} members; LAYER.n rewrites "
+                f"`MODEL * N` in a layer of exactly one member (write the layer as one model "
+                f"`* N`, or sweep each member's count as its own layer)"
+            )
         out[key] = layer
     return out
 
@@ -219,23 +227,38 @@ def _rewriter(counts: Mapping[str, int]) -> Any:
             if isinstance(s, ast.LayerDecl) and s.name.text in counts:
                 member = s.members[0]
                 span = member.count.span if member.count is not None else member.span
-                s = dataclasses.replace(s, members=(dataclasses.replace(member, count=ast.Num(counts[s.name.text],
-                                                                                                span)),))
+                s = dataclasses.replace(
+                    s, members=(dataclasses.replace(member, count=ast.Num(counts[s.name.text], span)),)
+                )
             statements.append(s)
         return dataclasses.replace(module, statements=tuple(statements))
+
     return rewrite
 
 
 # --- the sweep --------------------------------------------------------------------------------------
 
-async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | os.PathLike | Iterable[Mapping], *,
-                 limit: int | None = None, judge: str = DEFAULT_JUDGE, baseline: str | None = None,
-                 out: str | os.PathLike | None = None, halving: bool = False,
-                 concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
-                 cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-                 judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS, progress: IO[str] | None | str = "auto",
-                 environ: Mapping[str, str] | None = None, transport: Any = None,
-                 verbose: bool = False) -> "SweepReport":
+
+async def asweep(
+    file: str | os.PathLike,
+    grid: Mapping[str, Any],
+    data: str | os.PathLike | Iterable[Mapping],
+    *,
+    limit: int | None = None,
+    judge: str = DEFAULT_JUDGE,
+    baseline: str | None = None,
+    out: str | os.PathLike | None = None,
+    halving: bool = False,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    judge_max_tokens: int = DEFAULT_JUDGE_MAX_TOKENS,
+    progress: IO[str] | None | str = "auto",
+    environ: Mapping[str, str] | None = None,
+    transport: Any = None,
+    verbose: bool = False,
+) -> "SweepReport":
     """Evaluate every variant of `file` (see the module docstring). `grid`: {KEY: [values]} (Python
     values or the texts `--grid` takes). `progress`: a stream, None for none, or "auto" (the
     default): stderr, which is a widget in a notebook. Raises ConfigError/MoaError before any call
@@ -256,8 +279,9 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
         base, pipes = baseline, {}
     else:
         hint = did_you_mean(baseline, names)
-        raise ConfigError(f"--baseline {baseline}: not one of the variants ({', '.join(names)})"
-                          + (f"; {hint}" if hint else ""))
+        raise ConfigError(
+            f"--baseline {baseline}: not one of the variants ({', '.join(names)})" + (f"; {hint}" if hint else "")
+        )
     pipes.update((v.name, v.pipe) for v in found)
     items = read_items(data, limit=limit)
     judge_model, judge_pipe = check_judge(judge, list(pipes.values()), judge_max_tokens)
@@ -275,26 +299,49 @@ async def asweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | o
                 return
             # the better half by win rate so far; ties keep the grid's order
             ranked = sorted(alive, key=lambda name: -evaluation.win_rate(name))
-            alive = [name for name in competing if name in ranked[:math.ceil(len(alive) / 2)]]
+            alive = [name for name in competing if name in ranked[: math.ceil(len(alive) / 2)]]
             upto = min(n, 2 * upto)
 
-    report = await run_evaluation(pipes, items, base, judge_model, judge_pipe, plan, concurrency=concurrency,
-                                  cache=cache, cache_dir=cache_dir, refresh=refresh, progress=bar,
-                                  environ=environ, transport=transport, verbose=verbose)
-    result = SweepReport(report.baseline, report.judge, report.items, report.topologies, report.judge_usage,
-                         grid=dict(texts), settings={v.name: v.settings for v in found}, halving=halving)
+    report = await run_evaluation(
+        pipes,
+        items,
+        base,
+        judge_model,
+        judge_pipe,
+        plan,
+        concurrency=concurrency,
+        cache=cache,
+        cache_dir=cache_dir,
+        refresh=refresh,
+        progress=bar,
+        environ=environ,
+        transport=transport,
+        verbose=verbose,
+    )
+    result = SweepReport(
+        report.baseline,
+        report.judge,
+        report.items,
+        report.topologies,
+        report.judge_usage,
+        grid=dict(texts),
+        settings={v.name: v.settings for v in found},
+        halving=halving,
+    )
     if out is not None:
         result.write(out)
     return result
 
 
-def sweep(file: str | os.PathLike, grid: Mapping[str, Any], data: str | os.PathLike | Iterable[Mapping],
-          **options: Any) -> "SweepReport":
+def sweep(
+    file: str | os.PathLike, grid: Mapping[str, Any], data: str | os.PathLike | Iterable[Mapping], **options: Any
+) -> "SweepReport":
     """Blocking `asweep`: in a script, or inside a running loop (Jupyter) on a worker thread."""
     return run_sync(lambda: asweep(file, grid, data, **options))
 
 
 # --- the report -------------------------------------------------------------------------------------
+
 
 @dataclass
 class SweepReport(EvalReport):
@@ -325,8 +372,10 @@ class SweepReport(EvalReport):
 
     def param_svgs(self) -> dict[str, str]:
         rows = self.summary["topologies"]
-        return {key: render_param_svg(rows, key, values, title=f"win rate vs {self.baseline} against {key}")
-                for key, values in self.grid.items()}
+        return {
+            key: render_param_svg(rows, key, values, title=f"win rate vs {self.baseline} against {key}")
+            for key, values in self.grid.items()
+        }
 
     def write(self, out: str | os.PathLike) -> Path:
         path = super().write(out)

@@ -1,5 +1,6 @@
 """Statistics over per-item scores: the win rate with its standard error and a bootstrap interval,
 AlpacaEval 2.0's length-controlled win rate, percentiles, and Pareto fronts. Pure Python (no numpy)."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,7 @@ from typing import Sequence
 
 __all__ = ["BOOTSTRAP_SEED", "bootstrap_ci", "lc_win_rate", "pareto_flags", "percentile", "win_rate"]
 
-BOOTSTRAP_SEED = 20240601        # fixed: a rerun reports the same interval
+BOOTSTRAP_SEED = 20240601  # fixed: a rerun reports the same interval
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -24,8 +25,9 @@ def win_rate(scores: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(var / n)
 
 
-def bootstrap_ci(scores: Sequence[float], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
-                 seed: int = BOOTSTRAP_SEED) -> tuple[float, float] | None:
+def bootstrap_ci(
+    scores: Sequence[float], *, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float] | None:
     """A percentile bootstrap interval for the mean over items: `resamples` resamples of the items
     with replacement, drawn from a generator seeded with `seed` (so the same scores always give the
     same interval). None for no scores."""
@@ -41,8 +43,9 @@ def bootstrap_ci(scores: Sequence[float], *, level: float = 0.95, resamples: int
     return low, high
 
 
-def lc_win_rate(scores: Sequence[float], candidate_lengths: Sequence[int],
-                baseline_lengths: Sequence[int]) -> float | None:
+def lc_win_rate(
+    scores: Sequence[float], candidate_lengths: Sequence[int], baseline_lengths: Sequence[int]
+) -> float | None:
     """AlpacaEval 2.0's length-controlled win rate, without its per-instruction difficulty term and
     its regularisation towards the baseline (a custom dataset has neither).
 
@@ -60,35 +63,37 @@ def lc_win_rate(scores: Sequence[float], candidate_lengths: Sequence[int],
         raise ValueError("scores and lengths differ in number")
     if n == 0:
         return None
-    deltas = [float(c - b) for c, b in zip(candidate_lengths, baseline_lengths)]
+    deltas = [float(c - b) for c, b in zip(candidate_lengths, baseline_lengths, strict=False)]
     mean_d = sum(deltas) / n
     std = math.sqrt(sum((d - mean_d) ** 2 for d in deltas) / (n - 1)) if n > 1 else 0.0
     if std == 0.0:
         return sum(scores) / n
-    if len(set(scores)) == 1:      # every item scored alike: the fit's limit is that score
+    if len(set(scores)) == 1:  # every item scored alike: the fit's limit is that score
         return float(scores[0])
     xs = [math.tanh(d / std) for d in deltas]
     intercept, _ = _logistic_fit(xs, [float(s) for s in scores])
     return _sigmoid(intercept)
 
 
-def _logistic_fit(xs: Sequence[float], ys: Sequence[float], *, ridge: float = 1e-6,
-                  max_iter: int = 100) -> tuple[float, float]:
+def _logistic_fit(
+    xs: Sequence[float], ys: Sequence[float], *, ridge: float = 1e-6, max_iter: int = 100
+) -> tuple[float, float]:
     """(b0, b1) maximising sum y log p + (1 - y) log(1 - p), p = sigmoid(b0 + b1 x), by Newton's
     method with step halving. A negligible ridge keeps the optimum finite when the data are
     separable (every item won: sigmoid(b0) then rounds to 1.0)."""
+
     def loss(b0: float, b1: float) -> float:
         total = 0.5 * ridge * (b0 * b0 + b1 * b1)
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=False):
             z = b0 + b1 * x
-            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - y * z   # softplus(z) - y z
+            total += max(z, 0.0) + math.log1p(math.exp(-abs(z))) - y * z  # softplus(z) - y z
         return total
 
     b0 = b1 = 0.0
     current = loss(b0, b1)
     for _ in range(max_iter):
         g0, g1, h00, h01, h11 = ridge * b0, ridge * b1, ridge, 0.0, ridge
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=False):
             p = _sigmoid(b0 + b1 * x)
             w = p * (1 - p)
             g0 += p - y

@@ -1,4 +1,5 @@
 """The notebook face: the `%%moa` magic, the live run panel and rich display (IPython, ipywidgets)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -18,6 +18,7 @@ Errors (a syntax or validation error, a missing API key, a failed run) are raise
 whose `_render_traceback_` makes IPython print the diagnostic instead of a traceback; raising (rather
 than printing) marks the cell as failed, so "Run all" stops there.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,16 +47,25 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.result import RunResult
 
 __all__ = [
-    "CELL_FILENAME", "DEFAULT_PIPELINE_VAR", "DEFAULT_RESULT_VAR", "load_cell", "load_ipython_extension",
-    "MoaMagics", "run_with_panel", "RunInterrupted", "show_answer", "show_pipeline", "show_plan",
+    "CELL_FILENAME",
+    "DEFAULT_PIPELINE_VAR",
+    "DEFAULT_RESULT_VAR",
+    "load_cell",
+    "load_ipython_extension",
+    "MoaMagics",
+    "run_with_panel",
+    "RunInterrupted",
+    "show_answer",
+    "show_pipeline",
+    "show_plan",
     "split_and_expand",
 ]
 
 DEFAULT_PIPELINE_VAR = "moa_pipeline"
 DEFAULT_RESULT_VAR = "_moa"
 CELL_FILENAME = "<cell>"
-_TICK_S = 0.25          # how often running rows' elapsed time refreshes while no event arrives
-_FOLD_S = 0.05          # how often the kernel's thread folds the run's events into the panel
+_TICK_S = 0.25  # how often running rows' elapsed time refreshes while no event arrives
+_FOLD_S = 0.05  # how often the kernel's thread folds the run's events into the panel
 _NO_FRONTEND_PANEL = None  # None: widgets when a Jupyter frontend is there, text otherwise
 
 
@@ -87,8 +97,9 @@ class _NotebookByteBars:
 
         bar = self.bars.get(model)
         if bar is None:
-            bar = self.bars[model] = tqdm(total=total, desc=f"pulling {model}", unit="B", unit_scale=True,
-                                          unit_divisor=1024)
+            bar = self.bars[model] = tqdm(
+                total=total, desc=f"pulling {model}", unit="B", unit_scale=True, unit_divisor=1024
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -96,17 +107,29 @@ class _NotebookByteBars:
 
 # -- the arguments -------------------------------------------------------------------------------
 
+
 def _run_options(func: Callable) -> Callable:
     """The options shared by `%%moa -q` and `%moa run` (INTERFACES.md, "Notebook")."""
     options = [
         argument("-q", "--query", default=None, help="run the topology on this query"),
-        argument("-o", "--out", default=DEFAULT_RESULT_VAR, metavar="VAR",
-                 help=f"bind the RunResult to VAR (default {DEFAULT_RESULT_VAR})"),
+        argument(
+            "-o",
+            "--out",
+            default=DEFAULT_RESULT_VAR,
+            metavar="VAR",
+            help=f"bind the RunResult to VAR (default {DEFAULT_RESULT_VAR})",
+        ),
         argument("--no-cache", action="store_true", help="neither read nor write the response cache"),
         argument("--refresh", action="store_true", help="call again and overwrite cached responses"),
         argument("--concurrency", type=int, default=None, metavar="N", help="bound on calls in flight"),
-        argument("--set", dest="sets", action="append", default=[], metavar="K=V",
-                 help="a parameter for every node (K=V) or one node (NODE.K=V); repeatable"),
+        argument(
+            "--set",
+            dest="sets",
+            action="append",
+            default=[],
+            metavar="K=V",
+            help="a parameter for every node (K=V) or one node (NODE.K=V); repeatable",
+        ),
         argument("--dry-run", action="store_true", help="print the plan and call nothing"),
         argument("--cache-dir", default=None, metavar="DIR", help="the response cache's directory"),
     ]
@@ -144,13 +167,18 @@ def split_and_expand(line: str, ns: dict[str, Any]) -> list[str]:
 
 # -- the magics ------------------------------------------------------------------------------------
 
+
 @magics_class
 class MoaMagics(Magics):
-
-    @no_var_expand          # expanded per argument in split_and_expand instead
+    @no_var_expand  # expanded per argument in split_and_expand instead
     @magic_arguments()
-    @argument("--as", dest="name", default=DEFAULT_PIPELINE_VAR, metavar="NAME",
-              help=f"bind the Pipeline to NAME (default {DEFAULT_PIPELINE_VAR})")
+    @argument(
+        "--as",
+        dest="name",
+        default=DEFAULT_PIPELINE_VAR,
+        metavar="NAME",
+        help=f"bind the Pipeline to NAME (default {DEFAULT_PIPELINE_VAR})",
+    )
     @_run_options
     @line_cell_magic
     def moa(self, line: str, cell: str | None = None) -> None:
@@ -206,13 +234,14 @@ class MoaMagics(Magics):
         result = run_with_panel(pipe, args.query, panel=panel, **options)
         assert self.shell is not None  # a Magics registered on a shell always has it
         self.shell.user_ns[args.out] = result
-        if not panel.shows_answer:   # the widget panel has rendered it in place already
+        if not panel.shows_answer:  # the widget panel has rendered it in place already
             show_answer(result)
         if result.status != "ok":
             raise RunFailed(_failure_message(result, args.out), result)
 
 
 # -- loading and showing ----------------------------------------------------------------------------
+
 
 def load_cell(cell: str, *, name: str | None = None) -> "Pipeline":
     """Parse and validate the cell body. The leading newline makes diagnostics' line numbers those
@@ -248,21 +277,43 @@ def show_plan(pipe: "Pipeline", query: Any, *, cache: bool, cache_dir: Any) -> N
         rows = pool.submit(plan, pipe, query, cache=cache, cache_dir=cache_dir).result()
     head = "<tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th>calls</th><th>cache</th></tr>"
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in (
-            r.node, r.role, f"{r.provider}:{r.model}", ", ".join(r.inputs) or "(query)",
-            "?" if r.calls is None else str(r.calls), r.cache)) + "</tr>"
-        for r in rows)
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(c)}</td>"
+            for c in (
+                r.node,
+                r.role,
+                f"{r.provider}:{r.model}",
+                ", ".join(r.inputs) or "(query)",
+                "?" if r.calls is None else str(r.calls),
+                r.cache,
+            )
+        )
+        + "</tr>"
+        for r in rows
+    )
     text = format_plan(rows)
     summary = html.escape(text.splitlines()[-1])
-    display({"text/plain": text,
-             "text/html": f"<table><thead>{head}</thead><tbody>{body}</tbody></table><div>{summary}</div>"},
-            raw=True)
+    display(
+        {
+            "text/plain": text,
+            "text/html": f"<table><thead>{head}</thead><tbody>{body}</tbody></table><div>{summary}</div>",
+        },
+        raw=True,
+    )
 
 
 # -- running ----------------------------------------------------------------------------------------
 
-def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = None,
-                   widgets: bool | None = _NO_FRONTEND_PANEL, **options: Any) -> "RunResult":
+
+def run_with_panel(
+    pipe: "Pipeline",
+    query: Any,
+    *,
+    panel: RunPanel | None = None,
+    widgets: bool | None = _NO_FRONTEND_PANEL,
+    **options: Any,
+) -> "RunResult":
     """Run on a worker thread's loop (runtime.bridge); fold its events into `panel` on this thread
     until it ends, so every widget update comes from the thread that owns the widgets.
 
@@ -286,16 +337,19 @@ def run_with_panel(pipe: "Pipeline", query: Any, *, panel: RunPanel | None = Non
         last_tick[0] = time.monotonic()
 
     try:
-        result = run_sync(functools.partial(arun, pipe, query, on_event=events.put, **options),
-                          on_idle=fold, tick=_FOLD_S)
+        result = run_sync(
+            functools.partial(arun, pipe, query, on_event=events.put, **options), on_idle=fold, tick=_FOLD_S
+        )
     except KeyboardInterrupt:
         _drain(events, panel)
         panel.interrupt()
         panel.close()
         done = sum(r.state in ("done", "cached") for r in panel.state.rows.values())
-        raise RunInterrupted(f"interrupted: the calls in flight were cancelled; {done} completed "
-                             "node(s) are cached, so running the cell again resumes from there") from None
-    except BaseException:       # a missing key, a bad query, a bug: no run_finished event will come
+        raise RunInterrupted(
+            f"interrupted: the calls in flight were cancelled; {done} completed "
+            "node(s) are cached, so running the cell again resumes from there"
+        ) from None
+    except BaseException:  # a missing key, a bad query, a bug: no run_finished event will come
         _drain(events, panel)
         if panel.state.status == "waiting":
             panel.discard()

@@ -9,6 +9,7 @@
 events. `WidgetView` (ipywidgets) and `TextView` (print) render it. `handle` may be called from any
 thread; the notebook driver calls it from the kernel's main thread in batches (see notebook.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence, TextIO
 if TYPE_CHECKING:  # pragma: no cover - the panel only reads an event's fields
     from ..runtime.events import Event
 
-__all__ = ["has_frontend", "NodeRow", "panel_html", "panel_text", "PanelState", "RunPanel", "STATES", "TextView",
-           "WidgetView"]
+__all__ = [
+    "has_frontend",
+    "NodeRow",
+    "panel_html",
+    "panel_text",
+    "PanelState",
+    "RunPanel",
+    "STATES",
+    "TextView",
+    "WidgetView",
+]
 
 # `agreed`: an aggregator whose inputs gave the same answer (no call); `cancelled`: an input a quorum
 # no longer needed (its call abandoned).
@@ -32,17 +42,34 @@ STATES = ("waiting", "running", "cached", "done", "agreed", "failed", "skipped",
 # are for frontends without them (classic Notebook < 7, VS Code, a saved file seen elsewhere).
 _MUTED = "var(--jp-ui-font-color2, #757575)"
 _STATE_COLOURS = {
-    "waiting": _MUTED, "running": "var(--jp-brand-color1, #1976d2)", "cached": "#ab47bc",
-    "done": "var(--jp-success-color1, #388e3c)", "failed": "var(--jp-error-color1, #d32f2f)",
-    "skipped": "var(--jp-warn-color1, #f57c00)", "cancelled": _MUTED, "agreed": "#26a69a",
+    "waiting": _MUTED,
+    "running": "var(--jp-brand-color1, #1976d2)",
+    "cached": "#ab47bc",
+    "done": "var(--jp-success-color1, #388e3c)",
+    "failed": "var(--jp-error-color1, #d32f2f)",
+    "skipped": "var(--jp-warn-color1, #f57c00)",
+    "cancelled": _MUTED,
+    "agreed": "#26a69a",
     "interrupted": "var(--jp-warn-color1, #f57c00)",
 }
-_STATUS_COLOURS = {   # the run's status in the panel's header
-    "waiting": _MUTED, "running": _STATE_COLOURS["running"], "ok": _STATE_COLOURS["done"],
-    "failed": _STATE_COLOURS["failed"], "error": _STATE_COLOURS["failed"], "interrupted": _STATE_COLOURS["skipped"],
+_STATUS_COLOURS = {  # the run's status in the panel's header
+    "waiting": _MUTED,
+    "running": _STATE_COLOURS["running"],
+    "ok": _STATE_COLOURS["done"],
+    "failed": _STATE_COLOURS["failed"],
+    "error": _STATE_COLOURS["failed"],
+    "interrupted": _STATE_COLOURS["skipped"],
 }
-_TEXT_MARKS = {"running": ">", "cached": "=", "done": "+", "failed": "x", "skipped": "-",
-               "cancelled": "~", "agreed": "=", "interrupted": "!"}
+_TEXT_MARKS = {
+    "running": ">",
+    "cached": "=",
+    "done": "+",
+    "failed": "x",
+    "skipped": "-",
+    "cancelled": "~",
+    "agreed": "=",
+    "interrupted": "!",
+}
 
 
 @dataclass
@@ -51,13 +78,13 @@ class NodeRow:
     model: str = ""
     provider: str = ""
     state: str = "waiting"
-    started: float | None = None     # run-clock seconds (Event.t)
+    started: float | None = None  # run-clock seconds (Event.t)
     finished: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempt: int = 0
-    detail: str = ""                 # error, skip reason or retry note
-    price: tuple[float, float] | None = None   # USD per million prompt / completion tokens, if priced
+    detail: str = ""  # error, skip reason or retry note
+    price: tuple[float, float] | None = None  # USD per million prompt / completion tokens, if priced
 
     @property
     def cost_usd(self) -> float | None:
@@ -82,11 +109,11 @@ class PanelState:
     rows: dict[str, NodeRow] = field(default_factory=dict)
     output: str | None = None
     stream: list[str] = field(default_factory=list)
-    status: str = "waiting"          # waiting | running | ok | failed | interrupted
+    status: str = "waiting"  # waiting | running | ok | failed | interrupted
     elapsed_s: float | None = None
     usage: dict[str, int] = field(default_factory=dict)
     last_t: float = 0.0
-    answer: str | None = None        # the run's final answer (also when the output came from the cache)
+    answer: str | None = None  # the run's final answer (also when the output came from the cache)
 
     @classmethod
     def from_graph(cls, graph: Any) -> "PanelState":
@@ -94,9 +121,10 @@ class PanelState:
         import networkx as nx
 
         dead = graph.graph.get("dead", frozenset())
+
         def row(n: str) -> NodeRow:
             a = graph.nodes[n]
-            if a.get("role") == "vote":   # no model, no call
+            if a.get("role") == "vote":  # no model, no call
                 return NodeRow(n, "(vote)", "")
             return NodeRow(n, str(a.get("model") or ""), str(a.get("provider") or ""), price=_price(a))
 
@@ -129,7 +157,7 @@ class PanelState:
     def apply(self, ev: Event) -> set[str]:
         self.last_t = max(self.last_t, ev.t)
         handler = getattr(self, f"_on_{ev.kind}", None)
-        if handler is None:      # kinds added later are ignored, not fatal
+        if handler is None:  # kinds added later are ignored, not fatal
             return set()
         handler(ev)
         return {ev.node} if ev.node else set()
@@ -213,13 +241,15 @@ class PanelState:
         u = self.usage
         cached = [r for r in self.rows.values() if r.state == "cached"]
         called = [r for r in self.rows.values() if r.state in ("done", "failed")]
-        usage = {"calls": u.get("calls", sum(r.state in ("done", "failed") for r in self.rows.values())),
-                 "cache_hits": u.get("cache_hits", len(cached)),
-                 "prompt_tokens": u.get("prompt_tokens", sum(r.prompt_tokens for r in called)),
-                 "completion_tokens": u.get("completion_tokens", sum(r.completion_tokens for r in called)),
-                 "cost_usd": u.get("cost_usd"),
-                 "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
-                 "saved_completion_tokens": sum(r.completion_tokens for r in cached)}
+        usage = {
+            "calls": u.get("calls", sum(r.state in ("done", "failed") for r in self.rows.values())),
+            "cache_hits": u.get("cache_hits", len(cached)),
+            "prompt_tokens": u.get("prompt_tokens", sum(r.prompt_tokens for r in called)),
+            "completion_tokens": u.get("completion_tokens", sum(r.completion_tokens for r in called)),
+            "cost_usd": u.get("cost_usd"),
+            "saved_prompt_tokens": sum(r.prompt_tokens for r in cached),
+            "saved_completion_tokens": sum(r.completion_tokens for r in cached),
+        }
         return totals_line(self.status, usage, self.elapsed_s if self.elapsed_s is not None else self.last_t)
 
 
@@ -257,7 +287,7 @@ class TextView:
         self._out = stream
         self._printed: dict[str, str] = {}
         self._streamed = 0
-        self._mid_line = False     # streamed text written without its closing newline
+        self._mid_line = False  # streamed text written without its closing newline
 
     @property
     def out(self) -> TextIO:
@@ -271,7 +301,7 @@ class TextView:
         # tokens, and must not cut its answer in two.
         text = self.state.text
         if len(text) > self._streamed:
-            self.out.write(text[self._streamed:])
+            self.out.write(text[self._streamed :])
             self.out.flush()
             self._streamed = len(text)
             self._mid_line = not text.endswith("\n")
@@ -310,8 +340,12 @@ class TextView:
 _CELL = "padding:2px 6px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;text-align:left"
 _NUM = _CELL.replace("text-align:left", "text-align:right") + ";font-variant-numeric:tabular-nums"
 _COLUMNS = (  # (heading, width, cell style)
-    ("node", "24%", _CELL), ("model", None, _CELL), ("status", "6.5em", _CELL),
-    ("time", "4.8em", _NUM), ("tokens", "7.6em", _NUM), ("cost", "5.4em", _NUM),
+    ("node", "24%", _CELL),
+    ("model", None, _CELL),
+    ("status", "6.5em", _CELL),
+    ("time", "4.8em", _NUM),
+    ("tokens", "7.6em", _NUM),
+    ("cost", "5.4em", _NUM),
 )
 _BORDER = "var(--jp-border-color2, #e0e0e0)"
 
@@ -322,8 +356,7 @@ def _td(text: str, style: str, *, inner: str | None = None, title: bool = True) 
 
 
 def _status_html(status: str, colours: dict[str, str]) -> str:
-    return (f"<span style='color:{colours.get(status, 'inherit')};font-weight:bold'>"
-            f"{html.escape(status)}</span>")
+    return f"<span style='color:{colours.get(status, 'inherit')};font-weight:bold'>{html.escape(status)}</span>"
 
 
 def _row_html(r: NodeRow, now: float | None, priced: bool) -> str:
@@ -340,12 +373,14 @@ def _row_html(r: NodeRow, now: float | None, priced: bool) -> str:
     muted = "opacity:0.65;" if r.state in ("waiting", "cancelled", "skipped") else ""
     out = f"<tr data-moa-node='{html.escape(r.name, quote=True)}' style='{muted}border-top:1px solid {_BORDER}'>"
     out += "".join(cells) + "</tr>"
-    if r.detail:   # an error or a reason reads as a sentence under its row, wrapped, not cut off
+    if r.detail:  # an error or a reason reads as a sentence under its row, wrapped, not cut off
         colour = _STATE_COLOURS["failed"] if r.state == "failed" else _MUTED
-        out += (f"<tr data-moa-detail='{html.escape(r.name, quote=True)}'><td colspan='{len(cells)}' "
-                f"style='text-align:left;padding:0 6px 3px 2em;white-space:pre-wrap;overflow-wrap:anywhere;color:{colour};"
-                f"font-size:0.92em' title='{html.escape(r.detail, quote=True)}'>"
-                f"\u21b3 {html.escape(_cut(r.detail, 400))}</td></tr>")
+        out += (
+            f"<tr data-moa-detail='{html.escape(r.name, quote=True)}'><td colspan='{len(cells)}' "
+            f"style='text-align:left;padding:0 6px 3px 2em;white-space:pre-wrap;overflow-wrap:anywhere;color:{colour};"
+            f"font-size:0.92em' title='{html.escape(r.detail, quote=True)}'>"
+            f"\u21b3 {html.escape(_cut(r.detail, 400))}</td></tr>"
+        )
     return out
 
 
@@ -373,20 +408,24 @@ def panel_html(state: PanelState, now: float | None = None) -> str:
     columns = [c for c in _COLUMNS if priced or c[0] != "cost"]
     cols = "".join(f"<col style='width:{w}'>" if w else "<col>" for _, w, _ in columns)
     tips = {"tokens": " title='prompt / completion tokens'", "time": " title='seconds from start to answer'"}
-    heads = "".join(f"<th style='{st};font-weight:600;color:{_MUTED}'{tips.get(h, '')}>{h}</th>"
-                    for h, _, st in columns)
+    heads = "".join(
+        f"<th style='{st};font-weight:600;color:{_MUTED}'{tips.get(h, '')}>{h}</th>" for h, _, st in columns
+    )
     rows = "".join(_row_html(r, now, priced) for r in state.rows.values())
-    header = (f"<div style='margin-bottom:4px'><b>moa run</b> \u00b7 {len(state.rows)} nodes \u00b7 output "
-              f"<code>{html.escape(str(state.output))}</code> \u00b7 {_status_html(state.status, _STATUS_COLOURS)}"
-              "</div>")
-    footer = (f"<div data-moa-totals='' style='margin-top:4px;font-weight:600'>"
-              f"{html.escape(_footer(state, now))}</div>")
-    return ("<div class='moa-panel' style='box-sizing:border-box;max-width:100%;min-width:0;overflow-x:auto;"
-            "font-family:var(--jp-ui-font-family, system-ui, sans-serif);font-size:var(--jp-ui-font-size1, 13px);"
-            "line-height:1.45;color:var(--jp-ui-font-color1, inherit);padding:4px 0'>"
-            f"{header}<table style='table-layout:fixed;width:100%;min-width:30em;border-collapse:collapse;"
-            f"margin:0'><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>"
-            f"{footer}</div>")
+    header = (
+        f"<div style='margin-bottom:4px'><b>moa run</b> \u00b7 {len(state.rows)} nodes \u00b7 output "
+        f"<code>{html.escape(str(state.output))}</code> \u00b7 {_status_html(state.status, _STATUS_COLOURS)}"
+        "</div>"
+    )
+    footer = f"<div data-moa-totals='' style='margin-top:4px;font-weight:600'>{html.escape(_footer(state, now))}</div>"
+    return (
+        "<div class='moa-panel' style='box-sizing:border-box;max-width:100%;min-width:0;overflow-x:auto;"
+        "font-family:var(--jp-ui-font-family, system-ui, sans-serif);font-size:var(--jp-ui-font-size1, 13px);"
+        "line-height:1.45;color:var(--jp-ui-font-color1, inherit);padding:4px 0'>"
+        f"{header}<table style='table-layout:fixed;width:100%;min-width:30em;border-collapse:collapse;"
+        f"margin:0'><colgroup>{cols}</colgroup><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>"
+        f"{footer}</div>"
+    )
 
 
 def panel_text(state: PanelState, now: float | None = None) -> str:
@@ -395,9 +434,15 @@ def panel_text(state: PanelState, now: float | None = None) -> str:
     lines = [f"moa run: {len(state.rows)} nodes, output {state.output}, {state.status}"]
     for r in state.rows.values():
         model = f"{r.provider}:{r.model}" if r.provider else r.model
-        bits = [f"{_TEXT_MARKS.get(r.state, ' ')} {r.name:<{width}}", f"{r.state:<9}", model,
-                _fmt_elapsed(r.elapsed(now)), _fmt_tokens(r), _fmt_cost(r.cost_usd) if r.price else "",
-                r.detail.replace("\n", " ")[:200]]
+        bits = [
+            f"{_TEXT_MARKS.get(r.state, ' ')} {r.name:<{width}}",
+            f"{r.state:<9}",
+            model,
+            _fmt_elapsed(r.elapsed(now)),
+            _fmt_tokens(r),
+            _fmt_cost(r.cost_usd) if r.price else "",
+            r.detail.replace("\n", " ")[:200],
+        ]
         lines.append("  ".join(b for b in bits if b).rstrip())
     lines.append(_footer(state, now))
     return "\n".join(lines)
@@ -423,7 +468,7 @@ class WidgetView:
         self.html = w.HTML(panel_html(state), layout=w.Layout(width="100%", min_width="0"))
         self.box = _panel_box_class()([self.html], layout=w.Layout(width="100%", min_width="0"))
         self.box.summary = f"moa run panel: {len(state.rows)} nodes, output {state.output}"
-        self.answer = ""          # the answer as last sent to the frontend
+        self.answer = ""  # the answer as last sent to the frontend
         self._panel_handle: Any = None
         self._answer_handle: Any = None
         self._answer_sent_at = 0.0
@@ -436,7 +481,7 @@ class WidgetView:
 
     def render(self, changed: Iterable[str], now: float | None) -> None:
         value = panel_html(self.state, now)
-        if self.html.value != value:     # each assignment is a message to the frontend
+        if self.html.value != value:  # each assignment is a message to the frontend
             self.html.value = value
         if time.monotonic() - self._answer_sent_at >= ANSWER_REFRESH_S:
             self._send_answer()
@@ -458,7 +503,7 @@ class WidgetView:
         self._send_answer()
         if self._panel_handle is not None:
             self._panel_handle.update(self.record(), raw=True)
-            self.box.close()      # the output no longer refers to the model: nothing to lose on reopen
+            self.box.close()  # the output no longer refers to the model: nothing to lose on reopen
 
     def discard(self) -> None:
         if self._panel_handle is not None:

@@ -3,6 +3,7 @@
 Pure functions over text and graphs; no I/O except reading the files a topology includes, and no
 knowledge of how a topology runs.
 """
+
 from __future__ import annotations
 
 from .loader import load, loads

@@ -3,10 +3,11 @@
 None of them needs a network or an external renderer. An `env("X")` value is shown as such,
 never resolved.
 """
+
 from __future__ import annotations
 
-import json
 import html
+import json
 from html import escape
 from typing import Any, Sequence
 
@@ -16,7 +17,14 @@ from ..config import EnvRef
 from ..errors import Diagnostic
 
 __all__ = [
-    "depths", "FORMATS", "to_dot", "to_json", "to_json_text", "to_mermaid", "to_svg", "topology_html",
+    "depths",
+    "FORMATS",
+    "to_dot",
+    "to_json",
+    "to_json_text",
+    "to_mermaid",
+    "to_svg",
+    "topology_html",
     "topology_text",
 ]
 
@@ -35,9 +43,18 @@ def _plain(value: Any) -> Any:
 
 
 def to_json(graph: nx.DiGraph) -> dict[str, Any]:
-    nodes = [{"name": name, "role": a["role"], "provider": a["provider"], "model": a["model"],
-              "sample": a["sample"], "inputs": list(a["inputs"]), "params": _plain(a["params"])}
-             for name, a in graph.nodes(data=True)]
+    nodes = [
+        {
+            "name": name,
+            "role": a["role"],
+            "provider": a["provider"],
+            "model": a["model"],
+            "sample": a["sample"],
+            "inputs": list(a["inputs"]),
+            "params": _plain(a["params"]),
+        }
+        for name, a in graph.nodes(data=True)
+    ]
     return {"output": graph.graph.get("output"), "nodes": nodes, "edges": [[u, v] for u, v in graph.edges]}
 
 
@@ -65,6 +82,7 @@ def _label(name: str, attrs: dict[str, Any]) -> tuple[str, str]:
 
 # ---- mermaid -------------------------------------------------------------------------------
 
+
 def _mermaid_text(text: str) -> str:
     return escape(text, quote=False).replace('"', "#quot;")
 
@@ -86,8 +104,10 @@ def to_mermaid(graph: nx.DiGraph) -> str:
         for name in names:
             title, model = _label(name, graph.nodes[name])
             opening, closing = _MERMAID_SHAPES.get(graph.nodes[name].get("role"), ("[", "]"))
-            out.append(f'{indent}{ids[name]}{opening}"{_mermaid_text(title)}<br/><small>{_mermaid_text(model)}'
-                       f'</small>"{closing}')
+            out.append(
+                f'{indent}{ids[name]}{opening}"{_mermaid_text(title)}<br/><small>{_mermaid_text(model)}'
+                f'</small>"{closing}'
+            )
         if layer is not None:
             out.append("  end")
     out += [f"  {ids[u]} --> {ids[v]}" for u, v in graph.edges]
@@ -95,12 +115,15 @@ def to_mermaid(graph: nx.DiGraph) -> str:
     if output in ids:
         out += ["  classDef output stroke-width:3px", f"  class {ids[output]} output"]
     if dead:
-        out += ["  classDef dead stroke-dasharray:4 3,color:#888",
-                f"  class {','.join(ids[n] for n in graph if n in dead)} dead"]
+        out += [
+            "  classDef dead stroke-dasharray:4 3,color:#888",
+            f"  class {','.join(ids[n] for n in graph if n in dead)} dead",
+        ]
     return "\n".join(out) + "\n"
 
 
 # ---- dot -----------------------------------------------------------------------------------
+
 
 def _dot_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
@@ -115,14 +138,19 @@ def to_dot(graph: nx.DiGraph) -> str:
     layers: dict[str, list[str]] = {}
     for name, attrs in graph.nodes(data=True):
         title, model = _label(name, attrs)
-        extra = ", penwidth=2.5" if name == output else ', style="rounded,dashed", fontcolor=gray50' if name in dead else ""
+        extra = (
+            ", penwidth=2.5" if name == output else ', style="rounded,dashed", fontcolor=gray50' if name in dead else ""
+        )
         shape = _DOT_SHAPES.get(attrs.get("role"), "")
         out.append(f"  {_dot_quote(name)} [label={_dot_quote(title + chr(10) + model)}{shape}{extra}];")
         if attrs.get("layer"):
             layers.setdefault(attrs["layer"], []).append(name)
     for i, (layer, names) in enumerate(layers.items()):
-        out.append(f"  subgraph cluster_{i} {{ label={_dot_quote(layer)}; style=dotted; "
-                   + " ".join(_dot_quote(n) + ";" for n in names) + " }")
+        out.append(
+            f"  subgraph cluster_{i} {{ label={_dot_quote(layer)}; style=dotted; "
+            + " ".join(_dot_quote(n) + ";" for n in names)
+            + " }"
+        )
     out += [f"  {_dot_quote(u)} -> {_dot_quote(v)};" for u, v in graph.edges]
     out.append("}")
     return "\n".join(out) + "\n"
@@ -152,18 +180,22 @@ def to_svg(graph: nx.DiGraph) -> str:
     columns: dict[int, list[str]] = {}
     for n in graph:
         columns.setdefault(depth[n], []).append(n)
-    pos = {n: (_MARGIN + d * (_BOX_W + _GAP_X), _MARGIN + row * (_BOX_H + _GAP_Y))
-           for d, names in columns.items() for row, n in enumerate(names)}
+    pos = {
+        n: (_MARGIN + d * (_BOX_W + _GAP_X), _MARGIN + row * (_BOX_H + _GAP_Y))
+        for d, names in columns.items()
+        for row, n in enumerate(names)
+    }
     width = _MARGIN * 2 + (max(columns, default=0) + 1) * (_BOX_W + _GAP_X) - _GAP_X
     bottom = {d: _MARGIN + len(names) * (_BOX_H + _GAP_Y) - _GAP_Y for d, names in columns.items()}
     paths, lanes = _edge_paths(graph, depth, pos, bottom)
     height = max([*bottom.values(), *lanes]) + _MARGIN
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="Helvetica,Arial,sans-serif" font-size="12">',
-           '<defs><marker id="moa-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-           'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#667"/></marker></defs>']
-    out += [f'<path d="{d}" fill="none" stroke="#889" stroke-width="1.2" marker-end="url(#moa-arrow)"/>'
-            for d in paths]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Helvetica,Arial,sans-serif" font-size="12">',
+        '<defs><marker id="moa-arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#667"/></marker></defs>',
+    ]
+    out += [f'<path d="{d}" fill="none" stroke="#889" stroke-width="1.2" marker-end="url(#moa-arrow)"/>' for d in paths]
     output, dead = graph.graph.get("output"), graph.graph.get("dead", frozenset())
     for n, (x, y) in pos.items():
         title, model = _label(n, graph.nodes[n])
@@ -175,18 +207,24 @@ def to_svg(graph: nx.DiGraph) -> str:
             extra += ' style="stroke:var(--jp-brand-color1, #1976d2)"'
         paint = f'fill="{fill}" stroke="{stroke}" stroke-width="{2.5 if n == output else 1.2}"{extra}'
         what = "no model" if role == "vote" else graph.nodes[n].get("model")
-        out.append(f'<g class="moa-{escape(str(role))}">'
-                   f'<title>{escape(n)} ({escape(str(role))}: {escape(str(what))})</title>'
-                   f'{_svg_shape(role, x, y, paint)}'
-                   f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(_short(title))}</text>'
-                   f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>')
+        out.append(
+            f'<g class="moa-{escape(str(role))}">'
+            f"<title>{escape(n)} ({escape(str(role))}: {escape(str(what))})</title>"
+            f"{_svg_shape(role, x, y, paint)}"
+            f'<text x="{x + 10}" y="{y + 19}" font-weight="bold">{escape(_short(title))}</text>'
+            f'<text x="{x + 10}" y="{y + 36}" fill="#556">{escape(_short(model, 30))}</text></g>'
+        )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
 # (fill, outline) per role: proposers blue, aggregators orange, rank nodes violet, votes green.
-_SVG_STYLE = {"propose": ("#eef4ff", "#668"), "aggregate": ("#fff4e6", "#668"),
-              "rank": ("#f3eeff", "#7a5cc2"), "vote": ("#eafaef", "#3d8f5a")}
+_SVG_STYLE = {
+    "propose": ("#eef4ff", "#668"),
+    "aggregate": ("#fff4e6", "#668"),
+    "rank": ("#f3eeff", "#7a5cc2"),
+    "vote": ("#eafaef", "#3d8f5a"),
+}
 
 
 def _svg_shape(role: str | None, x: int, y: int, paint: str) -> str:
@@ -199,8 +237,9 @@ def _svg_shape(role: str | None, x: int, y: int, paint: str) -> str:
     return f'<rect x="{x}" y="{y}" width="{_BOX_W}" height="{_BOX_H}" rx="{radius:g}" {paint}/>'
 
 
-def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[int, int]],
-                bottom: dict[int, int]) -> tuple[list[str], list[float]]:
+def _edge_paths(
+    graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[int, int]], bottom: dict[int, int]
+) -> tuple[list[str], list[float]]:
     """One SVG path per edge. An edge between neighbouring columns is one curve; a skip connection
     (over one column or more) runs in its own lane below the columns it passes, never behind a box."""
     paths: list[str] = []
@@ -216,8 +255,10 @@ def _edge_paths(graph: nx.DiGraph, depth: dict[str, int], pos: dict[str, tuple[i
             continue
         lane = max(bottom[d] for d in passed) + _GAP_Y / 2 + 6 * len(lanes)
         lanes.append(lane + _GAP_Y / 2)
-        paths.append(f"M{x1},{y1} C{x1 + bend},{y1} {x1 + bend},{lane} {x1 + 2 * bend},{lane} "
-                     f"L{x2 - 2 * bend},{lane} C{x2 - bend},{lane} {x2 - bend},{y2} {x2},{y2}")
+        paths.append(
+            f"M{x1},{y1} C{x1 + bend},{y1} {x1 + bend},{lane} {x1 + 2 * bend},{lane} "
+            f"L{x2 - 2 * bend},{lane} C{x2 - bend},{lane} {x2 - bend},{y2} {x2},{y2}"
+        )
     return paths, lanes
 
 
@@ -225,6 +266,7 @@ FORMATS = {"mermaid": to_mermaid, "dot": to_dot, "json": lambda g: to_json_text(
 
 
 # ---- rich display: what `Topology._repr_html_` shows --------------------------------------------
+
 
 def _graph_svg(graph: nx.DiGraph) -> str | None:
     try:
@@ -266,15 +308,20 @@ def topology_html(g: nx.DiGraph, *, name: str | None = None, warnings: Sequence[
         f"<td>{html.escape(_node_label(g.nodes[n]))}</td>"
         f"<td>{html.escape(', '.join(g.nodes[n].get('inputs', ())))}</td>"
         f"<td>{'dead' if n in dead else ''}</td></tr>"
-        for n in _ordered(g))
+        for n in _ordered(g)
+    )
     svg = _graph_svg(g)
     title = html.escape(name or "pipeline")
-    parts = [f"<div><b>{title}</b>: {_nodes(g.number_of_nodes())}, output "
-             f"<code>{html.escape(str(g.graph.get('output')))}</code></div>"]
+    parts = [
+        f"<div><b>{title}</b>: {_nodes(g.number_of_nodes())}, output "
+        f"<code>{html.escape(str(g.graph.get('output')))}</code></div>"
+    ]
     if svg:
         parts.append(f"<div style='max-width:100%;overflow:auto'>{svg}</div>")
-    table = ("<table><thead><tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th></th>"
-             f"</tr></thead><tbody>{rows}</tbody></table>")
+    table = (
+        "<table><thead><tr><th>node</th><th>role</th><th>model</th><th>inputs</th><th></th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
     parts.append(f"<details{'' if svg else ' open'}><summary>nodes</summary>{table}</details>")
     if warnings:
         warn = "\n".join(f"warning[{d.code}]: {d.message}" for d in warnings)

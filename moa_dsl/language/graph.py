@@ -5,6 +5,7 @@ resolves every name, so the diagnostics of name resolution (E201, E202), of valu
 and of roles (E204, E209) come out of here, each reported once; `validate.check_graph` does
 the whole-graph checks afterwards. On bad input the graph is still built, as far as it goes.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,21 +15,21 @@ from typing import Any, Iterable, Sequence
 
 import networkx as nx
 
-from . import syntax as ast
-from . import validate as v
 from ..config import BUILTIN_PARAMS, RANK_PROMPT, REFERENCE_PROMPT, ProviderConfig, builtin_providers
 from ..errors import Diagnostic
+from . import syntax as ast
+from . import validate as v
 from .syntax import Span
 
 __all__ = ["build", "Built", "resolve_output", "sanitize"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
-_MAX_HINTS = 50   # did-you-mean is linear in the names known: bound it on pathological files
+_MAX_HINTS = 50  # did-you-mean is linear in the names known: bound it on pathological files
 
 
 def sanitize(model_id: str) -> str:
     """An inline model id as a member name: every character outside [A-Za-z0-9_] becomes `_`."""
-    return _UNSAFE.sub("_", model_id) or "_"   # "" is E206; its member still needs a name
+    return _UNSAFE.sub("_", model_id) or "_"  # "" is E206; its member still needs a name
 
 
 @dataclass
@@ -42,7 +43,7 @@ class _Model:
 def _inline(ref: ast.ModelRef) -> tuple[ast.Name, ast.Str]:
     """The PROVIDER and MODEL-ID of an inline reference; the grammar sets both or neither."""
     if ref.provider is None or ref.model_id is None:  # a named ref here is a builder bug
-        raise AssertionError("expected an inline PROVIDER:\"MODEL-ID\" reference")
+        raise AssertionError('expected an inline PROVIDER:"MODEL-ID" reference')
     return ref.provider, ref.model_id
 
 
@@ -51,7 +52,7 @@ class Built:
     graph: nx.DiGraph
     diagnostics: list[Diagnostic]
     output: ast.Output | None
-    budget_usd_at: Span | None = None   # where `budget { usd = ... }` is, for W303 once dead nodes are known
+    budget_usd_at: Span | None = None  # where `budget { usd = ... }` is, for W303 once dead nodes are known
 
 
 class _Builder:
@@ -60,7 +61,7 @@ class _Builder:
         self.diags: list[Diagnostic] = []
         self.hints_left = _MAX_HINTS
         self.e209_at: set[Span] = set()
-        self.param_spans: dict[str, dict[str, Span]] = {}   # node -> where its params were set, for E209
+        self.param_spans: dict[str, dict[str, Span]] = {}  # node -> where its params were set, for E209
         self.graph = nx.DiGraph()
 
     # -- helpers
@@ -74,8 +75,11 @@ class _Builder:
     def define(self, table: dict[str, Any], what: str, name: ast.Name, value: Any) -> bool:
         if name.text in table:
             first = table[name.text]
-            self.diags.append(v.error("E202", f"{what} '{name.text}' is defined twice "
-                                              f"(first at {v.position(first.name.span)})", name.span))
+            self.diags.append(
+                v.error(
+                    "E202", f"{what} '{name.text}' is defined twice (first at {v.position(first.name.span)})", name.span
+                )
+            )
             return False
         table[name.text] = value
         return True
@@ -101,8 +105,12 @@ class _Builder:
         self.graph.graph["providers"] = {p: self.providers[p] for p in sorted(kept)}
         budget = v.convert_budget(self.budgets[0], self.diags) if self.budgets else {}
         self.graph.graph["budget"] = {key: value for key, (value, _) in budget.items()}
-        return Built(self.graph, self.diags, self.outputs[0] if self.outputs else None,
-                     budget["usd"][1] if "usd" in budget else None)
+        return Built(
+            self.graph,
+            self.diags,
+            self.outputs[0] if self.outputs else None,
+            budget["usd"][1] if "usd" in budget else None,
+        )
 
     def collect(self) -> list[ast.NodeDecl | ast.LayerDecl]:
         self.provider_decls: dict[str, ast.ProviderDecl] = {}
@@ -125,15 +133,23 @@ class _Builder:
                 self.define(table, "node" if isinstance(s, ast.NodeDecl) else "layer", s.name, s)
             elif isinstance(s, ast.Output):
                 if self.outputs:
-                    self.diags.append(v.error("E202", f"the output is set twice (first at "
-                                                      f"{v.position(self.outputs[0].span)})", s.span))
+                    self.diags.append(
+                        v.error(
+                            "E202", f"the output is set twice (first at {v.position(self.outputs[0].span)})", s.span
+                        )
+                    )
                 else:
                     self.outputs.append(s)
             elif isinstance(s, ast.Budget):
                 if self.budgets:  # one per topology, includes and all: two would leave the cap unclear
-                    self.diags.append(v.error("E202", f"the budget is set twice (first at "
-                                                      f"{v.position(self.budgets[0].keyword)})", s.keyword,
-                                              "merge the two into one `budget { ... }` statement"))
+                    self.diags.append(
+                        v.error(
+                            "E202",
+                            f"the budget is set twice (first at {v.position(self.budgets[0].keyword)})",
+                            s.keyword,
+                            "merge the two into one `budget { ... }` statement",
+                        )
+                    )
                 else:
                     self.budgets.append(s)
         return list(table.values())
@@ -148,7 +164,8 @@ class _Builder:
             same = builtins.get(name)
             base = same if same is not None and same.kind == kind else builtins.get(kind, ProviderConfig(name, kind))
             configs[name] = ProviderConfig(
-                name=name, kind=kind,
+                name=name,
+                kind=kind,
                 base_url=options.get("base_url", base.base_url),
                 # Never inherited: a key goes only where the statement says (an inherited OPENAI_API_KEY
                 # would be sent to whatever base_url the statement names).
@@ -157,7 +174,8 @@ class _Builder:
                 max_concurrency=options.get("max_concurrency", base.max_concurrency),
                 timeout=float(options.get("timeout", base.timeout)),
                 retries=int(options.get("retries", base.retries)),
-                max_response_bytes=int(options.get("max_response_bytes", base.max_response_bytes)))
+                max_response_bytes=int(options.get("max_response_bytes", base.max_response_bytes)),
+            )
         return configs
 
     def model(self, decl: ast.ModelDecl) -> _Model:
@@ -185,12 +203,19 @@ class _Builder:
         provider, given = _inline(ref)
         model_id = given.value
         if not model_id:
-            self.diags.append(v.error("E206", "empty model id", given.span,
-                                      f'name the model: {provider.text}:"MODEL-ID"'))
+            self.diags.append(
+                v.error("E206", "empty model id", given.span, f'name the model: {provider.text}:"MODEL-ID"')
+            )
         cfg = self.providers.get(provider.text)
         where = given.span.file
-        if (cfg is not None and cfg.kind == "local" and ("/" in model_id or model_id.lower().endswith(".gguf"))
-                and not os.path.isabs(model_id) and not model_id.startswith("~") and os.path.isfile(where)):
+        if (
+            cfg is not None
+            and cfg.kind == "local"
+            and ("/" in model_id or model_id.lower().endswith(".gguf"))
+            and not os.path.isabs(model_id)
+            and not model_id.startswith("~")
+            and os.path.isfile(where)
+        ):
             return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(where)), model_id))
         return model_id
 
@@ -214,8 +239,7 @@ class _Builder:
         for full, member, sample in self.expand(decl):
             if id(member) not in resolved:
                 resolved[id(member)] = self.resolve_model(member.model)
-            self.add_node(full, decl, resolved[id(member)], own, span=member.span,
-                          sample=sample, layer=decl.name.text)
+            self.add_node(full, decl, resolved[id(member)], own, span=member.span, sample=sample, layer=decl.name.text)
             names.append(full)
         self.members[decl.name.text] = names
 
@@ -233,17 +257,23 @@ class _Builder:
             # Several unnamed samples of one model are numbered (L.m.1, L.m.2); a name given
             # explicitly must not be renamed that way behind the user's back.
             if base in first and (m.name is not None or first[base][1]):
-                self.diags.append(v.error("E202", f"member '{base}' is defined twice in layer "
-                                                  f"'{layer.name.text}' (first at {v.position(first[base][0])})", at))
+                self.diags.append(
+                    v.error(
+                        "E202",
+                        f"member '{base}' is defined twice in layer "
+                        f"'{layer.name.text}' (first at {v.position(first[base][0])})",
+                        at,
+                    )
+                )
             first.setdefault(base, (at, m.name is not None))
             bases.append(base)
             counts.append(v.sample_count(m, self.diags))
         totals: dict[str, int] = {}
-        for base, n in zip(bases, counts):
+        for base, n in zip(bases, counts, strict=False):
             totals[base] = totals.get(base, 0) + n
         seen: dict[str, int] = {}
         out: list[tuple[str, ast.Member, int | None]] = []
-        for m, base, n in zip(layer.members, bases, counts):
+        for m, base, n in zip(layer.members, bases, counts, strict=False):
             for _ in range(n):
                 if totals[base] == 1:
                     out.append((f"{layer.name.text}.{base}", m, None))
@@ -252,12 +282,25 @@ class _Builder:
                     out.append((f"{layer.name.text}.{base}.{seen[base]}", m, seen[base]))
         return out
 
-    def add_node(self, name: str, decl: ast.NodeDecl | ast.LayerDecl, model: _Model | None,
-                 own: dict[str, tuple[Any, Span]], *, span: Span, sample: int | None = None,
-                 layer: str | None = None) -> None:
+    def add_node(
+        self,
+        name: str,
+        decl: ast.NodeDecl | ast.LayerDecl,
+        model: _Model | None,
+        own: dict[str, tuple[Any, Span]],
+        *,
+        span: Span,
+        sample: int | None = None,
+        layer: str | None = None,
+    ) -> None:
         if name in self.graph:  # a member name that collides with another layer's member
-            self.diags.append(v.error("E202", f"node '{name}' is defined twice "
-                                              f"(first at {v.position(self.graph.nodes[name]['span'])})", span))
+            self.diags.append(
+                v.error(
+                    "E202",
+                    f"node '{name}' is defined twice (first at {v.position(self.graph.nodes[name]['span'])})",
+                    span,
+                )
+            )
             return
         role = decl.role.text
         params = self.builtin_params(role, model)
@@ -278,8 +321,17 @@ class _Builder:
             provider = model.provider if model else "?"
             model_id, model_name = (model.model_id, model.model_name) if model else ("?", None)
         self.graph.add_node(
-            name, role=role, provider=provider, model=model_id, model_name=model_name, sample=sample,
-            layer=layer, inputs=(), params=params, span=span)
+            name,
+            role=role,
+            provider=provider,
+            model=model_id,
+            model_name=model_name,
+            sample=sample,
+            layer=layer,
+            inputs=(),
+            params=params,
+            span=span,
+        )
         self.param_spans[name] = spans  # for E209, once the inputs are known
 
     def builtin_params(self, role: str, model: _Model | None) -> dict[str, Any]:
@@ -315,7 +367,8 @@ class _Builder:
                 continue
             attrs = self.graph.nodes[target]
             attrs["inputs"] = tuple(inputs)
-            self.graph.add_edges_from((source, target, {"span": span}) for source, span in zip(inputs, spans))
+            edges = zip(inputs, spans, strict=True)  # one span per input reference
+            self.graph.add_edges_from((source, target, {"span": span}) for source, span in edges)
             if decl.inputs and complete:
                 self.check_counts(target, attrs["params"], len(inputs), decl.span)
 
@@ -328,8 +381,9 @@ class _Builder:
             if wanted is None or wanted <= n or at in self.e209_at:
                 continue
             self.e209_at.add(at)
-            self.diags.append(v.error("E209", f"{key} = {wanted}, but '{target}' has only "
-                                              f"{n} input{'s' if n != 1 else ''}", at))
+            self.diags.append(
+                v.error("E209", f"{key} = {wanted}, but '{target}' has only {n} input{'s' if n != 1 else ''}", at)
+            )
 
     def resolve_ref(self, ref: ast.Ref) -> list[str]:
         if ref.text in self.members:
@@ -356,17 +410,41 @@ def resolve_output(built: Built, end: Span) -> tuple[str | None, list[Diagnostic
             return ref.text, []
         layer_members = [n for n, layer in graph.nodes(data="layer") if layer == ref.text]
         if layer_members:
-            return None, [v.error("E201", f"the output must be one node, and '{ref.text}' is a layer",
-                                  ref.span, f"name one member, or aggregate the layer: {v.listing(layer_members)}")]
-        return None, [v.error("E201", f"unknown node '{ref.text}'", ref.span,
-                              v.did_you_mean(ref.text, graph) if len(graph) < 20000 else None)]
+            return None, [
+                v.error(
+                    "E201",
+                    f"the output must be one node, and '{ref.text}' is a layer",
+                    ref.span,
+                    f"name one member, or aggregate the layer: {v.listing(layer_members)}",
+                )
+            ]
+        return None, [
+            v.error(
+                "E201",
+                f"unknown node '{ref.text}'",
+                ref.span,
+                v.did_you_mean(ref.text, graph) if len(graph) < 20000 else None,
+            )
+        ]
     if not len(graph):
-        return None, [v.error("E207", "no output: the topology has no nodes", end,
-                              "declare a node, e.g. `node a = propose openai:\"gpt-4o-mini\"`")]
+        return None, [
+            v.error(
+                "E207",
+                "no output: the topology has no nodes",
+                end,
+                'declare a node, e.g. `node a = propose openai:"gpt-4o-mini"`',
+            )
+        ]
     ends = v.sinks(graph)
     if len(ends) == 1:
         return ends[0], []
     if not ends:  # every node sits on a cycle: E203 says it
         return None, []
-    return None, [v.error("E207", f"no output: {len(ends)} nodes read by no one ({v.listing(ends)}) and "
-                                  "no `output` statement", end, f"add `output NAME`, e.g. `output {ends[-1]}`")]
+    return None, [
+        v.error(
+            "E207",
+            f"no output: {len(ends)} nodes read by no one ({v.listing(ends)}) and no `output` statement",
+            end,
+            f"add `output NAME`, e.g. `output {ends[-1]}`",
+        )
+    ]

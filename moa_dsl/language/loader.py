@@ -1,8 +1,9 @@
 """Files in, a validated `Topology` out: parse, splice includes, build, check, raise once.
 
-    load(path)                       a file; its includes are relative to it
-    loads(text, filename="<string>") text; includes are relative to the current directory
+load(path)                       a file; its includes are relative to it
+loads(text, filename="<string>") text; includes are relative to the current directory
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,18 +13,18 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..errors import ConfigError, Diagnostic, MoaError, mask_secrets
 from . import graph as graphs
 from . import syntax as ast
 from . import validate
-from ..errors import ConfigError, Diagnostic, MoaError, mask_secrets
 from .parser import parse
-from .topology import Topology
 from .syntax import Span
+from .topology import Topology
 
 __all__ = ["load", "load_rewritten", "loads", "MAX_SOURCE_BYTES", "MAX_INCLUDE_DEPTH"]
 
-MAX_SOURCE_BYTES = 8 * 1024 * 1024   # a .moa file, or an include, or the text given to loads()
-MAX_INCLUDE_DEPTH = 64               # files in one include chain, the top one included
+MAX_SOURCE_BYTES = 8 * 1024 * 1024  # a .moa file, or an include, or the text given to loads()
+MAX_INCLUDE_DEPTH = 64  # files in one include chain, the top one included
 _LIMIT = "8 MiB (8388608 bytes)"
 _BOM = "\ufeff"
 
@@ -66,6 +67,7 @@ def loads(text: str, filename: str = "<string>") -> Topology:
 
 
 # ---- reading, bounded -----------------------------------------------------------------------
+
 
 class _Unreadable(Exception):
     def __init__(self, reason: str):
@@ -127,24 +129,30 @@ def _over_limit(text: str) -> bool:
 
 
 def _too_large(display: str, span: Span, prefix: str = "") -> Diagnostic:
-    return validate.error("E101", f"{prefix}{display} is larger than {_LIMIT}, the limit for a .moa file", span,
-                          "split it with `include`" if not prefix else None)
+    return validate.error(
+        "E101",
+        f"{prefix}{display} is larger than {_LIMIT}, the limit for a .moa file",
+        span,
+        "split it with `include`" if not prefix else None,
+    )
 
 
 # ---- includes ------------------------------------------------------------------------------
+
 
 class _Sources:
     """Every file read, by display name; includes spliced in place, each file once."""
 
     def __init__(self, root: Path, root_display: str) -> None:
-        self.root = root                  # resolved; nothing outside it is read
+        self.root = root  # resolved; nothing outside it is read
         self.root_display = root_display  # how messages name it
         self.texts: dict[str, str] = {}
         self.done: set[Path] = set()
         self.diags: list[Diagnostic] = []
 
-    def expand(self, module: ast.Module, real: Path | None, base: Path,
-               stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
+    def expand(
+        self, module: ast.Module, real: Path | None, base: Path, stack: tuple[tuple[Path | None, str], ...]
+    ) -> list[ast.Statement]:
         out: list[ast.Statement] = []
         for s in module.statements:
             if isinstance(s, ast.Include):
@@ -153,8 +161,9 @@ class _Sources:
                 out.append(s)
         return out
 
-    def include(self, inc: ast.Include, display_from: str, base: Path,
-                stack: tuple[tuple[Path | None, str], ...]) -> list[ast.Statement]:
+    def include(
+        self, inc: ast.Include, display_from: str, base: Path, stack: tuple[tuple[Path | None, str], ...]
+    ) -> list[ast.Statement]:
         rel = inc.path.value
         # Only files under the top file's directory: nothing of another target is read, nor is it
         # said whether it exists (`include "../.env"` would show the key on its first line).
@@ -166,19 +175,29 @@ class _Sources:
         if target is not None and not target.is_relative_to(self.root):  # symlinks resolved first
             self.error(f"cannot include '{rel}': it leads outside {self.root_display}", inc.path.span, hint)
             return []
-        display = os.path.normpath(os.path.join(os.path.dirname(display_from) if not display_from.startswith("<")
-                                                else "", rel)) if rel else rel
+        display = (
+            os.path.normpath(
+                os.path.join(os.path.dirname(display_from) if not display_from.startswith("<") else "", rel)
+            )
+            if rel
+            else rel
+        )
         chain = [d for p, d in stack] + [display]
         if target is not None and target in [p for p, _ in stack]:
             self.error(f"include cycle: {' -> '.join(chain)}", inc.path.span, "a file cannot include itself")
             return []
         if len(stack) >= MAX_INCLUDE_DEPTH:  # expansion recurses: bound it well below Python's limit
-            self.error(f"include chain deeper than {MAX_INCLUDE_DEPTH} files: {chain[0]} -> ... -> {display_from}",
-                       inc.path.span)
+            self.error(
+                f"include chain deeper than {MAX_INCLUDE_DEPTH} files: {chain[0]} -> ... -> {display_from}",
+                inc.path.span,
+            )
             return []
         if target is None:
-            self.error(f"cannot include '{rel}': no such file", inc.path.span,
-                       f"the path is relative to {display_from}'s directory" if rel else None)
+            self.error(
+                f"cannot include '{rel}': no such file",
+                inc.path.span,
+                f"the path is relative to {display_from}'s directory" if rel else None,
+            )
             return []
         if target in self.done:  # a diamond: the file's statements are already in
             return []
@@ -216,6 +235,7 @@ def _resolve(base: Path, rel: str) -> Path | None:
 
 # ---- compile -------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Compiling allocates many small objects and frees none, which makes CPython's collector
@@ -232,14 +252,16 @@ def _gc_paused() -> Iterator[None]:
 _Rewrite = Callable[[ast.Module], ast.Module]
 
 
-def _compile(text: str, display: str, real: Path | None, *, name: str | None,
-             rewrite: _Rewrite | None = None) -> Topology:
+def _compile(
+    text: str, display: str, real: Path | None, *, name: str | None, rewrite: _Rewrite | None = None
+) -> Topology:
     with _gc_paused():
         return _compile_unpaused(text, display, real, name=name, rewrite=rewrite)
 
 
-def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str | None,
-                      rewrite: _Rewrite | None = None) -> Topology:
+def _compile_unpaused(
+    text: str, display: str, real: Path | None, *, name: str | None, rewrite: _Rewrite | None = None
+) -> Topology:
     base = real.parent if real is not None else Path.cwd().resolve()
     where = "the current directory" if real is None else f"the directory of {display}"
     src = _Sources(base, where)
@@ -277,8 +299,12 @@ def _compile_unpaused(text: str, display: str, real: Path | None, *, name: str |
 def _ordered(diags: list[Diagnostic], sources: dict[str, str]) -> list[Diagnostic]:
     """By file (in the order read), then position; stable for equal positions."""
     order = {f: i for i, f in enumerate(sources)}
-    return sorted(diags, key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.column)
-                  if d.span else (len(order) + 1, 0, 0))
+    return sorted(
+        diags,
+        key=lambda d: (
+            (order.get(d.span.file, len(order)), d.span.line, d.span.column) if d.span else (len(order) + 1, 0, 0)
+        ),
+    )
 
 
 def _mask_all(texts: dict[str, str]) -> dict[str, str]:
@@ -304,10 +330,10 @@ def _mask_secrets(texts: dict[str, str], spans: list[Span]) -> dict[str, str]:
             a = starts[span.line - 1] + span.column - 1
             b = starts[span.end_line - 1] + span.end_column - 1
             first, last = text.find('"', a, b), text.rfind('"', a, b)
-            if first != -1 and last > first:     # inside the outer quotes; `"""` keeps its inner two
+            if first != -1 and last > first:  # inside the outer quotes; `"""` keeps its inner two
                 q = 3 if text.startswith('"""', first) and last - first >= 5 else 1
                 a, b = first + q, last + 1 - q
-            elif first != -1:                    # unterminated: from the quote on
+            elif first != -1:  # unterminated: from the quote on
                 a = first + 1
             ranges.append((a, b))
         pieces, done = [], 0

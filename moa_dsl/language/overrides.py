@@ -1,5 +1,6 @@
 """`--set KEY=VALUE` and `--set NODE.KEY=VALUE`: parameters given on the command line (or in
 `%%moa`), applied to a validated graph with the same checks a `.moa` file gets."""
+
 from __future__ import annotations
 
 import re

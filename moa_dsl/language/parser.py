@@ -3,6 +3,7 @@
 `parse(text, filename)` never raises on bad input: it returns the module (None after a syntax
 error) and the diagnostics. Names, types and ranges are the validator's business.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,25 +16,58 @@ from typing import Any, Callable, cast
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from . import syntax as ast
 from ..errors import Diagnostic
+from . import syntax as ast
 from .syntax import Span
 
 __all__ = ["dedent_triple", "describe", "KEYWORDS", "MAX_DEPTH", "parse", "parse_value"]
 
-KEYWORDS = ("provider", "model", "prompt", "defaults", "node", "layer", "output", "include",
-            "propose", "aggregate", "rank", "vote", "budget", "true", "false", "env")
-_STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE",
-                       "BUDGET")
-_PUNCTUATION = {"EQUAL": "=", "COLON": ":", "COMMA": ",", "DOT": ".", "STAR": "*", "ARROW": "<-",
-                "LPAR": "(", "RPAR": ")", "LBRACK": "[", "RBRACK": "]", "LBRACE": "{", "RBRACE": "}"}
-_WORDS = {"NAME": "a name", "MEMBER_PART": "a member name", "NUMBER": "a number",
-          "STRING": "a string", "TRIPLE_STRING": "a string", "$END": "end of input"}
+KEYWORDS = (
+    "provider",
+    "model",
+    "prompt",
+    "defaults",
+    "node",
+    "layer",
+    "output",
+    "include",
+    "propose",
+    "aggregate",
+    "rank",
+    "vote",
+    "budget",
+    "true",
+    "false",
+    "env",
+)
+_STATEMENT_KEYWORDS = ("PROVIDER", "MODEL", "PROMPT", "DEFAULTS", "NODE", "LAYER", "OUTPUT", "INCLUDE", "BUDGET")
+_PUNCTUATION = {
+    "EQUAL": "=",
+    "COLON": ":",
+    "COMMA": ",",
+    "DOT": ".",
+    "STAR": "*",
+    "ARROW": "<-",
+    "LPAR": "(",
+    "RPAR": ")",
+    "LBRACK": "[",
+    "RBRACK": "]",
+    "LBRACE": "{",
+    "RBRACE": "}",
+}
+_WORDS = {
+    "NAME": "a name",
+    "MEMBER_PART": "a member name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "TRIPLE_STRING": "a string",
+    "$END": "end of input",
+}
 
 
 def _grammar_path() -> Path:
     """Installed from a wheel the grammar sits in the package; in a source tree, beside it."""
-    package = Path(__file__).resolve().parent.parent       # moa_dsl/
+    package = Path(__file__).resolve().parent.parent  # moa_dsl/
     for candidate in (package / "grammar" / "moa.lark", package.parent / "grammar" / "moa.lark"):
         if candidate.is_file():
             return candidate
@@ -42,8 +76,9 @@ def _grammar_path() -> Path:
 
 @functools.cache
 def _lark() -> Lark:
-    return Lark.open(str(_grammar_path()), parser="lalr", propagate_positions=True,
-                     maybe_placeholders=True, start=["start", "value"])
+    return Lark.open(
+        str(_grammar_path()), parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "value"]
+    )
 
 
 def parse(text: str, filename: str = "<string>") -> tuple[ast.Module | None, list[Diagnostic]]:
@@ -61,7 +96,9 @@ def parse_value(text: str, filename: str = "<string>") -> tuple[ast.Value | None
     return (None if errors else value), errors
 
 
-def _parse(text: str, filename: str, start: str, build: Callable[["_Builder", Any], Any]) -> tuple[Any, list[Diagnostic]]:
+def _parse(
+    text: str, filename: str, start: str, build: Callable[["_Builder", Any], Any]
+) -> tuple[Any, list[Diagnostic]]:
     """Text -> lark tree -> AST from the `start` rule; every failure becomes an E101 diagnostic."""
     try:
         tree = _lark().parse(text, start=start)
@@ -71,12 +108,12 @@ def _parse(text: str, filename: str, start: str, build: Callable[["_Builder", An
     try:
         result = build(builder, tree)
     except _TooDeep as exc:
-        return None, [Diagnostic("error", "E101", f"values nested too deeply (more than {MAX_DEPTH} levels)",
-                                 exc.span)]
+        return None, [Diagnostic("error", "E101", f"values nested too deeply (more than {MAX_DEPTH} levels)", exc.span)]
     return result, builder.errors
 
 
 # ---- syntax errors in words ---------------------------------------------------------------
+
 
 def describe(terminal: str) -> str:
     if terminal in _WORDS:
@@ -125,9 +162,13 @@ def _unexpected_token(exc: UnexpectedToken, text: str, filename: str) -> Diagnos
     if tok.type == "$END":
         # lark's end token borrows the last token's position: the caret goes just after it.
         line, col = (tok.end_line or 1, tok.end_column or 1) if tok.end_line else (1, 1)
-        return Diagnostic("error", "E101", f"unexpected end of input: expected {expected}",
-                          Span(filename, line, col, line, col),
-                          _RANK_HINT if _RANK_BEFORE.search(text[-200:]) else None)
+        return Diagnostic(
+            "error",
+            "E101",
+            f"unexpected end of input: expected {expected}",
+            Span(filename, line, col, line, col),
+            _RANK_HINT if _RANK_BEFORE.search(text[-200:]) else None,
+        )
     span = Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
     hint = None
     if str(tok).lower() in KEYWORDS and tok.type != "NAME":
@@ -148,12 +189,17 @@ _RANK_HINT = "a rank node names the model that ranks: `node NAME = rank MODEL <-
 def _after_rank(tok: Token, text: str) -> bool:
     """Whether the token stands right after `= rank`, where the ranking model belongs."""
     start = getattr(tok, "start_pos", None)
-    return isinstance(start, int) and _RANK_BEFORE.search(text[max(0, start - 200):start]) is not None
+    return isinstance(start, int) and _RANK_BEFORE.search(text[max(0, start - 200) : start]) is not None
 
 
 def _token_kind(tok: Token) -> str:
-    return {"NAME": "name", "MEMBER_PART": "name", "NUMBER": "number",
-            "STRING": "string", "TRIPLE_STRING": "string"}.get(tok.type, "token")
+    return {
+        "NAME": "name",
+        "MEMBER_PART": "name",
+        "NUMBER": "number",
+        "STRING": "string",
+        "TRIPLE_STRING": "string",
+    }.get(tok.type, "token")
 
 
 def _show(tok: Token) -> str:
@@ -170,20 +216,31 @@ def _unexpected_char(exc: UnexpectedCharacters, text: str, filename: str) -> Dia
     pos, line, col = cast(int, exc.pos_in_stream), exc.line, exc.column
     char = text[pos] if 0 <= pos < len(text) else ""
     if char == '"':
-        if text[max(0, pos - 2):pos] == '""':  # the lexer took `""` as an empty string
+        if text[max(0, pos - 2) : pos] == '""':  # the lexer took `""` as an empty string
             col -= 2
-            return Diagnostic("error", "E101", "unterminated triple-quoted string",
-                              Span(filename, line, col, line, col + 3), 'close it with """')
-        return Diagnostic("error", "E101", "unterminated string", Span(filename, line, col, line, col + 1),
-                          'close it with " on the same line, or use """...""" for several lines')
+            return Diagnostic(
+                "error",
+                "E101",
+                "unterminated triple-quoted string",
+                Span(filename, line, col, line, col + 3),
+                'close it with """',
+            )
+        return Diagnostic(
+            "error",
+            "E101",
+            "unterminated string",
+            Span(filename, line, col, line, col + 1),
+            'close it with " on the same line, or use """...""" for several lines',
+        )
     expected = _expected_words(exc.allowed or ())
     word = _WORD.match(text, pos)
     if word:  # where only keywords fit, a name is not even a token: still call it a name
         what, width = f"name '{word.group()[:30]}'", len(word.group())
     else:
         what, width = "character " + (repr(char) if char.isprintable() and char != "'" else ascii(char)), 1
-    return Diagnostic("error", "E101", f"unexpected {what}: expected {expected}",
-                      Span(filename, line, col, line, col + width))
+    return Diagnostic(
+        "error", "E101", f"unexpected {what}: expected {expected}", Span(filename, line, col, line, col + width)
+    )
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -228,8 +285,15 @@ class _Builder:
     def name(self, tok: Token) -> ast.Name:
         # The contextual lexer reads a keyword as a NAME where only a name fits: reserve it here.
         if str(tok) in KEYWORDS:
-            self.errors.append(Diagnostic("error", "E101", f"unexpected keyword '{tok}': expected a name",
-                                          self.span(tok), f"'{tok}' is a reserved keyword and cannot be a name"))
+            self.errors.append(
+                Diagnostic(
+                    "error",
+                    "E101",
+                    f"unexpected keyword '{tok}': expected a name",
+                    self.span(tok),
+                    f"'{tok}' is a reserved keyword and cannot be a name",
+                )
+            )
         return ast.Name(str(tok), self.span(tok))
 
     def role(self, t: Tree) -> ast.Name:
@@ -254,21 +318,20 @@ class _Builder:
 
     def _node_stmt(self, t: Tree, c: list[Any]) -> ast.NodeDecl:
         inputs, arrow = self.inputs(c[5])
-        return ast.NodeDecl(self.name(c[1]), self.role(c[3]), self.modelref(c[4]),
-                            inputs, arrow, self.opt_map(c[6]), self.span(t))
+        return ast.NodeDecl(
+            self.name(c[1]), self.role(c[3]), self.modelref(c[4]), inputs, arrow, self.opt_map(c[6]), self.span(t)
+        )
 
     def _vote_node_stmt(self, t: Tree, c: list[Any]) -> ast.NodeDecl:
         # A MODELREF after `vote` is parsed so that the validator can point at it (E204).
         inputs, arrow = self.inputs(c[5])
         model = None if c[4] is None else self.modelref(c[4])
-        return ast.NodeDecl(self.name(c[1]), self.role(c[3]), model, inputs, arrow, self.opt_map(c[6]),
-                            self.span(t))
+        return ast.NodeDecl(self.name(c[1]), self.role(c[3]), model, inputs, arrow, self.opt_map(c[6]), self.span(t))
 
     def _layer_stmt(self, t: Tree, c: list[Any]) -> ast.LayerDecl:
         members = tuple(self.member(m) for m in c[5].children if isinstance(m, Tree))
         inputs, arrow = self.inputs(c[7])
-        return ast.LayerDecl(self.name(c[1]), self.role(c[3]), members, inputs, arrow,
-                             self.opt_map(c[8]), self.span(t))
+        return ast.LayerDecl(self.name(c[1]), self.role(c[3]), members, inputs, arrow, self.opt_map(c[8]), self.span(t))
 
     def _output_stmt(self, t: Tree, c: list[Any]) -> ast.Output:
         return ast.Output(self.ref(c[1]), self.span(t))
@@ -353,11 +416,17 @@ class _Builder:
             return ast.Str(json.loads(str(tok), strict=False), span)
         except json.JSONDecodeError as exc:
             # The token never spans lines, so the column of the bad escape is start + offset.
-            bad = str(tok)[exc.pos:exc.pos + 2]
+            bad = str(tok)[exc.pos : exc.pos + 2]
             col, line = _pos(tok.column) + exc.pos, _pos(tok.line)
-            self.errors.append(Diagnostic("error", "E101", f"invalid escape '{bad}' in string",
-                                          Span(self.file, line, col, line, col + len(bad)),
-                                          r'JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX'))
+            self.errors.append(
+                Diagnostic(
+                    "error",
+                    "E101",
+                    f"invalid escape '{bad}' in string",
+                    Span(self.file, line, col, line, col + len(bad)),
+                    r"JSON escapes only: \" \\ \/ \b \f \n \r \t \uXXXX",
+                )
+            )
             return ast.Str(str(tok)[1:-1], span)
 
 

@@ -1,4 +1,5 @@
 """The syntax tree: frozen dataclasses, each carrying the Span it was parsed from."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,13 +8,35 @@ from typing import Union
 from ..errors import Span
 
 __all__ = [
-    "Bool", "Budget", "Defaults", "Env", "Include", "LayerDecl", "ListValue", "MapValue", "Member", "ModelDecl",
-    "ModelRef", "Module", "Name", "NameValue", "NodeDecl", "Num", "Output", "Pair", "PromptDecl",
-    "ProviderDecl", "Ref", "Statement", "Str", "Value",
+    "Bool",
+    "Budget",
+    "Defaults",
+    "Env",
+    "Include",
+    "LayerDecl",
+    "ListValue",
+    "MapValue",
+    "Member",
+    "ModelDecl",
+    "ModelRef",
+    "Module",
+    "Name",
+    "NameValue",
+    "NodeDecl",
+    "Num",
+    "Output",
+    "Pair",
+    "PromptDecl",
+    "ProviderDecl",
+    "Ref",
+    "Statement",
+    "Str",
+    "Value",
 ]
 
 
 # ---- values --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Str:
@@ -74,6 +97,7 @@ Value = Union[Str, Num, Bool, Env, NameValue, ListValue, MapValue]
 
 # ---- references ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Name:
     text: str
@@ -114,6 +138,7 @@ class Member:
 
 # ---- statements ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ProviderDecl:
     name: Name
@@ -152,7 +177,7 @@ class NodeDecl:
     role: Name
     model: ModelRef | None
     inputs: tuple[Ref, ...]
-    arrow: Span | None          # the `<- ...` part, for E204
+    arrow: Span | None  # the `<- ...` part, for E204
     params: MapValue | None
     span: Span
 
@@ -173,7 +198,7 @@ class Budget:
     """`budget { usd = X, tokens = N, calls = M }`: the caps of one query's run."""
 
     params: MapValue
-    keyword: Span               # `budget`: where E202 points for a second statement
+    keyword: Span  # `budget`: where E202 points for a second statement
     span: Span
 
 
@@ -198,4 +223,4 @@ class Module:
 
     file: str
     statements: tuple[Statement, ...]
-    end: Span                   # just after the last token: where a missing statement would go
+    end: Span  # just after the last token: where a missing statement would go

@@ -1,4 +1,5 @@
 """A validated topology: the graph, the sources it came from, and its warnings. It never changes."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,10 +19,10 @@ T = TypeVar("T", bound="Topology")
 
 @dataclass(frozen=True, eq=False)
 class Topology:
-    graph: nx.DiGraph                      # one node per call; see docs/architecture.md for attributes
-    sources: dict[str, str] = field(default_factory=dict)   # file name -> text (secrets masked), for diagnostics
+    graph: nx.DiGraph  # one node per call; see docs/architecture.md for attributes
+    sources: dict[str, str] = field(default_factory=dict)  # file name -> text (secrets masked), for diagnostics
     warnings: tuple[Diagnostic, ...] = ()
-    name: str | None = None                # the file's stem, or None for text
+    name: str | None = None  # the file's stem, or None for text
 
     @property
     def output(self) -> str:

@@ -4,6 +4,7 @@ Everything here returns Diagnostics; nothing raises on bad input. `graph.build` 
 through `convert_param` / `convert_option` (one diagnostic per bad value, however many nodes use
 it); `check_graph` then looks at the whole graph: cycles, the output, dead nodes.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -14,21 +15,47 @@ from urllib.parse import urlsplit
 
 import networkx as nx
 
-from . import syntax as ast
 from ..config import MODEL_PARAMS, PARAM_KEYS, PROVIDER_KINDS, PROVIDER_OPTIONS, ROLE_PARAMS, EnvRef
 from ..errors import Diagnostic, mask_value
+from . import syntax as ast
 from .syntax import Span
 
 __all__ = [
-    "BUDGET_KEYS", "check_budget_prices", "check_cycles", "check_dead", "check_role", "convert_budget",
-    "convert_options", "convert_param", "convert_params", "COUNTED", "dead_nodes", "describe_value",
-    "did_you_mean", "ENV_HINT", "env_ref", "error", "Invalid", "listing", "looks_like_key", "MAX_SAMPLES",
-    "OPTION_SCHEMA", "PARAM_SCHEMA", "REGEX_HINT", "sample_count", "secret_spans", "sinks", "takes",
-    "url_problem", "warning", "position", "wrong_role",
+    "BUDGET_KEYS",
+    "check_budget_prices",
+    "check_cycles",
+    "check_dead",
+    "check_role",
+    "convert_budget",
+    "convert_options",
+    "convert_param",
+    "convert_params",
+    "COUNTED",
+    "dead_nodes",
+    "describe_value",
+    "did_you_mean",
+    "ENV_HINT",
+    "env_ref",
+    "error",
+    "Invalid",
+    "listing",
+    "looks_like_key",
+    "MAX_SAMPLES",
+    "OPTION_SCHEMA",
+    "PARAM_SCHEMA",
+    "REGEX_HINT",
+    "sample_count",
+    "secret_spans",
+    "sinks",
+    "takes",
+    "url_problem",
+    "warning",
+    "position",
+    "wrong_role",
 ]
 
-MAX_SAMPLES = 1000          # `* N` beyond this is a typo, not a topology
-_LIST_SHOWN = 8             # names listed in one message before "and N more"
+MAX_SAMPLES = 1000  # `* N` beyond this is a typo, not a topology
+_LIST_SHOWN = 8  # names listed in one message before "and N more"
 
 
 class Invalid(Exception):
@@ -62,17 +89,30 @@ def listing(names: Iterable[str]) -> str:
 
 # ---- values --------------------------------------------------------------------------------
 
+
 def describe_value(v: ast.Value) -> str:
     if isinstance(v, ast.Bool):
         return "a boolean"
     if isinstance(v, ast.Num):
         return "an integer" if isinstance(v.value, int) else "a number"
-    return {ast.Str: "a string", ast.Env: "env(...)", ast.NameValue: f"the name '{getattr(v, 'name', '')}'",
-            ast.ListValue: f"a list of {len(getattr(v, 'items', ()))}", ast.MapValue: "a map"}.get(type(v), "a value")
+    return {
+        ast.Str: "a string",
+        ast.Env: "env(...)",
+        ast.NameValue: f"the name '{getattr(v, 'name', '')}'",
+        ast.ListValue: f"a list of {len(getattr(v, 'items', ()))}",
+        ast.MapValue: "a map",
+    }.get(type(v), "a value")
 
 
-def _number(key: str, v: ast.Value, *, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, integer: bool = False) -> int | float:
+def _number(
+    key: str,
+    v: ast.Value,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    integer: bool = False,
+) -> int | float:
     kind = "an integer" if integer else "a number"
     # One condition, so that mypy narrows `v` to Num for the code after the raise.
     if not isinstance(v, ast.Num) or (integer and not isinstance(v.value, int)) or not math.isfinite(v.value):
@@ -130,22 +170,32 @@ def _regex(key: str, v: ast.Value) -> str:
         re.compile(pattern)
     except re.error as exc:
         where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise Invalid("E206", f"'{key}' is not a valid regular expression: {exc.msg}{where}", v.span,
-                      REGEX_HINT if "escape" in exc.msg else None) from None
+        raise Invalid(
+            "E206",
+            f"'{key}' is not a valid regular expression: {exc.msg}{where}",
+            v.span,
+            REGEX_HINT if "escape" in exc.msg else None,
+        ) from None
     except (RecursionError, OverflowError, ValueError) as exc:  # pathological nesting or repeat counts
         raise Invalid("E206", f"'{key}' is not a valid regular expression: {exc}", v.span) from None
     return pattern
 
 
 # Two levels of escapes meet in a pattern: the string's (JSON) and the regular expression's.
-REGEX_HINT = ('in "..." a backslash reaches the pattern only when written twice ("\\\\d+" is \\d+); '
-              '"""...""" passes it on as it is')
+REGEX_HINT = (
+    'in "..." a backslash reaches the pattern only when written twice ("\\\\d+" is \\d+); '
+    '"""...""" passes it on as it is'
+)
 
 
 def _price(key: str, v: ast.Value) -> list[float]:
     if not isinstance(v, ast.ListValue) or len(v.items) != 2:
-        raise Invalid("E206", f"'{key}' must be a list of 2 numbers (USD per million prompt and "
-                              f"completion tokens), not {describe_value(v)}", v.span)
+        raise Invalid(
+            "E206",
+            f"'{key}' must be a list of 2 numbers (USD per million prompt and "
+            f"completion tokens), not {describe_value(v)}",
+            v.span,
+        )
     return [float(_number(key, item, lo=0)) for item in v.items]
 
 
@@ -182,8 +232,12 @@ def takes(role: str, key: str) -> bool:
     return key in ROLE_PARAMS.get(role, PARAM_KEYS)
 
 
-_ROLE_NOUNS = {"propose": ("a proposer", "proposers"), "aggregate": ("an aggregator", "aggregators"),
-               "rank": ("a rank node", "rank nodes"), "vote": ("a vote", "votes")}
+_ROLE_NOUNS = {
+    "propose": ("a proposer", "proposers"),
+    "aggregate": ("an aggregator", "aggregators"),
+    "rank": ("a rank node", "rank nodes"),
+    "vote": ("a vote", "votes"),
+}
 
 
 def wrong_role(key: str, role: str, who: str) -> tuple[str, str | None]:
@@ -191,8 +245,10 @@ def wrong_role(key: str, role: str, who: str) -> tuple[str, str | None]:
     "node 'a'". The message names the roles that do take it."""
     noun = _ROLE_NOUNS.get(role, (f"a {role}", ""))[0]
     if role == "vote" and key in MODEL_PARAMS:
-        return (f"'{key}' is a model parameter, and {who} is a vote: it calls no model",
-                "a vote takes only min_inputs, extract and normalize")
+        return (
+            f"'{key}' is a model parameter, and {who} is a vote: it calls no model",
+            "a vote takes only min_inputs, extract and normalize",
+        )
     takers = [plural for r, (_, plural) in _ROLE_NOUNS.items() if takes(r, key)]
     listed = takers[0] if len(takers) == 1 else ", ".join(takers[:-1]) + " and " + takers[-1]
     return f"'{key}' applies to {listed} only, and {who} is {noun}", None
@@ -202,17 +258,26 @@ def convert_param(pair: ast.Pair, prompts: Mapping[str, str], *, where: str) -> 
     """The Python value of one `key = value`; raises Invalid. `where`: defaults/model/node/layer/set."""
     key = pair.key
     if key not in PARAM_SCHEMA:
-        raise Invalid("E205", f"unknown parameter '{key}'", pair.key_span,
-                      did_you_mean(key, PARAM_SCHEMA) or f"parameters: {', '.join(PARAM_KEYS)}")
+        raise Invalid(
+            "E205",
+            f"unknown parameter '{key}'",
+            pair.key_span,
+            did_you_mean(key, PARAM_SCHEMA) or f"parameters: {', '.join(PARAM_KEYS)}",
+        )
     if key == "price" and where != "model":
         place = {"defaults": "in defaults", "--set": "with --set"}.get(where, f"on a {where}")
-        raise Invalid("E205", f"'price' can be set on a model only, not {place}", pair.key_span,
-                      "move it to the `model` statement")
+        raise Invalid(
+            "E205",
+            f"'price' can be set on a model only, not {place}",
+            pair.key_span,
+            "move it to the `model` statement",
+        )
     return PARAM_SCHEMA[key](key, pair.value, prompts)
 
 
-def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, where: str,
-                   diags: list[Diagnostic]) -> dict[str, tuple[Any, Span]]:
+def convert_params(
+    params: ast.MapValue | None, prompts: Mapping[str, str], *, where: str, diags: list[Diagnostic]
+) -> dict[str, tuple[Any, Span]]:
     """Every valid `key = value` of a block, with the span of its value; the rest become diags."""
     out: dict[str, tuple[Any, Span]] = {}
     if params is None:
@@ -220,8 +285,13 @@ def convert_params(params: ast.MapValue | None, prompts: Mapping[str, str], *, w
     seen: dict[str, Span] = {}
     for pair in params.pairs:
         if pair.key in seen:
-            diags.append(error("E202", f"'{pair.key}' is set twice in this block "
-                                       f"(first at {position(seen[pair.key])})", pair.key_span))
+            diags.append(
+                error(
+                    "E202",
+                    f"'{pair.key}' is set twice in this block (first at {position(seen[pair.key])})",
+                    pair.key_span,
+                )
+            )
             continue
         seen[pair.key] = pair.key_span
         try:
@@ -241,7 +311,20 @@ _SECRET_HEADER_WORDS = ("authorization", "api-key", "api_key", "apikey", "token"
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_KEY_PREFIXES = ("sk-", "sk_", "gsk_", "ghp_", "gho_", "github_pat_", "xoxb-", "xoxp-", "hf_", "AKIA", "AIza", "Bearer ")
+_KEY_PREFIXES = (
+    "sk-",
+    "sk_",
+    "gsk_",
+    "ghp_",
+    "gho_",
+    "github_pat_",
+    "xoxb-",
+    "xoxp-",
+    "hf_",
+    "AKIA",
+    "AIza",
+    "Bearer ",
+)
 ENV_HINT = 'env() takes the variable\'s name, e.g. env("OPENAI_API_KEY")'
 
 
@@ -249,8 +332,12 @@ def looks_like_key(value: str) -> bool:
     """A known key prefix, or long and high-entropy (lower and upper case and digits mixed)."""
     if value.startswith(_KEY_PREFIXES):
         return True
-    return len(value) >= 20 and any(c.islower() for c in value) and any(c.isupper() for c in value) \
+    return (
+        len(value) >= 20
+        and any(c.islower() for c in value)
+        and any(c.isupper() for c in value)
         and sum(c.isdigit() for c in value) >= 2
+    )
 
 
 def env_ref(key: str, v: ast.Env) -> EnvRef:
@@ -259,11 +346,20 @@ def env_ref(key: str, v: ast.Env) -> EnvRef:
     if not name:
         raise Invalid("E206", f"'{key}' = env(\"\"): the variable's name is empty", v.span, ENV_HINT)
     if looks_like_key(name):
-        raise Invalid("E206", f"'{key}' = env(\"{mask_value(name)}\"): this looks like a key, not the "
-                              "name of an environment variable", v.span, ENV_HINT)
+        raise Invalid(
+            "E206",
+            f"'{key}' = env(\"{mask_value(name)}\"): this looks like a key, not the name of an environment variable",
+            v.span,
+            ENV_HINT,
+        )
     if not _ENV_NAME.fullmatch(name):
-        raise Invalid("E206", f"'{key}' = env(\"{mask_value(name)}\"): not a valid environment variable name "
-                              "(letters, digits and _, not starting with a digit)", v.span, ENV_HINT)
+        raise Invalid(
+            "E206",
+            f"'{key}' = env(\"{mask_value(name)}\"): not a valid environment variable name "
+            "(letters, digits and _, not starting with a digit)",
+            v.span,
+            ENV_HINT,
+        )
     return EnvRef(name)
 
 
@@ -279,8 +375,7 @@ def _str_or_env(key: str, v: ast.Value) -> str | EnvRef:
 
 def _headers(key: str, v: ast.Value) -> dict[str, str | EnvRef]:
     if not isinstance(v, ast.MapValue):
-        raise Invalid("E206", f"'{key}' must be a map {{ \"Header\" = \"value\", ... }}, not {describe_value(v)}",
-                      v.span)
+        raise Invalid("E206", f'\'{key}\' must be a map {{ "Header" = "value", ... }}, not {describe_value(v)}', v.span)
     return {p.key: _str_or_env(f"{key}.{p.key}", p.value) for p in v.pairs}
 
 
@@ -324,15 +419,20 @@ def _replica_urls(key: str, v: ast.ListValue) -> tuple[str, ...]:
     seen: dict[str, Span] = {}
     for i, item in enumerate(v.items, 1):
         if not isinstance(item, ast.Str):
-            raise Invalid("E206", f"'{key}' item {i} must be a string URL, not {describe_value(item)}",
-                          item.span, _REPLICAS_HINT)
+            raise Invalid(
+                "E206", f"'{key}' item {i} must be a string URL, not {describe_value(item)}", item.span, _REPLICAS_HINT
+            )
         problem = url_problem(item.value)
         if problem:
             raise Invalid("E206", f"'{key}' item {i} {problem}", item.span, _REPLICAS_HINT)
         same = _url_identity(item.value)
         if same in seen:
-            raise Invalid("E206", f"'{key}' item {i} repeats an earlier URL (first at {position(seen[same])})",
-                          item.span, "each replica once: a URL listed twice would get twice the calls")
+            raise Invalid(
+                "E206",
+                f"'{key}' item {i} repeats an earlier URL (first at {position(seen[same])})",
+                item.span,
+                "each replica once: a URL listed twice would get twice the calls",
+            )
         seen[same] = item.span
     return tuple(item.value for item in v.items if isinstance(item, ast.Str))
 
@@ -358,12 +458,24 @@ assert set(OPTION_SCHEMA) == set(PROVIDER_OPTIONS)
 def convert_options(decl: ast.ProviderDecl, diags: list[Diagnostic]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if decl.kind.text not in PROVIDER_KINDS:
-        diags.append(error("E206", f"unknown provider kind '{decl.kind.text}'", decl.kind.span,
-                           did_you_mean(decl.kind.text, PROVIDER_KINDS) or f"kinds: {', '.join(PROVIDER_KINDS)}"))
+        diags.append(
+            error(
+                "E206",
+                f"unknown provider kind '{decl.kind.text}'",
+                decl.kind.span,
+                did_you_mean(decl.kind.text, PROVIDER_KINDS) or f"kinds: {', '.join(PROVIDER_KINDS)}",
+            )
+        )
     for pair in decl.options.pairs if decl.options else ():
         if pair.key not in OPTION_SCHEMA:
-            diags.append(error("E205", f"unknown provider option '{pair.key}'", pair.key_span,
-                               did_you_mean(pair.key, OPTION_SCHEMA) or f"options: {', '.join(PROVIDER_OPTIONS)}"))
+            diags.append(
+                error(
+                    "E205",
+                    f"unknown provider option '{pair.key}'",
+                    pair.key_span,
+                    did_you_mean(pair.key, OPTION_SCHEMA) or f"options: {', '.join(PROVIDER_OPTIONS)}",
+                )
+            )
             continue
         if pair.key in out:
             diags.append(error("E202", f"'{pair.key}' is set twice in this block", pair.key_span))
@@ -380,13 +492,22 @@ def convert_options(decl: ast.ProviderDecl, diags: list[Diagnostic]) -> dict[str
 def _secret_warnings(decl: ast.ProviderDecl, pair: ast.Pair) -> list[Diagnostic]:
     hint = 'read it from the environment: api_key = env("MY_PROVIDER_KEY")'
     if pair.key == "api_key" and isinstance(pair.value, ast.Str):
-        return [warning("W302", f"literal secret in source: the api_key of provider '{decl.name.text}'",
-                        pair.value.span, hint)]
+        return [
+            warning(
+                "W302", f"literal secret in source: the api_key of provider '{decl.name.text}'", pair.value.span, hint
+            )
+        ]
     if pair.key == "headers" and isinstance(pair.value, ast.MapValue):
-        return [warning("W302", f"literal secret in source: header '{p.key}' of provider '{decl.name.text}'",
-                        p.value.span, f'use env("NAME") for the value of \'{p.key}\'')
-                for p in pair.value.pairs
-                if isinstance(p.value, ast.Str) and any(w in p.key.lower() for w in _SECRET_HEADER_WORDS)]
+        return [
+            warning(
+                "W302",
+                f"literal secret in source: header '{p.key}' of provider '{decl.name.text}'",
+                p.value.span,
+                f"use env(\"NAME\") for the value of '{p.key}'",
+            )
+            for p in pair.value.pairs
+            if isinstance(p.value, ast.Str) and any(w in p.key.lower() for w in _SECRET_HEADER_WORDS)
+        ]
     return []
 
 
@@ -398,27 +519,58 @@ def secret_spans(diags: Iterable[Diagnostic]) -> list[Span]:
 
 # ---- roles and samples ----------------------------------------------------------------------
 
+
 def check_role(decl: ast.NodeDecl | ast.LayerDecl) -> list[Diagnostic]:
     kind = "node" if isinstance(decl, ast.NodeDecl) else "layer"
     role, name = decl.role.text, decl.name.text
     if kind == "layer" and role in ("rank", "vote"):
         # A layer is several model calls side by side; a ranking or a tally is one node.
-        return [error("E204", f"'{role}' is a node's role, not a layer's: layer '{name}' must propose or aggregate",
-                      decl.role.span, f"write `node {name} = {role} {'MODEL ' if role == 'rank' else ''}<- INPUTS`")]
+        return [
+            error(
+                "E204",
+                f"'{role}' is a node's role, not a layer's: layer '{name}' must propose or aggregate",
+                decl.role.span,
+                f"write `node {name} = {role} {'MODEL ' if role == 'rank' else ''}<- INPUTS`",
+            )
+        ]
     diags = []
     if role == "vote" and isinstance(decl, ast.NodeDecl) and decl.model is not None:
-        diags.append(error("E204", f"'vote' takes no model: node '{name}' counts its inputs' answers, "
-                                   "it calls nothing", decl.model.span, f"write `node {name} = vote <- INPUTS`"))
+        diags.append(
+            error(
+                "E204",
+                f"'vote' takes no model: node '{name}' counts its inputs' answers, it calls nothing",
+                decl.model.span,
+                f"write `node {name} = vote <- INPUTS`",
+            )
+        )
     if role == "propose" and decl.inputs:
-        diags.append(error("E204", f"'propose' takes no inputs, but {kind} '{name}' has some",
-                           decl.arrow, "a proposer sees only the query: use 'aggregate' to read other answers"))
+        diags.append(
+            error(
+                "E204",
+                f"'propose' takes no inputs, but {kind} '{name}' has some",
+                decl.arrow,
+                "a proposer sees only the query: use 'aggregate' to read other answers",
+            )
+        )
     if role == "aggregate" and not decl.inputs:
-        diags.append(error("E204", f"'aggregate' needs at least one input: {kind} '{name}' has none",
-                           decl.role.span, "name what it reads: `<- NODE, LAYER, ...`; or use 'propose'"))
+        diags.append(
+            error(
+                "E204",
+                f"'aggregate' needs at least one input: {kind} '{name}' has none",
+                decl.role.span,
+                "name what it reads: `<- NODE, LAYER, ...`; or use 'propose'",
+            )
+        )
     if role in ("rank", "vote") and not decl.inputs:
         what = "candidates to rank" if role == "rank" else "answers to count"
-        diags.append(error("E204", f"'{role}' needs at least one input: {kind} '{name}' has none",
-                           decl.role.span, f"name its {what}: `<- NODE, LAYER, ...`"))
+        diags.append(
+            error(
+                "E204",
+                f"'{role}' needs at least one input: {kind} '{name}' has none",
+                decl.role.span,
+                f"name its {what}: `<- NODE, LAYER, ...`",
+            )
+        )
     return diags
 
 
@@ -430,8 +582,11 @@ def sample_count(member: ast.Member, diags: list[Diagnostic] | None = None) -> i
     if isinstance(n, int) and 1 <= n <= MAX_SAMPLES:
         return n
     if diags is not None:
-        diags.append(error("E206", f"the number of samples must be an integer from 1 to {MAX_SAMPLES}, not {n}",
-                           member.count.span))
+        diags.append(
+            error(
+                "E206", f"the number of samples must be an integer from 1 to {MAX_SAMPLES}, not {n}", member.count.span
+            )
+        )
     return 1
 
 
@@ -451,12 +606,23 @@ def convert_budget(decl: ast.Budget, diags: list[Diagnostic]) -> dict[str, tuple
     seen: dict[str, Span] = {}
     for pair in decl.params.pairs:
         if pair.key not in _BUDGET_SCHEMA:
-            diags.append(error("E205", f"unknown budget key '{pair.key}'", pair.key_span,
-                               did_you_mean(pair.key, BUDGET_KEYS) or f"keys: {', '.join(BUDGET_KEYS)}"))
+            diags.append(
+                error(
+                    "E205",
+                    f"unknown budget key '{pair.key}'",
+                    pair.key_span,
+                    did_you_mean(pair.key, BUDGET_KEYS) or f"keys: {', '.join(BUDGET_KEYS)}",
+                )
+            )
             continue
         if pair.key in seen:
-            diags.append(error("E202", f"'{pair.key}' is set twice in this block "
-                                       f"(first at {position(seen[pair.key])})", pair.key_span))
+            diags.append(
+                error(
+                    "E202",
+                    f"'{pair.key}' is set twice in this block (first at {position(seen[pair.key])})",
+                    pair.key_span,
+                )
+            )
             continue
         seen[pair.key] = pair.key_span
         try:
@@ -480,13 +646,20 @@ def check_budget_prices(graph: nx.DiGraph, dead: frozenset[str], usd_at: Span | 
         return []
     names = list(unpriced)
     which = f"model {names[0]} has" if len(names) == 1 else f"models {listing(names)} have"
-    return [warning("W303", f"budget.usd is set, but {which} no price: "
-                            f"{'its' if len(names) == 1 else 'their'} calls count as costing nothing",
-                    usd_at, "give each model its price in USD per million tokens: "
-                            "`model NAME = PROVIDER:\"ID\" { price = [PROMPT, COMPLETION] }`")]
+    return [
+        warning(
+            "W303",
+            f"budget.usd is set, but {which} no price: "
+            f"{'its' if len(names) == 1 else 'their'} calls count as costing nothing",
+            usd_at,
+            "give each model its price in USD per million tokens: "
+            '`model NAME = PROVIDER:"ID" { price = [PROMPT, COMPLETION] }`',
+        )
+    ]
 
 
 # ---- graph-level passes --------------------------------------------------------------------
+
 
 def check_cycles(graph: nx.DiGraph) -> list[Diagnostic]:
     """One E203 per strongly connected knot, listing one cycle through it, `a -> b -> a`."""
@@ -500,8 +673,14 @@ def check_cycles(graph: nx.DiGraph) -> list[Diagnostic]:
         edges = nx.find_cycle(graph.subgraph(component), source=min(component))
         path = [u for u, _ in edges] + [edges[0][0]]
         closing = graph.edges[edges[-1]].get("span") or graph.nodes[edges[-1][1]].get("span")
-        diags.append(error("E203", f"cycle: {' -> '.join(path)}", closing,
-                           "a node cannot read its own answer, directly or through others"))
+        diags.append(
+            error(
+                "E203",
+                f"cycle: {' -> '.join(path)}",
+                closing,
+                "a node cannot read its own answer, directly or through others",
+            )
+        )
     return sorted(diags, key=lambda d: (d.span is None, d.span))
 
 
@@ -517,6 +696,13 @@ def dead_nodes(graph: nx.DiGraph, output: str) -> frozenset[str]:
 
 
 def check_dead(graph: nx.DiGraph, output: str, dead: frozenset[str]) -> list[Diagnostic]:
-    return [warning("W301", f"node '{n}' does not reach the output '{output}': it will not run",
-                    graph.nodes[n].get("span"), "read it from an aggregator, or remove it")
-            for n in graph if n in dead]
+    return [
+        warning(
+            "W301",
+            f"node '{n}' does not reach the output '{output}': it will not run",
+            graph.nodes[n].get("span"),
+            "read it from an aggregator, or remove it",
+        )
+        for n in graph
+        if n in dead
+    ]

@@ -6,6 +6,7 @@ required; `stop` is `stop_sequences`; `seed` does not exist and is not sent. Str
 events: message_start (input usage), content_block_delta (text_delta), message_delta (output usage,
 stop_reason), message_stop; an `error` event fails the attempt.
 """
+
 from __future__ import annotations
 
 from typing import Any, AsyncIterator
@@ -64,15 +65,17 @@ class AnthropicProvider(HTTPProvider):
         if (content and not texts) or not all(isinstance(t, str) for t in texts):
             raise KeyError("content[].text")
         usage = data.get("usage") or {}
-        return Completion("".join(texts), usage.get("input_tokens"), usage.get("output_tokens"),
-                          finish_reason=data.get("stop_reason"))
+        return Completion(
+            "".join(texts), usage.get("input_tokens"), usage.get("output_tokens"), finish_reason=data.get("stop_reason")
+        )
 
-    async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: TokenGate) -> Completion:
+    async def read_stream(
+        self, response: httpx.Response, events: AsyncIterator[ServerSentEvent], gate: TokenGate
+    ) -> Completion:
         parts: list[str] = []
         prompt_tokens = completion_tokens = finish_reason = None
         async for sse in events:
-            payload = sse.data   # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
+            payload = sse.data  # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
             if not payload or payload.isspace():
                 continue
             event = self.stream_json(payload, gate, "event")
@@ -94,11 +97,15 @@ class AnthropicProvider(HTTPProvider):
                 return Completion("".join(parts), prompt_tokens, completion_tokens, finish_reason=finish_reason)
             elif kind == "error":
                 error = event.get("error") or {}
-                raise Failure(ProviderResponseError,
-                              f"the stream reported {self._quote(str(error.get('type', 'an error')), 100)}: "
-                              f"{self._quote(str(error.get('message', '')))}",
-                              retryable=error.get("type") in _RETRYABLE_STREAM_ERRORS and not gate.emitted)
-        raise Failure(ProviderResponseError, "the stream ended before message_stop", status=response.status_code,
-                      retryable=not gate.emitted)
-
-
+                raise Failure(
+                    ProviderResponseError,
+                    f"the stream reported {self._quote(str(error.get('type', 'an error')), 100)}: "
+                    f"{self._quote(str(error.get('message', '')))}",
+                    retryable=error.get("type") in _RETRYABLE_STREAM_ERRORS and not gate.emitted,
+                )
+        raise Failure(
+            ProviderResponseError,
+            "the stream ended before message_stop",
+            status=response.status_code,
+            retryable=not gate.emitted,
+        )

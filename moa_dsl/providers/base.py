@@ -4,6 +4,7 @@ The runner builds a CallRequest per node (messages already built, parameters res
 `Provider.complete`. Retries, backoff, timeouts, streaming and the translation of httpx errors into
 `moa_dsl.errors.ProviderError` all happen inside the provider.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,10 +24,10 @@ Wait = Callable[[float], Awaitable[None]]
 
 @dataclass(frozen=True)
 class CallRequest:
-    node: str                           # graph node name, for error messages
-    model: str                          # the provider's model id
-    messages: list[dict[str, str]]      # exactly what is sent
-    params: dict[str, Any]              # only REQUEST_PARAMS that are set: temperature, max_tokens, top_p, seed, stop
+    node: str  # graph node name, for error messages
+    model: str  # the provider's model id
+    messages: list[dict[str, str]]  # exactly what is sent
+    params: dict[str, Any]  # only REQUEST_PARAMS that are set: temperature, max_tokens, top_p, seed, stop
     stream: bool = False
     timeout: float = DEFAULT_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
@@ -44,11 +45,12 @@ class Completion:
 
 class Provider(Protocol):
     name: str
-    kind: str                 # "openai" | "anthropic" | "local"
-    endpoint: str             # part of the cache key: base URL, or "local:<model>"; never a credential
+    kind: str  # "openai" | "anthropic" | "local"
+    endpoint: str  # part of the cache key: base URL, or "local:<model>"; never a credential
     max_concurrency: int | None
 
-    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None, wait: Wait | None = None) -> Completion: ...
+    async def complete(
+        self, req: CallRequest, *, on_token: OnToken | None = None, emit: Emit | None = None, wait: Wait | None = None
+    ) -> Completion: ...
 
     async def aclose(self) -> None: ...

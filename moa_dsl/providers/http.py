@@ -18,15 +18,16 @@ the provider holds (API key, header values) is masked out of every message, what
 before server text is cut to length; control characters a server sent (other than newline and tab:
 ESC sequences, OSC 52 clipboard writes, C1 controls) are replaced before they reach a message.
 """
+
 from __future__ import annotations
 
 import asyncio
-from contextlib import AbstractAsyncContextManager
 import email.utils
 import json
 import random
 import re
 import time
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Mapping
 from urllib.parse import urlsplit
@@ -37,7 +38,11 @@ from httpx_sse import EventSource, ServerSentEvent
 from ..config import DEFAULT_MAX_RESPONSE_BYTES
 from ..config import request_params as _set_params
 from ..errors import (
-    ConfigError, ProviderConnectionError, ProviderError, ProviderHTTPError, ProviderResponseError,
+    ConfigError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderResponseError,
     ProviderTimeout,
 )
 from .base import CallRequest, Completion, Emit, OnToken, Wait
@@ -46,16 +51,20 @@ from .transport import MAX_CONNECTIONS, AiohttpTransport, ResponseTooLarge, read
 __all__ = ["Backoff", "DEFAULT_BACKOFF", "Failure", "HTTPProvider", "request_params", "RETRYABLE_STATUS", "TokenGate"]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
-_MESSAGE_LIMIT = 300           # characters of a server's error text kept in our message
-_PEEK_LIMIT = 200              # bytes of a body that is not what we asked for, quoted in the message
-_DRAIN_LIMIT = 64 * 1024       # bytes read after a stream's end marker before we give up on its connection
+_MESSAGE_LIMIT = 300  # characters of a server's error text kept in our message
+_PEEK_LIMIT = 200  # bytes of a body that is not what we asked for, quoted in the message
+_DRAIN_LIMIT = 64 * 1024  # bytes read after a stream's end marker before we give up on its connection
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 # What a client sends without being asked (httpx.AsyncClient's defaults; gzip and deflate httpx always decodes).
-_DEFAULT_HEADERS = {"accept": "*/*", "accept-encoding": "gzip, deflate", "connection": "keep-alive",
-                    "user-agent": "moa-dsl"}
+_DEFAULT_HEADERS = {
+    "accept": "*/*",
+    "accept-encoding": "gzip, deflate",
+    "connection": "keep-alive",
+    "user-agent": "moa-dsl",
+}
 # Control characters a terminal would act on (ESC sequences, OSC 52, C1), all but newline and tab.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")   # credentials in a URL (a proxy's) inside a message
+_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")  # credentials in a URL (a proxy's) inside a message
 
 
 @dataclass(frozen=True)
@@ -64,23 +73,30 @@ class Backoff:
 
     base_s: float = 0.5
     cap_s: float = 20.0
-    max_retry_after_s: float = 300.0   # a longer Retry-After (a spent daily quota) fails instead of stalling
+    max_retry_after_s: float = 300.0  # a longer Retry-After (a spent daily quota) fails instead of stalling
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         if retry_after is not None and retry_after > 0:
-            return retry_after         # the server knows best; "at least" what it asks
+            return retry_after  # the server knows best; "at least" what it asks
         full = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
         return full * (0.5 + random.random() / 2)
 
 
-DEFAULT_BACKOFF = Backoff()            # read when a provider is built, so tests can monkeypatch it
+DEFAULT_BACKOFF = Backoff()  # read when a provider is built, so tests can monkeypatch it
 
 
 class Failure(Exception):
     """One failed attempt, before we know whether it is the last. `complete` turns it into a ProviderError."""
 
-    def __init__(self, error: type[ProviderError], detail: str, *, status: int | None = None,
-                 retryable: bool = False, retry_after: float | None = None):
+    def __init__(
+        self,
+        error: type[ProviderError],
+        detail: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(detail)
         self.error, self.detail, self.status = error, detail, status
         self.retryable, self.retry_after = retryable, retry_after
@@ -126,8 +142,9 @@ def _capped(response: httpx.Response, limit: int) -> tuple[httpx.Response, _Capp
     original's decoded bytes (so it is not decoded twice), counted."""
     capped = _Capped(response.aiter_bytes(), limit)
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != "content-encoding"]
-    return httpx.Response(response.status_code, headers=headers, stream=capped, request=response.request,
-                          extensions=response.extensions), capped
+    return httpx.Response(
+        response.status_code, headers=headers, stream=capped, request=response.request, extensions=response.extensions
+    ), capped
 
 
 class HTTPProvider:
@@ -144,11 +161,20 @@ class HTTPProvider:
     kind = "http"
     path = ""
 
-    def __init__(self, *, name: str, base_url: str, api_key: str | None = None,
-                 headers: Mapping[str, str] | None = None, max_concurrency: int | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, endpoint: str | None = None,
-                 backoff: Backoff | None = None, semaphore: AbstractAsyncContextManager[Any] | None = None,
-                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_concurrency: int | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        endpoint: str | None = None,
+        backoff: Backoff | None = None,
+        semaphore: AbstractAsyncContextManager[Any] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ):
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
         if max_response_bytes < 1:
@@ -166,10 +192,11 @@ class HTTPProvider:
         self._backoff = backoff or DEFAULT_BACKOFF
         # Held per attempt, never across a retry wait. `semaphore`: any async context manager shared
         # with other providers (the local provider's: its max_concurrency and the server's slots).
-        self._semaphore: AbstractAsyncContextManager[Any] | None = semaphore if semaphore is not None else (
-            asyncio.Semaphore(max_concurrency) if max_concurrency else None)
+        self._semaphore: AbstractAsyncContextManager[Any] | None = (
+            semaphore if semaphore is not None else (asyncio.Semaphore(max_concurrency) if max_concurrency else None)
+        )
         self._target = httpx.URL(self.url)
-        self._target_text = str(self._target)   # as httpx normalised it
+        self._target_text = str(self._target)  # as httpx normalised it
         self._headers = httpx.Headers({**_DEFAULT_HEADERS, **self.auth_headers(api_key), **extra})
         # Proxy variables must not reroute loopback calls (the embedded runtime, the fake server).
         trust_env = urlsplit(self.base_url).hostname not in _LOOPBACK_HOSTS
@@ -194,16 +221,18 @@ class HTTPProvider:
         """A parsed 200 body -> Completion; raise Failure (or KeyError/TypeError/...) if malformed."""
         raise NotImplementedError
 
-    async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: TokenGate) -> Completion:
+    async def read_stream(
+        self, response: httpx.Response, events: AsyncIterator[ServerSentEvent], gate: TokenGate
+    ) -> Completion:
         """Read the answer from `events` (the body's server-sent events, framed by httpx-sse) and
         return at the stream's end marker; `_attempt` then drains the rest of the body, so the
         connection goes back to the pool."""
         raise NotImplementedError
 
     # -- the call ---------------------------------------------------------------------------------
-    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None, wait: Wait | None = None) -> Completion:
+    async def complete(
+        self, req: CallRequest, *, on_token: OnToken | None = None, emit: Emit | None = None, wait: Wait | None = None
+    ) -> Completion:
         gate = TokenGate(on_token)
         retries = max(0, req.retries)
         attempt = 0
@@ -218,18 +247,29 @@ class HTTPProvider:
                     async with self._semaphore:
                         completion = await self._attempt(req, gate)
             except Failure as failure:
-                if (not failure.retryable or attempt > retries or gate.emitted
-                        or (failure.retry_after or 0) > self._backoff.max_retry_after_s):
+                if (
+                    not failure.retryable
+                    or attempt > retries
+                    or gate.emitted
+                    or (failure.retry_after or 0) > self._backoff.max_retry_after_s
+                ):
                     raise self._error(req, failure, attempt) from failure.__cause__
                 delay = self._backoff.delay(attempt, failure.retry_after)
                 if emit is not None:
-                    emit("retry", {"attempt": attempt, "error": self._clean(failure.detail),
-                                   "delay_s": round(delay, 3)})
+                    emit(
+                        "retry", {"attempt": attempt, "error": self._clean(failure.detail), "delay_s": round(delay, 3)}
+                    )
                 await (wait or asyncio.sleep)(delay)
                 continue
             if attempt > 1:
-                completion = Completion(completion.text, completion.prompt_tokens, completion.completion_tokens,
-                                        attempt, completion.finish_reason, completion.extra)
+                completion = Completion(
+                    completion.text,
+                    completion.prompt_tokens,
+                    completion.completion_tokens,
+                    attempt,
+                    completion.finish_reason,
+                    completion.extra,
+                )
             return completion
 
     async def _attempt(self, req: CallRequest, gate: TokenGate) -> Completion:
@@ -247,29 +287,42 @@ class HTTPProvider:
                 if direct is not None:
                     return await self._fast(direct, body, content, req, gate, deadline)
                 response = await self._transport.handle_async_request(request)
-                response.request = request   # as httpx's client sets it (a MockTransport's response has none)
+                response.request = request  # as httpx's client sets it (a MockTransport's response has none)
                 try:
                     return await self._read(response, req, gate, deadline)
                 finally:
-                    await response.aclose()   # back to the pool once read to its end; else the connection is dropped
+                    await response.aclose()  # back to the pool once read to its end; else the connection is dropped
         except TimeoutError as exc:
-            raise Failure(ProviderTimeout, f"timed out after {req.timeout:g} s (the whole request, from its start "
-                          "to its last byte)", retryable=True) from exc
+            raise Failure(
+                ProviderTimeout,
+                f"timed out after {req.timeout:g} s (the whole request, from its start to its last byte)",
+                retryable=True,
+            ) from exc
         except _TooLarge as exc:
-            raise Failure(ProviderResponseError, f"the response exceeded max_response_bytes "
-                          f"({self.max_response_bytes} bytes); it was not read further") from exc
-        except httpx.TimeoutException as exc:   # an injected transport's own timeouts
-            raise Failure(ProviderTimeout, f"timed out after {req.timeout:g} s ({type(exc).__name__})",
-                          retryable=True) from exc
-        except httpx.LocalProtocolError as exc:   # our request is malformed (e.g. a bad header): again is the same
+            raise Failure(
+                ProviderResponseError,
+                f"the response exceeded max_response_bytes ({self.max_response_bytes} bytes); it was not read further",
+            ) from exc
+        except httpx.TimeoutException as exc:  # an injected transport's own timeouts
+            raise Failure(
+                ProviderTimeout, f"timed out after {req.timeout:g} s ({type(exc).__name__})", retryable=True
+            ) from exc
+        except httpx.LocalProtocolError as exc:  # our request is malformed (e.g. a bad header): again is the same
             raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}") from exc
         except httpx.TransportError as exc:
             raise Failure(ProviderConnectionError, f"connection failed: {_describe(exc)}", retryable=True) from exc
-        except httpx.HTTPError as exc:   # e.g. a body that cannot be decoded
+        except httpx.HTTPError as exc:  # e.g. a body that cannot be decoded
             raise Failure(ProviderResponseError, f"unreadable response: {_describe(exc)}") from exc
 
-    async def _fast(self, transport: AiohttpTransport, body: dict[str, Any], content: bytes, req: CallRequest,
-                    gate: TokenGate, deadline: asyncio.Timeout) -> Completion:
+    async def _fast(
+        self,
+        transport: AiohttpTransport,
+        body: dict[str, Any],
+        content: bytes,
+        req: CallRequest,
+        gate: TokenGate,
+        deadline: asyncio.Timeout,
+    ) -> Completion:
         """A call that is not streamed, on the providers' own transport: the same bytes out as the httpx
         path sends, a plain JSON answer read straight from aiohttp; everything else (an error status, an
         encoded body, an answer that does not parse) goes through the httpx path's own reading, so the
@@ -286,11 +339,11 @@ class HTTPProvider:
         try:
             data = await read_body(response, self.max_response_bytes)
         finally:
-            response.release()   # back to the pool once read to its end; else aiohttp closes the connection
+            response.release()  # back to the pool once read to its end; else aiohttp closes the connection
         try:
             return self.parse_body(json.loads(data))
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            return self._parse(transport.buffered(response, data, self._request(body)))   # raises its Failure
+            return self._parse(transport.buffered(response, data, self._request(body)))  # raises its Failure
 
     def _request(self, body: dict[str, Any]) -> httpx.Request:
         return httpx.Request("POST", self._target, json=body, headers=self._headers)
@@ -299,11 +352,12 @@ class HTTPProvider:
         """The headers httpx.Request(json=...) sends, in its order, around its content-length."""
         items = self._request({}).headers.multi_items()
         at = next(i for i, (k, _) in enumerate(items) if k == "content-length")
-        self._direct_headers = items[:at], items[at + 1:]
+        self._direct_headers = items[:at], items[at + 1 :]
         return self._direct_headers
 
-    async def _read(self, response: httpx.Response, req: CallRequest, gate: TokenGate,
-                    deadline: asyncio.Timeout) -> Completion:
+    async def _read(
+        self, response: httpx.Response, req: CallRequest, gate: TokenGate, deadline: asyncio.Timeout
+    ) -> Completion:
         body, capped = _capped(response, self.max_response_bytes)
         if response.status_code >= 400:
             await body.aread()
@@ -318,9 +372,10 @@ class HTTPProvider:
         try:
             try:
                 completion = await self.read_stream(response, events, gate)
-            except (KeyError, IndexError, TypeError, AttributeError) as exc:   # a chunk of the wrong shape
-                raise Failure(ProviderResponseError, f"unexpected stream chunk ({_describe(exc)})",
-                              status=response.status_code) from exc
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:  # a chunk of the wrong shape
+                raise Failure(
+                    ProviderResponseError, f"unexpected stream chunk ({_describe(exc)})", status=response.status_code
+                ) from exc
             await _drain(capped, deadline)
             return completion
         finally:
@@ -335,23 +390,35 @@ class HTTPProvider:
             if len(head) >= _PEEK_LIMIT:
                 break
         kind = response.headers.get("content-type") or "no content-type"
-        what = repr(self._quote(head[:_PEEK_LIMIT].decode("utf-8", "replace"), _PEEK_LIMIT)) if head else "an empty body"
-        return Failure(ProviderResponseError, f"a streamed request got HTTP {response.status_code} that is not an "
-                       f"event stream ({self._quote(kind, 100)}): {what}", status=response.status_code)
+        what = (
+            repr(self._quote(head[:_PEEK_LIMIT].decode("utf-8", "replace"), _PEEK_LIMIT)) if head else "an empty body"
+        )
+        return Failure(
+            ProviderResponseError,
+            f"a streamed request got HTTP {response.status_code} that is not an "
+            f"event stream ({self._quote(kind, 100)}): {what}",
+            status=response.status_code,
+        )
 
     def _parse(self, response: httpx.Response) -> Completion:
         try:
             data = json.loads(response.content)
         except ValueError as exc:
             kind = response.headers.get("content-type", "no content-type")
-            raise Failure(ProviderResponseError, f"response is not JSON (HTTP {response.status_code}, "
-                          f"{self._quote(kind, 100)}): {self._quote(response.text)!r}",
-                          status=response.status_code) from exc
+            raise Failure(
+                ProviderResponseError,
+                f"response is not JSON (HTTP {response.status_code}, "
+                f"{self._quote(kind, 100)}): {self._quote(response.text)!r}",
+                status=response.status_code,
+            ) from exc
         try:
             return self.parse_body(data)
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise Failure(ProviderResponseError, f"unexpected response shape ({type(exc).__name__}: {exc}): "
-                          f"{self._quote(response.text)!r}", status=response.status_code) from exc
+            raise Failure(
+                ProviderResponseError,
+                f"unexpected response shape ({type(exc).__name__}: {exc}): {self._quote(response.text)!r}",
+                status=response.status_code,
+            ) from exc
 
     def _status_failure(self, response: httpx.Response) -> Failure:
         status = response.status_code
@@ -360,8 +427,13 @@ class HTTPProvider:
         message = self._quote(_error_message(response))
         if message:
             detail += f": {message}"
-        return Failure(ProviderHTTPError, detail, status=status, retryable=retryable,
-                       retry_after=_retry_after(response.headers) if retryable else None)
+        return Failure(
+            ProviderHTTPError,
+            detail,
+            status=status,
+            retryable=retryable,
+            retry_after=_retry_after(response.headers) if retryable else None,
+        )
 
     def stream_json(self, payload: str, gate: TokenGate, what: str) -> dict[str, Any]:
         """One stream `data:` payload as a JSON object; `what` names it in errors ("chunk", "event").
@@ -369,8 +441,11 @@ class HTTPProvider:
         try:
             item = json.loads(payload)
         except ValueError as exc:
-            raise Failure(ProviderResponseError, f"a stream {what} is not JSON: {self._quote(payload, 200)!r}",
-                          retryable=not gate.emitted) from exc
+            raise Failure(
+                ProviderResponseError,
+                f"a stream {what} is not JSON: {self._quote(payload, 200)!r}",
+                retryable=not gate.emitted,
+            ) from exc
         if not isinstance(item, dict):
             raise Failure(ProviderResponseError, f"a stream {what} is not an object: {self._quote(payload, 200)!r}")
         return item
@@ -381,9 +456,10 @@ class HTTPProvider:
             text += f" (gave up after {attempts} attempts)"
         elif failure.retry_after and failure.retry_after > self._backoff.max_retry_after_s:
             text += f" (the server asks to wait {failure.retry_after:g} s; not retried)"
-        error = failure.error(self._clean(text), node=req.node, provider=self.name, status=failure.status,
-                              retryable=failure.retryable)
-        error.attempts = attempts   # the runner reports it on failed nodes too
+        error = failure.error(
+            self._clean(text), node=req.node, provider=self.name, status=failure.status, retryable=failure.retryable
+        )
+        error.attempts = attempts  # the runner reports it on failed nodes too
         return error
 
     def _quote(self, text: str, limit: int = _MESSAGE_LIMIT) -> str:
@@ -409,7 +485,7 @@ class HTTPProvider:
         self._closed = True
         await self._transport.aclose()
 
-    def __repr__(self) -> str:   # never the key
+    def __repr__(self) -> str:  # never the key
         return f"{type(self).__name__}(name={self.name!r}, endpoint={self.endpoint!r})"
 
 
@@ -433,12 +509,12 @@ async def _drain(capped: _Capped, deadline: asyncio.Timeout) -> None:
     left = _DRAIN_LIMIT
     try:
         async with asyncio.timeout_at(when):
-            async for chunk in capped.source:   # the raw rest, past the SSE parser's buffer
+            async for chunk in capped.source:  # the raw rest, past the SSE parser's buffer
                 left -= len(chunk)
                 if left < 0:
                     return
     except (TimeoutError, httpx.HTTPError):
-        pass   # the answer is complete; only the connection is lost
+        pass  # the answer is complete; only the connection is lost
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:

@@ -4,6 +4,7 @@ Ollama, llama.cpp's server (the embedded runtime), vLLM.
 Streams are SSE (framed by httpx-sse): `data: {chunk}` events, then `data: [DONE]`. We ask for usage in the last chunk
 (`stream_options.include_usage`) and read it from any chunk that carries it, as servers differ.
 """
+
 from __future__ import annotations
 
 from typing import Any, AsyncIterator
@@ -38,21 +39,27 @@ class OpenAIProvider(HTTPProvider):
         if not isinstance(text, str):
             raise TypeError(f"choices[0].message.content is {type(text).__name__}, not text")
         usage = data.get("usage") or {}
-        return Completion(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                          finish_reason=choice.get("finish_reason"))
+        return Completion(
+            text, usage.get("prompt_tokens"), usage.get("completion_tokens"), finish_reason=choice.get("finish_reason")
+        )
 
-    async def read_stream(self, response: httpx.Response, events: AsyncIterator[ServerSentEvent],
-                          gate: TokenGate) -> Completion:
+    async def read_stream(
+        self, response: httpx.Response, events: AsyncIterator[ServerSentEvent], gate: TokenGate
+    ) -> Completion:
         parts: list[str] = []
         usage: dict[str, Any] = {}
         finish_reason = None
         async for event in events:
-            payload = event.data   # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
+            payload = event.data  # kept whole: str.strip() would eat U+2028, U+0085 and U+001C-U+001F
             if not payload or payload.isspace():
                 continue
             if payload.strip(" \t") == "[DONE]":
-                return Completion("".join(parts), usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                                  finish_reason=finish_reason)
+                return Completion(
+                    "".join(parts),
+                    usage.get("prompt_tokens"),
+                    usage.get("completion_tokens"),
+                    finish_reason=finish_reason,
+                )
             chunk = self._chunk(payload, gate)
             for choice in chunk.get("choices") or ():
                 delta = (choice.get("delta") or {}).get("content")
@@ -62,14 +69,21 @@ class OpenAIProvider(HTTPProvider):
                 finish_reason = choice.get("finish_reason") or finish_reason
             if chunk.get("usage"):
                 usage = chunk["usage"]
-        raise Failure(ProviderResponseError, "the stream ended before `data: [DONE]`", status=response.status_code,
-                      retryable=not gate.emitted)
+        raise Failure(
+            ProviderResponseError,
+            "the stream ended before `data: [DONE]`",
+            status=response.status_code,
+            retryable=not gate.emitted,
+        )
 
     def _chunk(self, payload: str, gate: TokenGate) -> dict[str, Any]:
         chunk = self.stream_json(payload, gate, "chunk")
         error = chunk.get("error")
-        if error:   # some servers report a failure mid-stream as a chunk
+        if error:  # some servers report a failure mid-stream as a chunk
             message = error.get("message") if isinstance(error, dict) else error
-            raise Failure(ProviderResponseError, f"the server reported an error mid-stream: "
-                          f"{self._quote(str(message))}", retryable=not gate.emitted)
+            raise Failure(
+                ProviderResponseError,
+                f"the server reported an error mid-stream: {self._quote(str(message))}",
+                retryable=not gate.emitted,
+            )
         return chunk

@@ -4,6 +4,7 @@ Built-in providers read their keys from the environment (`TOGETHER_API_KEY`, ...
 `local` need none. `check_keys` reports every missing variable in one ConfigError before any call,
 so a run never spends money on half a topology and then stops for a missing key.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,9 +27,15 @@ _HTTP_KINDS = {"openai": OpenAIProvider, "anthropic": AnthropicProvider}
 
 
 class ProviderPool:
-    def __init__(self, configs: Mapping[str, ProviderConfig], *, environ: Mapping[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, backoff: Backoff | None = None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        configs: Mapping[str, ProviderConfig],
+        *,
+        environ: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        backoff: Backoff | None = None,
+        verbose: bool = False,
+    ):
         self._configs = dict(configs)
         self._verbose = verbose  # llama.cpp's own logs, for the embedded runtime
         self._environ = os.environ if environ is None else environ
@@ -38,14 +45,16 @@ class ProviderPool:
 
     def check_keys(self, names: Iterable[str]) -> None:
         """Raise one ConfigError naming every environment variable the given providers lack."""
-        missing: dict[str, list[str]] = {}   # variable -> providers that need it
+        missing: dict[str, list[str]] = {}  # variable -> providers that need it
         for name in dict.fromkeys(names):
             for variable in self._missing(self._config(name)):
                 missing.setdefault(variable, []).append(name)
         if missing:
             parts = [f"{var} (provider {', '.join(users)})" for var, users in missing.items()]
-            raise ConfigError(f"set {_join(parts)} in the environment: the run needs "
-                              f"{'it' if len(parts) == 1 else 'them'} before any call is made")
+            raise ConfigError(
+                f"set {_join(parts)} in the environment: the run needs "
+                f"{'it' if len(parts) == 1 else 'them'} before any call is made"
+            )
 
     def get(self, name: str) -> Provider:
         provider = self._providers.get(name)
@@ -71,7 +80,7 @@ class ProviderPool:
             return []
         refs = [cfg.api_key, *cfg.headers.values()]
         if isinstance(cfg.base_url, EnvRef) and cfg.base_url.name not in BASE_URL_FALLBACKS:
-            refs.append(cfg.base_url)   # a list of replicas is literal URLs: nothing to look up
+            refs.append(cfg.base_url)  # a list of replicas is literal URLs: nothing to look up
         return [ref.name for ref in refs if isinstance(ref, EnvRef) and not self._resolve(ref)]
 
     def _resolve(self, value: str | EnvRef | None) -> str | None:
@@ -82,9 +91,11 @@ class ProviderPool:
         # variable, never the value.
         raw = (self._environ.get(value.name) or "").strip()
         if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-            raise ConfigError(f"the environment variable {value.name} contains control characters "
-                              "(a line break or tab inside the value?): set it to the bare value")
-        return raw or None   # an empty variable counts as unset
+            raise ConfigError(
+                f"the environment variable {value.name} contains control characters "
+                "(a line break or tab inside the value?): set it to the bare value"
+            )
+        return raw or None  # an empty variable counts as unset
 
     def _build(self, cfg: ProviderConfig) -> Provider:
         if cfg.kind == "local":
@@ -94,7 +105,7 @@ class ProviderPool:
         if cls is None:
             raise ConfigError(f"provider {cfg.name}: unknown kind {cfg.kind!r}")
         self.check_keys([cfg.name])
-        if isinstance(cfg.base_url, tuple):   # replicas of one server, literal URLs
+        if isinstance(cfg.base_url, tuple):  # replicas of one server, literal URLs
             urls: tuple[str, ...] = cfg.base_url
         else:
             base_url = self._resolve(cfg.base_url)
@@ -107,9 +118,19 @@ class ProviderPool:
         api_key = self._resolve(cfg.api_key)
         # One client per URL, each with its own connections and max_concurrency; more than one are
         # routed between by a ReplicatedProvider (replicas.py).
-        clients = [cls(name=cfg.name, base_url=url, api_key=api_key, headers=headers,
-                       max_concurrency=cfg.max_concurrency, transport=self._transport, backoff=self._backoff,
-                       max_response_bytes=cfg.max_response_bytes) for url in urls]
+        clients = [
+            cls(
+                name=cfg.name,
+                base_url=url,
+                api_key=api_key,
+                headers=headers,
+                max_concurrency=cfg.max_concurrency,
+                transport=self._transport,
+                backoff=self._backoff,
+                max_response_bytes=cfg.max_response_bytes,
+            )
+            for url in urls
+        ]
         if len(clients) == 1:
             return clients[0]
         return ReplicatedProvider(cfg.name, clients, backoff=self._backoff)

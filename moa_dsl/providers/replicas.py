@@ -32,6 +32,7 @@ Events: the inner provider's `request_sent` passes through, its `attempt` renumb
 whole call and a `replica` added (the URL without credentials or query); a move is reported as a
 `retry` with `delay_s` 0 and `moved: true`. A `retry`'s `replica` is the one that failed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,14 +48,21 @@ from .http import Backoff, Failure, HTTPProvider, TokenGate
 
 __all__ = ["ReplicatedProvider", "SET_ASIDE_S"]
 
-SET_ASIDE_S = 30.0   # how long a replica that cannot be reached is left out of routing (LANGUAGE.md)
+SET_ASIDE_S = 30.0  # how long a replica that cannot be reached is left out of routing (LANGUAGE.md)
 
 
 class ReplicatedProvider:
     """One provider (one name, one cache endpoint) over `replicas`, HTTP providers of the same kind."""
 
-    def __init__(self, name: str, replicas: Sequence[HTTPProvider], *, backoff: Backoff | None = None,
-                 set_aside_s: float = SET_ASIDE_S, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        name: str,
+        replicas: Sequence[HTTPProvider],
+        *,
+        backoff: Backoff | None = None,
+        set_aside_s: float = SET_ASIDE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not replicas:
             raise ConfigError(f"provider {name}: base_url is an empty list")
         kinds = {r.kind for r in replicas}
@@ -62,14 +70,14 @@ class ReplicatedProvider:
             raise ConfigError(f"provider {name}: replicas of different kinds ({', '.join(sorted(kinds))})")
         self.name = name
         self.kind = replicas[0].kind
-        self.endpoint = replicas[0].endpoint          # the first URL: answers are shared across replicas
+        self.endpoint = replicas[0].endpoint  # the first URL: answers are shared across replicas
         per = replicas[0].max_concurrency
-        self.max_concurrency = per * len(replicas) if per else None   # the runner's bound: all replicas' slots
+        self.max_concurrency = per * len(replicas) if per else None  # the runner's bound: all replicas' slots
         self._replicas = list(replicas)
         self._shown = [_shown(r.base_url) for r in replicas]
         self._in_flight = [0] * len(replicas)
         self._aside_until = [float("-inf")] * len(replicas)
-        self._backoff = backoff or http.DEFAULT_BACKOFF   # read now, as HTTPProvider does
+        self._backoff = backoff or http.DEFAULT_BACKOFF  # read now, as HTTPProvider does
         self._set_aside_s = set_aside_s
         self._clock = clock
 
@@ -87,14 +95,15 @@ class ReplicatedProvider:
         return tuple(u for u, until in zip(self._shown, self._aside_until, strict=True) if until > now)
 
     # -- the call ---------------------------------------------------------------------------------
-    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None, wait: Wait | None = None) -> Completion:
+    async def complete(
+        self, req: CallRequest, *, on_token: OnToken | None = None, emit: Emit | None = None, wait: Wait | None = None
+    ) -> Completion:
         gate = TokenGate(on_token)
-        one = dataclasses.replace(req, retries=0)      # one attempt per inner call: the loop is here
+        one = dataclasses.replace(req, retries=0)  # one attempt per inner call: the loop is here
         retries = max(0, req.retries)
-        attempt = 0      # requests sent, across replicas
-        counted = 0      # failed attempts counted against `retries`
-        moved_from: set[int] = set()   # replicas this call found unreachable (it moves to each at most once)
+        attempt = 0  # requests sent, across replicas
+        counted = 0  # failed attempts counted against `retries`
+        moved_from: set[int] = set()  # replicas this call found unreachable (it moves to each at most once)
         tried: list[int] = []
         index = self._route()
         while True:
@@ -106,11 +115,12 @@ class ReplicatedProvider:
             try:
                 try:
                     completion = await self._replicas[current].complete(
-                        one, on_token=gate, emit=self._relay(emit, attempt, current), wait=wait)
+                        one, on_token=gate, emit=self._relay(emit, attempt, current), wait=wait
+                    )
                 finally:
-                    self._in_flight[current] -= 1   # before any backoff wait: a call waiting is not in flight
+                    self._in_flight[current] -= 1  # before any backoff wait: a call waiting is not in flight
             except ProviderError as exc:
-                if gate.emitted:      # text has reached the user: going again would duplicate it
+                if gate.emitted:  # text has reached the user: going again would duplicate it
                     raise self._error(exc, attempt, tried) from exc
                 if _unreachable(exc):
                     self._aside_until[current] = self._clock() + self._set_aside_s
@@ -118,10 +128,17 @@ class ReplicatedProvider:
                     target = self._ready(avoid=moved_from)
                     if target is not None:
                         if emit is not None:
-                            emit("retry", {"attempt": attempt, "delay_s": 0.0, "moved": True,
-                                           "replica": self._shown[current],
-                                           "error": f"{_detail(exc, req, self.name)} (replica {self._shown[current]}, "
-                                                    f"set aside for {self._set_aside_s:g} s)"})
+                            emit(
+                                "retry",
+                                {
+                                    "attempt": attempt,
+                                    "delay_s": 0.0,
+                                    "moved": True,
+                                    "replica": self._shown[current],
+                                    "error": f"{_detail(exc, req, self.name)} (replica {self._shown[current]}, "
+                                    f"set aside for {self._set_aside_s:g} s)",
+                                },
+                            )
                         index = target
                         continue
                 if not exc.retryable or counted >= retries:
@@ -132,8 +149,15 @@ class ReplicatedProvider:
                 counted += 1
                 delay = self._backoff.delay(counted, retry_after)
                 if emit is not None:
-                    emit("retry", {"attempt": attempt, "replica": self._shown[current], "delay_s": round(delay, 3),
-                                   "error": f"{_detail(exc, req, self.name)} (replica {self._shown[current]})"})
+                    emit(
+                        "retry",
+                        {
+                            "attempt": attempt,
+                            "replica": self._shown[current],
+                            "delay_s": round(delay, 3),
+                            "error": f"{_detail(exc, req, self.name)} (replica {self._shown[current]})",
+                        },
+                    )
                 await (wait or asyncio.sleep)(delay)
                 index = self._route()
                 continue
@@ -165,6 +189,7 @@ class ReplicatedProvider:
             if kind == "request_sent":
                 data = {**data, "attempt": attempt, "replica": replica}
             emit(kind, data)
+
         return relay
 
     def _error(self, exc: ProviderError, attempts: int, tried: list[int]) -> ProviderError:
@@ -175,7 +200,7 @@ class ReplicatedProvider:
         else:
             text = f"{exc} (replica {shown})"
         error = type(exc)(text, node=exc.node, provider=exc.provider, status=exc.status, retryable=exc.retryable)
-        error.attempts = attempts   # type: ignore[attr-defined]   # as HTTPProvider sets it
+        error.attempts = attempts  # as HTTPProvider sets it
         return error
 
     async def aclose(self) -> None:
@@ -183,12 +208,12 @@ class ReplicatedProvider:
         for replica in self._replicas:
             try:
                 await replica.aclose()
-            except Exception as exc:   # close the rest whatever one does
+            except Exception as exc:  # close the rest whatever one does
                 errors.append(exc)
         if errors:
             raise errors[0]
 
-    def __repr__(self) -> str:   # never a key, never a URL's credentials
+    def __repr__(self) -> str:  # never a key, never a URL's credentials
         return f"{type(self).__name__}(name={self.name!r}, replicas={list(self._shown)!r})"
 
 
@@ -210,7 +235,7 @@ def _detail(exc: ProviderError, req: CallRequest, name: str) -> str:
     event names the node already), as a single provider's retry event reads."""
     text = str(exc)
     prefix = f"{req.node}: provider {name}, model {req.model!r}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _shown(url: str) -> str:

@@ -29,6 +29,7 @@ that `httpx.Request` would have carried), then read a plain answer (< 400, no Co
 an `httpx.Request` and `httpx.Response` and reading the body through httpx's decoder chain cost more
 client CPU per call than aiohttp's whole request (bench/README.md, "Where the time goes over aiohttp alone").
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,23 +53,23 @@ def _mapped(exc: BaseException) -> type[httpx.TransportError]:
         return httpx.ReadTimeout
     if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
         return httpx.ProxyError
-    if isinstance(exc, aiohttp.ClientConnectorError):   # refused, DNS, TLS handshake and certificate
+    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS handshake and certificate
         return httpx.ConnectError
     if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
         return httpx.UnsupportedProtocol
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError)):
-        return httpx.RemoteProtocolError   # no (valid) response: a hang-up, a malformed head
+        return httpx.RemoteProtocolError  # no (valid) response: a hang-up, a malformed head
     if isinstance(exc, aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError   # a body cut short or framed wrong
+        return httpx.RemoteProtocolError  # a body cut short or framed wrong
     if isinstance(exc, (ValueError, TypeError)):
-        return httpx.LocalProtocolError    # our request cannot be sent (a header with a line break)
-    return httpx.ReadError                 # ClientOSError and the rest: the connection failed
+        return httpx.LocalProtocolError  # our request cannot be sent (a header with a line break)
+    return httpx.ReadError  # ClientOSError and the rest: the connection failed
 
 
 def _translate(exc: BaseException, request: httpx.Request | None) -> httpx.TransportError:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, aiohttp.ClientSSLError) and getattr(exc, "certificate_error", None) is not None:
-        text = f"{text} ({exc.certificate_error})"   # type: ignore[attr-defined]
+        text = f"{text} ({exc.certificate_error})"  # type: ignore[attr-defined]
     return _mapped(exc)(text, request=request)
 
 
@@ -93,8 +94,10 @@ async def read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 def _extensions(response: aiohttp.ClientResponse) -> dict[str, bytes]:
-    return {"http_version": b"HTTP/%d.%d" % tuple(response.version),
-            "reason_phrase": (response.reason or "").encode("latin-1", "replace")}
+    return {
+        "http_version": b"HTTP/%d.%d" % tuple(response.version or (1, 1)),
+        "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+    }
 
 
 class _Body(httpx.AsyncByteStream):
@@ -125,8 +128,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     (a later `asyncio.run`) opens a new one.
     """
 
-    def __init__(self, *, trust_env: bool = True, max_connections: int = MAX_CONNECTIONS,
-                 ssl_context: ssl.SSLContext | None = None, keepalive_expiry: float | None = 15.0):
+    def __init__(
+        self,
+        *,
+        trust_env: bool = True,
+        max_connections: int = MAX_CONNECTIONS,
+        ssl_context: ssl.SSLContext | None = None,
+        keepalive_expiry: float | None = 15.0,
+    ):
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
         self._trust_env, self._max = trust_env, max_connections
@@ -140,15 +149,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop:
-            connector = aiohttp.TCPConnector(limit=self._max, limit_per_host=0,
-                                             ssl=self._ssl if self._ssl is not None else True,
-                                             keepalive_timeout=self._keepalive)
+            connector = aiohttp.TCPConnector(
+                limit=self._max,
+                limit_per_host=0,
+                ssl=self._ssl if self._ssl is not None else True,
+                keepalive_timeout=self._keepalive,
+            )
             # auto_decompress off: httpx decodes (and the providers count) the body. No cookies: no LLM
             # API needs them. No default headers: httpx's request carries its own.
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=self._trust_env, auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+                connector=connector,
+                trust_env=self._trust_env,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=None),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            )
             self._loop = loop
         return self._session
 
@@ -169,14 +185,21 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         headers = request.headers.multi_items()
         try:
             data: bytes | AsyncIterator[bytes] | None = request.content or None
-        except httpx.RequestNotRead:   # a streamed request body: aiohttp frames it (chunked)
-            data = request.stream   # type: ignore[assignment]
+        except httpx.RequestNotRead:  # a streamed request body: aiohttp frames it (chunked)
+            data = request.stream  # type: ignore[assignment]
             headers = [(k, v) for k, v in headers if k.lower() != "transfer-encoding"]
-        kwargs = {} if (timeout := self._timeout(request)) is None else {"timeout": timeout}
+        timeout = self._timeout(request)
         try:
-            response = await session.request(request.method, self._url(request.url),
-                                             headers=headers, data=data,
-                                             allow_redirects=False, compress=False, **kwargs)
+            response = await session.request(
+                request.method,
+                self._url(request.url),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=False,
+                # None: the session's own (no total bound; the providers bound each request themselves)
+                timeout=timeout if timeout is not None else session.timeout,
+            )
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, TypeError) as exc:
             raise _translate(exc, request) from exc
         return self.wrap(response, request)
@@ -191,8 +214,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             parsed = self._urls[text] = yarl.URL(text, encoded=True)
         return parsed
 
-    async def send(self, method: str, url: str, headers: list[tuple[str, str]],
-                   body: bytes) -> aiohttp.ClientResponse:
+    async def send(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> aiohttp.ClientResponse:
         """The providers' fast path: a request given as the parts an `httpx.Request` would hold (its
         `headers.multi_items()`, its content; the URL as `str(request.url)`), aiohttp's own response back,
         unread. Sent and refused exactly as by `handle_async_request` (no timeout extension: the caller
@@ -201,22 +223,33 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise RuntimeError("Cannot send a request, as the transport has been closed.")
         session = self._open()
         try:
-            return await session.request(method, self._url(url), headers=headers, data=body or None,
-                                         allow_redirects=False, compress=False)
+            return await session.request(
+                method, self._url(url), headers=headers, data=body or None, allow_redirects=False, compress=False
+            )
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, TypeError) as exc:
             raise _translate(exc, None) from exc
 
     @staticmethod
     def wrap(response: aiohttp.ClientResponse, request: httpx.Request) -> httpx.Response:
         """aiohttp's unread response as httpx's, its body streamed as it arrives."""
-        return httpx.Response(response.status, headers=response.raw_headers, stream=_Body(response, request),
-                              request=request, extensions=_extensions(response))
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_Body(response, request),
+            request=request,
+            extensions=_extensions(response),
+        )
 
     @staticmethod
     def buffered(response: aiohttp.ClientResponse, content: bytes, request: httpx.Request) -> httpx.Response:
         """aiohttp's response, its (unencoded) body already read by `read_body`, as httpx's."""
-        return httpx.Response(response.status, headers=response.raw_headers, content=content, request=request,
-                              extensions=_extensions(response))
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            content=content,
+            request=request,
+            extensions=_extensions(response),
+        )
 
     async def aclose(self) -> None:
         self._closed = True

@@ -6,6 +6,7 @@ interrupt) cancels the task on its own loop, which stops the calls in flight, an
 they have unwound. `on_idle` is called about every `tick` seconds while waiting (the notebook panel
 uses it to fold events on the kernel's thread).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,13 @@ __all__ = ["run_sync"]
 T = TypeVar("T")
 
 
-def run_sync(make_coro: Callable[[], Coroutine[Any, Any, T]], *, on_idle: Callable[[], None] | None = None,
-             tick: float = 0.1, thread: bool | None = None) -> T:
+def run_sync(
+    make_coro: Callable[[], Coroutine[Any, Any, T]],
+    *,
+    on_idle: Callable[[], None] | None = None,
+    tick: float = 0.1,
+    thread: bool | None = None,
+) -> T:
     """Run the coroutine `make_coro()` to its end from synchronous code and return its result.
 
     `thread`: force (True) or forbid (False) the worker thread; by default it is used only when this
@@ -39,10 +45,11 @@ def _loop_running() -> bool:
     return True
 
 
-def _run_in_thread(make_coro: Callable[[], Coroutine[Any, Any, T]], on_idle: Callable[[], None] | None,
-                   tick: float) -> T:
+def _run_in_thread(
+    make_coro: Callable[[], Coroutine[Any, Any, T]], on_idle: Callable[[], None] | None, tick: float
+) -> T:
     loop = asyncio.new_event_loop()
-    task = loop.create_task(make_coro())   # created before the thread starts, so it can always be cancelled
+    task = loop.create_task(make_coro())  # created before the thread starts, so it can always be cancelled
     outcome: dict[str, Any] = {}
     finished = threading.Event()  # not Thread.join: an interrupted join can wrongly report the thread done
 
@@ -73,7 +80,7 @@ def _run_in_thread(make_coro: Callable[[], Coroutine[Any, Any, T]], on_idle: Cal
         while not finished.wait(tick):
             waited += 1
             if runner.ident is None and waited * tick >= 1.0:
-                break   # interrupted before the thread was created: nothing ran, nothing to wait for
+                break  # interrupted before the thread was created: nothing ran, nothing to wait for
         raise
     if "error" in outcome:
         raise outcome["error"]

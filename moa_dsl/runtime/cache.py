@@ -16,16 +16,17 @@ and an `moa run` at once). A directory that cannot be used -- not a directory, r
 corrupt -- never stops a run: the cache turns itself off and says so once, with a `CacheWarning`
 through `warnings.warn` (pytest shows it, a notebook shows it, the CLI prints it on stderr).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import sqlite3
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
-import urllib.parse
 from urllib.parse import urlsplit, urlunsplit
 
 import diskcache
@@ -33,12 +34,17 @@ import diskcache
 from ..config import REQUEST_PARAMS
 
 __all__ = [
-    "cache_key", "CacheWarning", "call_key", "KEY_VERSION", "ResponseCache", "storage_reason",
+    "cache_key",
+    "CacheWarning",
+    "call_key",
+    "KEY_VERSION",
+    "ResponseCache",
+    "storage_reason",
     "VALUE_FIELDS",
 ]
 
-KEY_VERSION = 2                      # bump when the key's recipe changes, so old entries are never misread
-                                     # 2: an unrepeated member is sample 1 (it was None)
+KEY_VERSION = 2  # bump when the key's recipe changes, so old entries are never misread
+# 2: an unrepeated member is sample 1 (it was None)
 VALUE_FIELDS = ("text", "prompt_tokens", "completion_tokens", "finish_reason")
 # What a broken directory raises: the filesystem, SQLite (full, locked, corrupt), diskcache's own timeout.
 _STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
@@ -61,8 +67,9 @@ def storage_reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def cache_key(kind: str, endpoint: str, model: str, messages: list[dict[str, Any]],
-              params: Mapping[str, Any], sample: int | None) -> str:
+def cache_key(
+    kind: str, endpoint: str, model: str, messages: list[dict[str, Any]], params: Mapping[str, Any], sample: int | None
+) -> str:
     """SHA-256 hex of everything that decides a response. Parameters that never reach the request
     (timeout, retries, cache, ...) are left out, so changing them does not miss the cache."""
     payload = {
@@ -80,8 +87,9 @@ def cache_key(kind: str, endpoint: str, model: str, messages: list[dict[str, Any
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def call_key(provider: Any, model: str, messages: list[dict[str, Any]], params: Mapping[str, Any],
-             sample: int | None) -> str:
+def call_key(
+    provider: Any, model: str, messages: list[dict[str, Any]], params: Mapping[str, Any], sample: int | None
+) -> str:
     """The key of one call to `provider`. A provider whose identity depends on the model (the
     embedded runtime: the weights' hash, or a file's path, size and mtime) says so with `endpoint_for`."""
     endpoint_for = getattr(provider, "endpoint_for", None)
@@ -105,7 +113,7 @@ class ResponseCache:
         self._warned = False
         if enabled:
             in_the_way = _not_a_directory(self.directory)
-            if in_the_way is not None:   # diskcache would say "could not be created" or "unable to open"
+            if in_the_way is not None:  # diskcache would say "could not be created" or "unable to open"
                 what = "it is" if in_the_way == self.directory else f"{in_the_way} is"
                 self._disable(NotADirectoryError(20, f"{what} not a directory"))
                 return

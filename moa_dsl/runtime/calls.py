@@ -3,6 +3,7 @@
 The scheduler, `--dry-run` and the evaluation's latency ledger all need the same three things for a
 node; this is the one place that builds them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ __all__ = ["PreparedCall", "prepare_call"]
 @dataclass(frozen=True)
 class PreparedCall:
     messages: list[Message]
-    body: dict[str, Any]       # only the parameters that reach the request
+    body: dict[str, Any]  # only the parameters that reach the request
     provider: Any = field(repr=False, compare=False)
     model: str = ""
     sample: int | None = None
@@ -35,12 +36,18 @@ class PreparedCall:
         return call_key(self.provider, self.model, self.messages, self.body, self.sample)
 
 
-def prepare_call(attrs: Mapping[str, Any], conversation: Sequence[Message], refs: Sequence[str] | None,
-                 provider: Any) -> PreparedCall:
+def prepare_call(
+    attrs: Mapping[str, Any], conversation: Sequence[Message], refs: Sequence[str] | None, provider: Any
+) -> PreparedCall:
     """`attrs`: the graph node's attributes; `refs`: the succeeded inputs' texts (None for a proposer),
     numbered `[i]` for a ranker."""
     params = attrs["params"]
-    messages = build_messages(conversation, system=params.get("system"), refs=refs, prompt=params.get("prompt"),
-                              numbered=attrs["role"] == "rank")
+    messages = build_messages(
+        conversation,
+        system=params.get("system"),
+        refs=refs,
+        prompt=params.get("prompt"),
+        numbered=attrs["role"] == "rank",
+    )
     body = request_params(params)
     return PreparedCall(messages, body, provider, attrs["model"], attrs.get("sample"))

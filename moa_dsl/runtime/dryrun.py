@@ -6,6 +6,7 @@ inputs' answers are not known, so each is counted at its worst: the `max_tokens`
 writes it (its real length when it would come from the cache); a ranker passes on `top_k` of its
 inputs' answers, a vote one of them, a quorum reads its K largest.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,15 +35,23 @@ class PlanRow:
     provider: str
     model: str
     inputs: tuple[str, ...]
-    calls: int | None        # calls it makes (a window several, a vote none; 0 served from the cache), None: unknown
-    cache: str               # "hit" | "miss" | "off" | "unknown" | "none" (a vote: no call)
-    worst_tokens: int = 0    # its calls' worst case (prompt estimate + max_tokens), 0 when it calls nothing
-    worst_usd: float | None = 0.0   # priced; None when its model has no price
+    calls: int | None  # calls it makes (a window several, a vote none; 0 served from the cache), None: unknown
+    cache: str  # "hit" | "miss" | "off" | "unknown" | "none" (a vote: no call)
+    worst_tokens: int = 0  # its calls' worst case (prompt estimate + max_tokens), 0 when it calls nothing
+    worst_usd: float | None = 0.0  # priced; None when its model has no price
 
 
-def plan(pipe: Topology, query: Any, *, cache: bool = True, cache_dir: str | os.PathLike | None = None,
-         refresh: bool = False, environ: Mapping[str, str] | None = None, pool: Any = None,
-         response_cache: Any = None) -> list[PlanRow]:
+def plan(
+    pipe: Topology,
+    query: Any,
+    *,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    environ: Mapping[str, str] | None = None,
+    pool: Any = None,
+    response_cache: Any = None,
+) -> list[PlanRow]:
     """What a run would do, without calling anything: nodes in dependency order, their inputs, and
     whether each would be served from the cache.
 
@@ -60,7 +69,7 @@ def plan(pipe: Topology, query: Any, *, cache: bool = True, cache_dir: str | os.
     if store is None and cache and not refresh:
         store = ResponseCache(default_cache_dir(cache_dir))
     texts: dict[str, str] = {}
-    sizes: dict[str, list[int]] = {}     # each node's answers as passed on, worst-case tokens each
+    sizes: dict[str, list[int]] = {}  # each node's answers as passed on, worst-case tokens each
     rows = []
     try:
         for name in order:
@@ -74,17 +83,27 @@ def plan(pipe: Topology, query: Any, *, cache: bool = True, cache_dir: str | os.
     return rows
 
 
-def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, str]], pool: Any,
-              store: Any, texts: dict[str, str], use_cache: bool) -> PlanRow:
+def _plan_row(
+    name: str,
+    attrs: Mapping[str, Any],
+    conversation: list[dict[str, str]],
+    pool: Any,
+    store: Any,
+    texts: dict[str, str],
+    use_cache: bool,
+) -> PlanRow:
     params = attrs["params"]
-    row = dict(node=name, role=attrs["role"], provider=attrs["provider"], model=attrs["model"],
-               inputs=tuple(attrs["inputs"]))
+    row = dict(
+        node=name, role=attrs["role"], provider=attrs["provider"], model=attrs["model"], inputs=tuple(attrs["inputs"])
+    )
     if attrs["role"] == "vote":
         return PlanRow(**row, calls=0, cache="none")
     if not use_cache or not params.get("cache", True) or store is None:
         return PlanRow(**row, calls=1, cache="off")
-    if attrs["role"] == "rank" or (attrs["role"] == "aggregate" and (
-            params.get("quorum") or (params.get("window") and len(attrs["inputs"]) > params["window"]))):
+    if attrs["role"] == "rank" or (
+        attrs["role"] == "aggregate"
+        and (params.get("quorum") or (params.get("window") and len(attrs["inputs"]) > params["window"]))
+    ):
         # which answers it reads, or how many calls it folds them in, is known only once they exist
         return PlanRow(**row, calls=None, cache="unknown")
     refs = None
@@ -104,15 +123,20 @@ def _plan_row(name: str, attrs: Mapping[str, Any], conversation: list[dict[str, 
     return PlanRow(**row, calls=0, cache="hit")
 
 
-def _with_worst(row: PlanRow, attrs: Mapping[str, Any], conversation: list[dict[str, str]],
-                texts: Mapping[str, str], sizes: dict[str, list[int]]) -> PlanRow:
+def _with_worst(
+    row: PlanRow,
+    attrs: Mapping[str, Any],
+    conversation: list[dict[str, str]],
+    texts: Mapping[str, str],
+    sizes: dict[str, list[int]],
+) -> PlanRow:
     """The row with its calls' worst case; records the worst size of the answers it passes on."""
     params = attrs["params"]
     role = attrs["role"]
     refs: list[int] = []
     per_input = [sizes.get(i, [0]) for i in attrs["inputs"]]
     if params.get("quorum"):
-        per_input = sorted(per_input, key=sum, reverse=True)[:params["quorum"]]
+        per_input = sorted(per_input, key=sum, reverse=True)[: params["quorum"]]
     for answer_sizes in per_input:
         refs.extend(answer_sizes)
     max_tokens = int(params.get("max_tokens") or 0)
@@ -120,7 +144,7 @@ def _with_worst(row: PlanRow, attrs: Mapping[str, Any], conversation: list[dict[
         sizes[row.node] = [max(refs, default=0)]
         return row
     if role == "rank":
-        sizes[row.node] = sorted(refs, reverse=True)[:max(1, int(params.get("top_k", 1)))]
+        sizes[row.node] = sorted(refs, reverse=True)[: max(1, int(params.get("top_k", 1)))]
     elif row.node in texts:
         sizes[row.node] = [-(-len(texts[row.node]) // 4)]
     else:
@@ -129,19 +153,28 @@ def _with_worst(row: PlanRow, attrs: Mapping[str, Any], conversation: list[dict[
         return row
     # The messages with every reference empty, then each reference's worst size added.
     empty = None if role == "propose" else [""] * len(refs)
-    fixed = sum(len(m["content"]) for m in build_messages(
-        conversation, system=params.get("system"), refs=empty, prompt=params.get("prompt"),
-        numbered=role == "rank"))
+    fixed = sum(
+        len(m["content"])
+        for m in build_messages(
+            conversation, system=params.get("system"), refs=empty, prompt=params.get("prompt"), numbered=role == "rank"
+        )
+    )
     base = -(-fixed // 4)
     tokens = usd = 0.0
     steps = window_steps(len(refs), params.get("window")) if role == "aggregate" else [(0, len(refs))]
     for n, (a, b) in enumerate(steps):
-        prompt = base + sum(refs[a:b]) + (max_tokens if n else 0)   # a fold also reads the previous answer
+        prompt = base + sum(refs[a:b]) + (max_tokens if n else 0)  # a fold also reads the previous answer
         tokens += prompt + max_tokens
         usd += price_usd(params.get("price"), prompt, max_tokens) or 0.0
-    calls = len(steps) if len(steps) > 1 else row.calls     # a window's folds, when all its inputs answer
-    return PlanRow(**{**row.__dict__, "calls": calls, "worst_tokens": int(tokens),
-                      "worst_usd": None if params.get("price") is None else usd})
+    calls = len(steps) if len(steps) > 1 else row.calls  # a window's folds, when all its inputs answer
+    return PlanRow(
+        **{
+            **row.__dict__,
+            "calls": calls,
+            "worst_tokens": int(tokens),
+            "worst_usd": None if params.get("price") is None else usd,
+        }
+    )
 
 
 def _close_pool_sync(pool: Any) -> None:
@@ -162,25 +195,27 @@ def format_plan(rows: Iterable[PlanRow], budget: Mapping[str, float] | None = No
         inputs = ", ".join(r.inputs) if r.inputs else "(query)"
         calls = "?" if r.calls is None else str(r.calls)
         model = "(no model)" if r.provider is None else f"{r.provider}:{r.model}"
-        worst = ""
+        worst_text = ""
         if r.calls != 0:
-            worst = f" worst={r.worst_tokens} tokens " + ("$?" if r.worst_usd is None else f"${r.worst_usd:.6f}")
-        lines.append(f"{r.node:<{width}}  {r.role:<9}  {model}  <- {inputs}  "
-                     f"calls={calls} cache={r.cache}{worst}")
+            worst_text = f" worst={r.worst_tokens} tokens " + ("$?" if r.worst_usd is None else f"${r.worst_usd:.6f}")
+        lines.append(f"{r.node:<{width}}  {r.role:<9}  {model}  <- {inputs}  calls={calls} cache={r.cache}{worst_text}")
     known = [r for r in rows if r.calls is not None]
     unknown = len(rows) - len(known)
     hits = sum(1 for r in rows if r.cache == "hit")
-    lines.append(f"{len(rows)} nodes: {sum(r.calls or 0 for r in known)} calls"
-                 + (f" (+ up to {unknown} whose requests depend on uncached answers)" if unknown else "")
-                 + f", {hits} expected cache hits")
+    lines.append(
+        f"{len(rows)} nodes: {sum(r.calls or 0 for r in known)} calls"
+        + (f" (+ up to {unknown} whose requests depend on uncached answers)" if unknown else "")
+        + f", {hits} expected cache hits"
+    )
     calling = [r for r in rows if r.calls != 0]
     calls_worst = sum(1 if r.calls is None else r.calls for r in calling)
     tokens = sum(r.worst_tokens for r in calling)
     usd = sum(r.worst_usd or 0.0 for r in calling)
     unpriced = any(r.worst_usd is None for r in calling)
-    worst = {"calls": calls_worst, "tokens": tokens, "usd": usd}
-    line = (f"worst case: {calls_worst} calls, {tokens} tokens, ${usd:.6f}"
-            + (" (some models have no price: their calls count as $0)" if unpriced else ""))
+    worst: dict[str, float] = {"calls": calls_worst, "tokens": tokens, "usd": usd}
+    line = f"worst case: {calls_worst} calls, {tokens} tokens, ${usd:.6f}" + (
+        " (some models have no price: their calls count as $0)" if unpriced else ""
+    )
     if budget:
         checks = []
         for key in ("usd", "tokens", "calls"):

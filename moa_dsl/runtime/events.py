@@ -3,23 +3,33 @@
 Kinds, in the order they can happen for a node (docs/architecture.md, "Events"):
 run_started, node_started, request_sent, retry, token, cache_hit, node_finished, node_failed,
 node_skipped, node_cancelled, run_finished. `node_skipped` and `node_cancelled` carry `reason` (in
-words; a budget's starts "budget: "); `node_finished` may carry `agreed`, `selected` and `votes`. Event data never holds a header, a key or any other credential: the
-runner only puts model names, counts, timings, texts and error messages (already credential-free,
-errors.py) in it.
+words; a budget's starts "budget: "); `node_finished` may carry `agreed`, `selected` and `votes`.
+Event data never holds a header, a key or any other credential: the runner only puts model names,
+counts, timings, texts and error messages (already credential-free, errors.py) in it.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterable, Literal, get_args
+from typing import IO, Any, Callable, Iterable, Literal, Protocol, get_args
 
 __all__ = ["Emitter", "Event", "EVENT_KINDS", "EventKind", "OnEvent", "TraceWriter", "UNTRACED"]
 
 EventKind = Literal[
-    "run_started", "node_started", "request_sent", "retry", "token", "cache_hit",
-    "node_finished", "node_failed", "node_skipped", "node_cancelled", "run_finished"
+    "run_started",
+    "node_started",
+    "request_sent",
+    "retry",
+    "token",
+    "cache_hit",
+    "node_finished",
+    "node_failed",
+    "node_skipped",
+    "node_cancelled",
+    "run_finished",
 ]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
@@ -27,7 +37,7 @@ EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 @dataclass(frozen=True)
 class Event:
     kind: EventKind
-    t: float            # seconds since the run started
+    t: float  # seconds since the run started
     node: str | None
     data: dict[str, Any]
 
@@ -40,6 +50,13 @@ UNTRACED = frozenset({"token"})  # kinds TraceWriter does not write
 OnEvent = Callable[[Event], None]
 
 
+class TextSink(Protocol):
+    """Where a trace goes: an open text file, or anything that writes and flushes like one."""
+
+    def write(self, text: str, /) -> Any: ...
+    def flush(self) -> Any: ...
+
+
 class TraceWriter:
     """Appends events as JSON lines, each with a wall-clock `ts` and the run-relative `t`.
 
@@ -49,12 +66,13 @@ class TraceWriter:
     per streamed token would swamp it; on_event callbacks still get them.
     """
 
-    def __init__(self, target: str | os.PathLike | IO[str]):
-        self._fh: IO[str]
+    def __init__(self, target: str | os.PathLike | TextSink):
+        self._fh: TextSink
+        self._owned: IO[str] | None = None  # a file this writer opened, and so closes
         if isinstance(target, (str, os.PathLike)):
-            self._fh, self._owned = open(target, "a", encoding="utf-8"), True
+            self._fh = self._owned = open(target, "a", encoding="utf-8")
         else:
-            self._fh, self._owned = target, False
+            self._fh = target
 
     def __call__(self, event: Event) -> None:
         self.write(event)
@@ -69,8 +87,8 @@ class TraceWriter:
         self._fh.flush()
 
     def close(self) -> None:
-        if self._owned:
-            self._fh.close()
+        if self._owned is not None:
+            self._owned.close()
 
 
 class Emitter:
@@ -89,8 +107,9 @@ class Emitter:
     def now(self) -> float:
         return time.perf_counter() - self.t0
 
-    def emit(self, kind: EventKind, node: str | None = None, data: dict[str, Any] | None = None,
-             *, t: float | None = None) -> Event:
+    def emit(
+        self, kind: EventKind, node: str | None = None, data: dict[str, Any] | None = None, *, t: float | None = None
+    ) -> Event:
         event = Event(kind, self.now() if t is None else t, node, data if data is not None else {})
         if self._keep:
             self.events.append(event)

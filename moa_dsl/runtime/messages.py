@@ -6,6 +6,7 @@ optional system message); an aggregator appends a numbered block of its inputs' 
 system message, or puts one in front. A ranker (LANGUAGE.md, "rank") builds its request the same
 way, its candidates numbered `[1]`, `[2]`, ... instead.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
@@ -28,11 +29,14 @@ def normalize_query(query: Any) -> list[Message]:
         return [{"role": "user", "content": query}]
     if not isinstance(query, (list, tuple)) or not query:
         raise ConfigError(
-            f"a query is a string or a non-empty list of {{role, content}} messages, not {type(query).__name__}")
+            f"a query is a string or a non-empty list of {{role, content}} messages, not {type(query).__name__}"
+        )
     conversation: list[Message] = []
     for i, msg in enumerate(query):
         if not isinstance(msg, Mapping) or set(msg) != {"role", "content"}:
-            raise ConfigError(f"query message {i}: expected an object with exactly 'role' and 'content', got {msg!r:.80}")
+            raise ConfigError(
+                f"query message {i}: expected an object with exactly 'role' and 'content', got {msg!r:.80}"
+            )
         role, content = msg["role"], msg["content"]
         if role not in _ROLES:
             raise ConfigError(f"query message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
@@ -66,9 +70,14 @@ def candidates_block(refs: Iterable[str], prompt: str) -> str:
     return prompt + "".join(f"\n[{i}] {ref.strip()}" for i, ref in enumerate(refs, 1))
 
 
-def build_messages(conversation: Sequence[Message], *, system: str | None = None,
-                   refs: Sequence[str] | None = None, prompt: str | None = None,
-                   numbered: bool = False) -> list[Message]:
+def build_messages(
+    conversation: Sequence[Message],
+    *,
+    system: str | None = None,
+    refs: Sequence[str] | None = None,
+    prompt: str | None = None,
+    numbered: bool = False,
+) -> list[Message]:
     """The messages for one call. `refs` is None for a proposer, the succeeded inputs' texts otherwise;
     `numbered`: a ranker's `[i]` candidates (then `prompt` is the ranking instruction)."""
     messages = [dict(m) for m in conversation]  # never mutate the caller's conversation

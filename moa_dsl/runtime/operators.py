@@ -2,6 +2,7 @@
 aggregate"): how a vote reads an answer, how a ranking reply is read, how a window folds its inputs,
 and the budget's ledger. The scheduler decides when; this module decides what.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,19 @@ from typing import Any, Mapping, Sequence
 from ..errors import ConfigError
 from .result import price_usd
 
-__all__ = ["BUDGET_KEYS", "Budget", "Reservation", "agree", "budget_caps", "normalize_answer",
-           "parse_ranking", "tally", "vote_of", "window_steps", "worst_case"]
+__all__ = [
+    "BUDGET_KEYS",
+    "Budget",
+    "Reservation",
+    "agree",
+    "budget_caps",
+    "normalize_answer",
+    "parse_ranking",
+    "tally",
+    "vote_of",
+    "window_steps",
+    "worst_case",
+]
 
 BUDGET_KEYS = ("usd", "tokens", "calls")
 _RANK_MARK = re.compile(r"\[(\d+)\]")
@@ -46,7 +58,7 @@ def vote_of(text: str, extract: Any = None, normalize: bool = True) -> str | Non
         if m is None:
             return None
         text = m.group(1) if pattern.groups else m.group(0)
-        if text is None:        # an optional group that took no part in the match
+        if text is None:  # an optional group that took no part in the match
             return None
     return normalize_answer(text) if normalize else text
 
@@ -150,15 +162,18 @@ class Budget:
         for key, cap in self.caps.items():
             total = self.spent[key] + self.reserved[key] + want[key]
             if total > cap + self._EPS:
-                return (f"budget: this call's worst case ({_fmt(key, want[key])}) on top of "
-                        f"{_fmt(key, self.spent[key])} spent and {_fmt(key, self.reserved[key])} reserved "
-                        f"would pass the {key} cap of {_fmt(key, cap)}")
+                return (
+                    f"budget: this call's worst case ({_fmt(key, want[key])}) on top of "
+                    f"{_fmt(key, self.spent[key])} spent and {_fmt(key, self.reserved[key])} reserved "
+                    f"would pass the {key} cap of {_fmt(key, cap)}"
+                )
         for key, value in want.items():
             self.reserved[key] += value
         return Reservation(usd, pt + ct)
 
-    def settle(self, r: Reservation, *, sent: bool, prompt_tokens: int = 0, completion_tokens: int = 0,
-               price: Any = None) -> None:
+    def settle(
+        self, r: Reservation, *, sent: bool, prompt_tokens: int = 0, completion_tokens: int = 0, price: Any = None
+    ) -> None:
         """The call ended: its reservation is replaced by what it really cost (a call never sent, nothing)."""
         self.reserved["usd"] -= r.usd
         self.reserved["tokens"] -= r.tokens

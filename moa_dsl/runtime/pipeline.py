@@ -1,4 +1,5 @@
 """`Pipeline`: a validated topology that can run. `load`/`loads` make one."""
+
 from __future__ import annotations
 
 import dataclasses

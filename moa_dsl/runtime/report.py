@@ -3,6 +3,7 @@
 Pure string builders (no IPython, no widgets): `RunResult` displays itself with them, the CLI prints
 the totals line, and the notebook panel leaves the HTML record behind when a run ends.
 """
+
 from __future__ import annotations
 
 import html
@@ -18,11 +19,13 @@ def totals_line(status: str, usage: Any, elapsed_s: float | None) -> str:
     """`ok: 4 calls, 0 cache hits, 120 prompt + 80 completion tokens (30 saved by the cache), 1.20s`."""
     saved = _get(usage, "saved_prompt_tokens") + _get(usage, "saved_completion_tokens")
     cost = usage.get("cost_usd") if isinstance(usage, dict) else getattr(usage, "cost_usd", None)
-    return (f"{status}: {_get(usage, 'calls')} calls, {_get(usage, 'cache_hits')} cache hits, "
-            f"{_get(usage, 'prompt_tokens')} prompt + {_get(usage, 'completion_tokens')} completion tokens"
-            + (f" ({saved} saved by the cache)" if saved else "")
-            + (f", ${cost:.6f}" if cost else "")
-            + (f", {elapsed_s:.2f}s" if elapsed_s is not None else ""))
+    return (
+        f"{status}: {_get(usage, 'calls')} calls, {_get(usage, 'cache_hits')} cache hits, "
+        f"{_get(usage, 'prompt_tokens')} prompt + {_get(usage, 'completion_tokens')} completion tokens"
+        + (f" ({saved} saved by the cache)" if saved else "")
+        + (f", ${cost:.6f}" if cost else "")
+        + (f", {elapsed_s:.2f}s" if elapsed_s is not None else "")
+    )
 
 
 def failure_reason(result: "RunResult") -> str:
@@ -47,8 +50,7 @@ def _rows(result: "RunResult") -> list[tuple[str, str, str, str, str, str]]:
     for name, n in result.nodes.items():
         p, c = n.prompt_tokens, n.completion_tokens
         model = f"{n.provider}:{n.model}" if n.provider is not None else "(vote: no call)"
-        rows.append((name, n.status, model, _fmt_s(n.latency_s),
-                     f"{p} / {c}" if (p or c) else "", node_detail(n)))
+        rows.append((name, n.status, model, _fmt_s(n.latency_s), f"{p} / {c}" if (p or c) else "", node_detail(n)))
     return rows
 
 
@@ -73,14 +75,15 @@ _HEAD = ("node", "status", "model", "latency", "tokens in / out", "detail")
 
 def result_html(result: "RunResult") -> str:
     head = "<tr>" + "".join(f"<th>{h}</th>" for h in _HEAD) + "</tr>"
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in _rows(result))
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _rows(result))
     answer = html.escape(result.output) if result.output is not None else "<i>no output</i>"
     totals = totals_line(result.status, result.usage, result.elapsed_s)
-    return (f"<div><b>{html.escape(totals)}</b></div>"
-            f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
-            f"<div><b>{html.escape(str(result.output_node))}</b>:</div>"
-            f"<pre style='white-space:pre-wrap'>{answer}</pre>")
+    return (
+        f"<div><b>{html.escape(totals)}</b></div>"
+        f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+        f"<div><b>{html.escape(str(result.output_node))}</b>:</div>"
+        f"<pre style='white-space:pre-wrap'>{answer}</pre>"
+    )
 
 
 def _md_cell(s: str) -> str:

@@ -15,6 +15,7 @@ Cost: `NodeResult.cost_usd` is what the node's calls made in this run cost at it
 call, None when its model has no price (a vote has no model: 0.0). `Usage.cost_usd` sums them for the
 run, None when any call made or served was unpriced.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,34 +40,39 @@ class Usage:
     cache_hits: int = 0
     saved_prompt_tokens: int = 0
     saved_completion_tokens: int = 0
-    cost_usd: float | None = 0.0        # None once a call made or served was unpriced
+    cost_usd: float | None = 0.0  # None once a call made or served was unpriced
 
     def to_json(self) -> dict[str, Any]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "calls": self.calls, "cache_hits": self.cache_hits, "cost_usd": _round(self.cost_usd)}
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "cost_usd": _round(self.cost_usd),
+        }
 
 
 @dataclass
 class NodeResult:
     status: NodeStatus
-    model: str | None                   # None for a vote (no model)
+    model: str | None  # None for a vote (no model)
     provider: str | None
     text: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    latency_s: float | None = None      # the call's duration (0 for a cache hit); None if never started
-    attempts: int = 0                   # requests sent (0 when cached or skipped)
-    error: str | None = None            # why it failed, or why it was skipped (in words)
+    latency_s: float | None = None  # the call's duration (0 for a cache hit); None if never started
+    attempts: int = 0  # requests sent (0 when cached or skipped)
+    error: str | None = None  # why it failed, or why it was skipped (in words)
     started_s: float | None = None
     finished_s: float | None = None
     # The call's response-cache key (the same whether or not the cache was used); None if it never
     # got as far as a request (skipped). Not part of `--json`: it is for tools built on a run.
     cache_key: str | None = field(default=None, repr=False)
-    reason: str | None = None           # why it was skipped or cancelled: "budget", "min_inputs", "quorum"
-    cost_usd: float | None = None       # see the module docstring
-    selected: list[str] | None = None   # rank: the chosen candidates' node names, best first
+    reason: str | None = None  # why it was skipped or cancelled: "budget", "min_inputs", "quorum"
+    cost_usd: float | None = None  # see the module docstring
+    selected: list[str] | None = None  # rank: the chosen candidates' node names, best first
     votes: dict[str, int] | None = None  # vote: answer -> votes, in the order first cast
-    agreed: bool | None = None          # aggregate with `agree`: True when it made no call
+    agreed: bool | None = None  # aggregate with `agree`: True when it made no call
     # Calls made or served from the cache for it (a window folds in several; a vote makes none; None:
     # not said, one unless skipped), and the inputs it read (a quorum reads only K of them). Not part
     # of `--json`: for the evaluation.
@@ -82,11 +88,19 @@ class NodeResult:
         return self.status in ("ok", "cached")
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "status": self.status, "model": self.model, "provider": self.provider, "text": self.text,
-            "usage": self.usage, "latency_s": _round(self.latency_s), "attempts": self.attempts,
-            "error": self.error, "started_s": _round(self.started_s), "finished_s": _round(self.finished_s),
-            "reason": self.reason, "cost_usd": _round(self.cost_usd),
+        out: dict[str, Any] = {
+            "status": self.status,
+            "model": self.model,
+            "provider": self.provider,
+            "text": self.text,
+            "usage": self.usage,
+            "latency_s": _round(self.latency_s),
+            "attempts": self.attempts,
+            "error": self.error,
+            "started_s": _round(self.started_s),
+            "finished_s": _round(self.finished_s),
+            "reason": self.reason,
+            "cost_usd": _round(self.cost_usd),
         }
         if self.selected is not None:
             out["selected"] = list(self.selected)
@@ -114,8 +128,11 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         """INTERFACES.md's `moa run --json` shape, exactly."""
         return {
-            "output": self.output, "output_node": self.output_node, "status": self.status,
-            "elapsed_s": _round(self.elapsed_s), "usage": self.usage.to_json(),
+            "output": self.output,
+            "output_node": self.output_node,
+            "status": self.status,
+            "elapsed_s": _round(self.elapsed_s),
+            "usage": self.usage.to_json(),
             "nodes": {name: node.to_json() for name, node in self.nodes.items()},
         }
 

@@ -20,6 +20,7 @@ call's worst case before it is sent and skips a call that would pass a cap.
 A `Session` holds what several runs can share (provider clients, the cache, the global bound):
 `moa run --input` runs a whole batch through one session so the bound is global across items.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ from .cache import ResponseCache
 from .calls import PreparedCall, prepare_call
 from .events import Emitter, EventKind, OnEvent, TraceWriter
 from .messages import normalize_query
-from .operators import Budget, agree, budget_caps, parse_ranking, tally, window_steps
+from .operators import Budget, Reservation, agree, budget_caps, parse_ranking, tally, window_steps
 from .result import NodeResult, NodeStatus, RunResult, RunStatus, Usage, price_usd
 
 __all__ = ["Session", "arun", "check_concurrency", "gather_or_cancel", "live_nodes", "run_blocking"]
@@ -87,11 +88,22 @@ class Session:
     Create it inside the event loop that runs it; `async with` closes what it opened.
     """
 
-    def __init__(self, pipe: Topology, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
-                 cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-                 environ: Mapping[str, str] | None = None, transport: Any = None,
-                 pool: Any = None, response_cache: Any = None, verbose: bool = False,
-                 limiter: asyncio.Semaphore | None = None, budget: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        pipe: Topology,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        cache: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        refresh: bool = False,
+        environ: Mapping[str, str] | None = None,
+        transport: Any = None,
+        pool: Any = None,
+        response_cache: Any = None,
+        verbose: bool = False,
+        limiter: asyncio.Semaphore | None = None,
+        budget: Mapping[str, Any] | None = None,
+    ):
         self.pipe = pipe
         self.graph = pipe.graph
         self.refresh = refresh
@@ -115,14 +127,19 @@ class Session:
                         self.consumers[i] += (n,)
         self._owns_pool = pool is None
         if pool is None:
-            pool = ProviderPool(self.graph.graph["providers"], environ=os.environ if environ is None else environ,
-                                transport=transport, verbose=verbose)
+            pool = ProviderPool(
+                self.graph.graph["providers"],
+                environ=os.environ if environ is None else environ,
+                transport=transport,
+                verbose=verbose,
+            )
         self.pool = pool
         used = sorted({p for n in self.order if (p := self.graph.nodes[n]["provider"]) is not None})
         pool.check_keys(used)  # one ConfigError naming every missing variable, before any call
         self.providers = {name: pool.get(name) for name in used}
         self.provider_slots = {
-            name: asyncio.Semaphore(p.max_concurrency) for name, p in self.providers.items()
+            name: asyncio.Semaphore(p.max_concurrency)
+            for name, p in self.providers.items()
             if getattr(p, "max_concurrency", None)
         }
         self._owns_cache = response_cache is None and cache
@@ -144,8 +161,9 @@ class Session:
             if self._owns_cache and self.cache is not None:
                 self.cache.close()
 
-    async def run(self, query: Any, *, on_event: OnEvent | None = None, trace: Any = None,
-                  on_token: OnToken | None = None) -> RunResult:
+    async def run(
+        self, query: Any, *, on_event: OnEvent | None = None, trace: Any = None, on_token: OnToken | None = None
+    ) -> RunResult:
         conversation = normalize_query(query)
         writer = TraceWriter(trace) if trace is not None else None
         try:
@@ -172,8 +190,14 @@ class _Acc:
 class _Run:
     """One query through the graph. Per-node work is O(inputs): no scans of the whole graph per event."""
 
-    def __init__(self, session: Session, conversation: list[dict[str, str]], emitter: Emitter,
-                 on_token: OnToken | None, budget: Mapping[str, float] | None = None):
+    def __init__(
+        self,
+        session: Session,
+        conversation: list[dict[str, str]],
+        emitter: Emitter,
+        on_token: OnToken | None,
+        budget: Mapping[str, float] | None = None,
+    ):
         self.s, self.conversation, self.emitter, self.on_token = session, conversation, emitter, on_token
         self.output = session.graph.graph["output"]
         self.results: dict[str, NodeResult] = {}
@@ -204,16 +228,21 @@ class _Run:
         out = self.results.get(self.output)
         status: RunStatus = "ok" if out is not None and out.succeeded else "failed"
         elapsed = em.now()
-        em.emit("run_finished", None, {"status": status, "elapsed_s": round(elapsed, 6),
-                                       "usage": self.usage.to_json()})
+        em.emit("run_finished", None, {"status": status, "elapsed_s": round(elapsed, 6), "usage": self.usage.to_json()})
         nodes = {n: self.results[n] for n in s.order}
         output = None
         if status == "ok":
             ranked = self.ranked.get(self.output)
-            output = ranked[0][1] if ranked else out.text
-        return RunResult(output=output, output_node=self.output,
-                         status=status, elapsed_s=elapsed, usage=self.usage, nodes=nodes,
-                         events=em.events)
+            output = ranked[0][1] if ranked else (out.text if out is not None else None)
+        return RunResult(
+            output=output,
+            output_node=self.output,
+            status=status,
+            elapsed_s=elapsed,
+            usage=self.usage,
+            nodes=nodes,
+            events=em.events,
+        )
 
     async def _node(self, name: str) -> None:
         attrs = self.s.graph.nodes[name]
@@ -235,7 +264,7 @@ class _Run:
                 self.results[name] = await self._resolve(name, attrs, read)
             except asyncio.CancelledError:
                 reason = self.cancelling.get(name)
-                if reason is None:   # the whole run is being cancelled (Ctrl-C): not ours to absorb
+                if reason is None:  # the whole run is being cancelled (Ctrl-C): not ours to absorb
                     raise
                 current = asyncio.current_task()
                 if current is not None:
@@ -276,7 +305,7 @@ class _Run:
             waiting.discard(name)
             if not waiting and i != self.output and not self.done[i].is_set() and i not in self.cancelling:
                 self.cancelling[i] = "quorum"
-                self._release(i, self.s.graph.nodes[i]["inputs"])   # what only it needed goes too
+                self._release(i, self.s.graph.nodes[i]["inputs"])  # what only it needed goes too
                 self.tasks[i].cancel()
 
     async def _resolve(self, name: str, attrs: Mapping[str, Any], read: tuple[str, ...]) -> NodeResult:
@@ -300,8 +329,9 @@ class _Run:
                 return self._skipped(name, attrs, reason, "min_inputs", read=read)
             if role == "vote":
                 return self._vote(name, attrs, refs, read)
-            if params.get("agree") and agree([t for _, t in refs], params.get("extract"),
-                                             params.get("normalize", True)):
+            if params.get("agree") and agree(
+                [t for _, t in refs], params.get("extract"), params.get("normalize", True)
+            ):
                 return self._agreed(name, attrs, refs, read)
         provider = self.s.providers[attrs["provider"]]
         acc = _Acc()
@@ -309,6 +339,7 @@ class _Run:
             self.accs[name] = acc
         texts = None if refs is None else [t for _, t in refs]
         if role == "rank":
+            assert refs is not None  # a rank node always has inputs (E204 otherwise)
             return await self._rank(name, attrs, provider, refs, acc, read)
         steps = window_steps(len(texts), params.get("window")) if texts is not None and role == "aggregate" else [None]
         answer: str | None = None
@@ -316,7 +347,8 @@ class _Run:
             if step is None:
                 step_refs = texts
             else:
-                step_refs = texts[step[0]:step[1]] if answer is None else [answer, *texts[step[0]:step[1]]]
+                assert texts is not None  # a window step exists only for an aggregator's inputs
+                step_refs = texts[step[0] : step[1]] if answer is None else [answer, *texts[step[0] : step[1]]]
             call = prepare_call(attrs, self.conversation, step_refs, provider)
             out = await self._step(name, attrs, provider, call, acc, stream=name == self.output and n == len(steps) - 1)
             if isinstance(out, NodeResult):
@@ -328,8 +360,15 @@ class _Run:
         result.inputs_read = read
         return result
 
-    async def _rank(self, name: str, attrs: Mapping[str, Any], provider: Any, refs: list[tuple[str, str]],
-                    acc: _Acc, read: tuple[str, ...]) -> NodeResult:
+    async def _rank(
+        self,
+        name: str,
+        attrs: Mapping[str, Any],
+        provider: Any,
+        refs: list[tuple[str, str]],
+        acc: _Acc,
+        read: tuple[str, ...],
+    ) -> NodeResult:
         n = len(refs)
 
         def check(reply: str) -> str | None:
@@ -344,7 +383,7 @@ class _Run:
             return out
         order = parse_ranking(out, n)
         assert order is not None
-        top = [refs[i] for i in order[:max(1, int(attrs["params"].get("top_k", 1)))]]
+        top = [refs[i] for i in order[: max(1, int(attrs["params"].get("top_k", 1)))]]
         self.ranked[name] = top
         if name == self.output:
             self._stream(top[0][1])
@@ -352,8 +391,17 @@ class _Run:
         result.inputs_read = read
         return result
 
-    async def _step(self, name: str, attrs: Mapping[str, Any], provider: Any, call: PreparedCall, acc: _Acc,
-                    *, stream: bool, check: Callable[[str], str | None] | None = None) -> str | NodeResult:
+    async def _step(
+        self,
+        name: str,
+        attrs: Mapping[str, Any],
+        provider: Any,
+        call: PreparedCall,
+        acc: _Acc,
+        *,
+        stream: bool,
+        check: Callable[[str], str | None] | None = None,
+    ) -> str | NodeResult:
         """One call of the node: from the cache, or made (within the budget). Its text, or the node's
         failed or skipped result."""
         params = attrs["params"]
@@ -368,29 +416,35 @@ class _Run:
             if hit is not None and (check is None or check(hit["text"]) is None):
                 self._hit(name, attrs, hit, acc, stream)
                 return hit["text"]
-        reservation = None
+        reservation: Reservation | None = None
         if self.budget is not None:
-            reservation = self.budget.reserve(call.messages, params)
-            if isinstance(reservation, str):
-                return self._skipped(name, attrs, reservation, "budget", acc=acc)
-        req = CallRequest(node=name, model=attrs["model"], messages=call.messages, params=call.body,
-                          stream=stream, timeout=params.get("timeout", DEFAULT_TIMEOUT_S),
-                          retries=params.get("retries", DEFAULT_RETRIES))
+            reserved = self.budget.reserve(call.messages, params)
+            if isinstance(reserved, str):
+                return self._skipped(name, attrs, reserved, "budget", acc=acc)
+            reservation = reserved
+        req = CallRequest(
+            node=name,
+            model=attrs["model"],
+            messages=call.messages,
+            params=call.body,
+            stream=stream,
+            timeout=params.get("timeout", DEFAULT_TIMEOUT_S),
+            retries=params.get("retries", DEFAULT_RETRIES),
+        )
         owner = None
         if key is not None and key not in self.s.inflight:
             owner = self.s.inflight[key] = asyncio.Event()
         em = self.emitter
         sent = False
         pt = ct = 0
-        try:   # one coroutine for the lookup and the call: every await of a call resumes each frame
+        try:  # one coroutine for the lookup and the call: every await of a call resumes each frame
             slots = _Slots(self.s.semaphore, self.s.provider_slots.get(attrs["provider"]))
             await slots.acquire()
             try:
                 started = em.now()
                 if acc.started is None:
                     acc.started = started
-                    em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]},
-                            t=started)
+                    em.emit("node_started", name, {"model": attrs["model"], "provider": attrs["provider"]}, t=started)
 
                 def emit(kind: EventKind, data: dict[str, Any]) -> None:
                     if kind == "request_sent":
@@ -415,7 +469,7 @@ class _Run:
                 slots.release()
             finished = em.now()
             pt, ct = done.prompt_tokens or 0, done.completion_tokens or 0
-            if acc.attempts == attempts_before:   # a provider that does not report its requests
+            if acc.attempts == attempts_before:  # a provider that does not report its requests
                 acc.attempts += done.attempts or 1
             acc.pt += pt
             acc.ct += ct
@@ -426,20 +480,27 @@ class _Run:
             self.usage.completion_tokens += ct
             self._add_cost(attrs, pt, ct)
             problem = check(done.text) if check is not None else None
-            if problem is not None:   # an unusable reply is not cached: a rerun asks again
+            if problem is not None:  # an unusable reply is not cached: a rerun asks again
                 return self._failed(name, attrs, problem, started, acc, call.key)
             if cache is not None:
-                cache.set(call.key, {"text": done.text, "prompt_tokens": done.prompt_tokens,
-                                     "completion_tokens": done.completion_tokens,
-                                     "finish_reason": done.finish_reason})
+                cache.set(
+                    call.key,
+                    {
+                        "text": done.text,
+                        "prompt_tokens": done.prompt_tokens,
+                        "completion_tokens": done.completion_tokens,
+                        "finish_reason": done.finish_reason,
+                    },
+                )
             return done.text
         finally:
             if owner is not None and key is not None:
                 del self.s.inflight[key]
                 owner.set()
-            if reservation is not None:
-                self.budget.settle(reservation, sent=sent, prompt_tokens=pt, completion_tokens=ct,
-                                   price=params.get("price"))
+            if reservation is not None and self.budget is not None:
+                self.budget.settle(
+                    reservation, sent=sent, prompt_tokens=pt, completion_tokens=ct, price=params.get("price")
+                )
 
     def _add_cost(self, attrs: Mapping[str, Any], pt: int, ct: int) -> None:
         if self.usage.cost_usd is not None:
@@ -477,68 +538,172 @@ class _Run:
         status: NodeStatus = "ok" if acc.made else "cached"
         latency = acc.latency if acc.made else 0.0
         started = acc.started if acc.started is not None else t
-        result = NodeResult(status, attrs["model"], attrs["provider"], text, acc.pt, acc.ct, latency,
-                            acc.attempts, None, started, t, cache_key=acc.key, cost_usd=self._cost(attrs, acc),
-                            calls=acc.made + acc.hits, **extra)
-        data: dict[str, Any] = {"status": status, "usage": result.usage, "latency_s": round(latency, 6),
-                                "calls": acc.made}
+        result = NodeResult(
+            status,
+            attrs["model"],
+            attrs["provider"],
+            text,
+            acc.pt,
+            acc.ct,
+            latency,
+            acc.attempts,
+            None,
+            started,
+            t,
+            cache_key=acc.key,
+            cost_usd=self._cost(attrs, acc),
+            calls=acc.made + acc.hits,
+            **extra,
+        )
+        data: dict[str, Any] = {
+            "status": status,
+            "usage": result.usage,
+            "latency_s": round(latency, 6),
+            "calls": acc.made,
+        }
         if extra:
             data.update({k: v for k, v in extra.items() if v is not None})
         em.emit("node_finished", name, data, t=t)
         return result
 
-    def _vote(self, name: str, attrs: Mapping[str, Any], refs: list[tuple[str, str]],
-              read: tuple[str, ...]) -> NodeResult:
+    def _vote(
+        self, name: str, attrs: Mapping[str, Any], refs: list[tuple[str, str]], read: tuple[str, ...]
+    ) -> NodeResult:
         params = attrs["params"]
         votes, first = tally([t for _, t in refs], params.get("extract"), params.get("normalize", True))
         t = self.emitter.now()
         if not votes:
             extract = params.get("extract")
-            error = ("no input cast a vote" + (f" (none matched extract {extract!r})" if extract else ""))
+            error = "no input cast a vote" + (f" (none matched extract {extract!r})" if extract else "")
             self.emitter.emit("node_failed", name, {"error": error, "calls": 0}, t=t)
-            return NodeResult("failed", attrs.get("model"), attrs.get("provider"), None, error=error, started_s=t,
-                              finished_s=t, cost_usd=0.0, votes={}, calls=0, inputs_read=read)
-        winner = max(votes, key=votes.__getitem__)    # the first cast wins a tie
+            return NodeResult(
+                "failed",
+                attrs.get("model"),
+                attrs.get("provider"),
+                None,
+                error=error,
+                started_s=t,
+                finished_s=t,
+                cost_usd=0.0,
+                votes={},
+                calls=0,
+                inputs_read=read,
+            )
+        winner = max(votes, key=votes.__getitem__)  # the first cast wins a tie
         origin, text = refs[first[winner]]
         if name == self.output:
             self._stream(text)
-        result = NodeResult("ok", attrs.get("model"), attrs.get("provider"), text, 0, 0, 0.0, 0, None, t, t,
-                            cost_usd=0.0, votes=votes, calls=0, inputs_read=read)
-        self.emitter.emit("node_finished", name, {"status": "ok", "usage": result.usage, "latency_s": 0.0,
-                                                  "calls": 0, "votes": dict(votes)}, t=t)
+        result = NodeResult(
+            "ok",
+            attrs.get("model"),
+            attrs.get("provider"),
+            text,
+            0,
+            0,
+            0.0,
+            0,
+            None,
+            t,
+            t,
+            cost_usd=0.0,
+            votes=votes,
+            calls=0,
+            inputs_read=read,
+        )
+        self.emitter.emit(
+            "node_finished",
+            name,
+            {"status": "ok", "usage": result.usage, "latency_s": 0.0, "calls": 0, "votes": dict(votes)},
+            t=t,
+        )
         return result
 
-    def _agreed(self, name: str, attrs: Mapping[str, Any], refs: list[tuple[str, str]],
-                read: tuple[str, ...]) -> NodeResult:
+    def _agreed(
+        self, name: str, attrs: Mapping[str, Any], refs: list[tuple[str, str]], read: tuple[str, ...]
+    ) -> NodeResult:
         t = self.emitter.now()
         text = refs[0][1]
         if name == self.output:
             self._stream(text)
-        result = NodeResult("ok", attrs["model"], attrs["provider"], text, 0, 0, 0.0, 0, None, t, t,
-                            cost_usd=self._cost(attrs, None), agreed=True, calls=0, inputs_read=read)
-        self.emitter.emit("node_finished", name, {"status": "ok", "usage": result.usage, "latency_s": 0.0,
-                                                  "calls": 0, "agreed": True}, t=t)
+        result = NodeResult(
+            "ok",
+            attrs["model"],
+            attrs["provider"],
+            text,
+            0,
+            0,
+            0.0,
+            0,
+            None,
+            t,
+            t,
+            cost_usd=self._cost(attrs, None),
+            agreed=True,
+            calls=0,
+            inputs_read=read,
+        )
+        self.emitter.emit(
+            "node_finished",
+            name,
+            {"status": "ok", "usage": result.usage, "latency_s": 0.0, "calls": 0, "agreed": True},
+            t=t,
+        )
         return result
 
-    def _failed(self, name: str, attrs: Mapping[str, Any], error: str, started: float, acc: _Acc,
-                key: str) -> NodeResult:
+    def _failed(
+        self, name: str, attrs: Mapping[str, Any], error: str, started: float, acc: _Acc, key: str
+    ) -> NodeResult:
         t = self.emitter.now()
         self.emitter.emit("node_failed", name, {"error": error, "calls": acc.made}, t=t)
         begun = acc.started if acc.started is not None else started
-        return NodeResult("failed", attrs["model"], attrs["provider"], None, acc.pt, acc.ct, t - begun,
-                          max(acc.attempts, acc.made, 1), error, begun, t, cache_key=key, cost_usd=self._cost(attrs, acc),
-                          calls=acc.made + acc.hits)
+        return NodeResult(
+            "failed",
+            attrs["model"],
+            attrs["provider"],
+            None,
+            acc.pt,
+            acc.ct,
+            t - begun,
+            max(acc.attempts, acc.made, 1),
+            error,
+            begun,
+            t,
+            cache_key=key,
+            cost_usd=self._cost(attrs, acc),
+            calls=acc.made + acc.hits,
+        )
 
-    def _skipped(self, name: str, attrs: Mapping[str, Any], text: str, reason: str, *,
-                 acc: _Acc | None = None, read: tuple[str, ...] | None = None) -> NodeResult:
+    def _skipped(
+        self,
+        name: str,
+        attrs: Mapping[str, Any],
+        text: str,
+        reason: str,
+        *,
+        acc: _Acc | None = None,
+        read: tuple[str, ...] | None = None,
+    ) -> NodeResult:
         t = self.emitter.now()
         self.emitter.emit("node_skipped", name, {"reason": text}, t=t)
         started = acc.started if acc is not None else None
-        return NodeResult("skipped", attrs.get("model"), attrs.get("provider"), None,
-                          acc.pt if acc else 0, acc.ct if acc else 0, None if started is None else t - started,
-                          acc.attempts if acc else 0, text, started, t, cache_key=acc.key if acc else None,
-                          reason=reason, cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
-                          calls=acc.made + acc.hits if acc else 0, inputs_read=read)
+        return NodeResult(
+            "skipped",
+            attrs.get("model"),
+            attrs.get("provider"),
+            None,
+            acc.pt if acc else 0,
+            acc.ct if acc else 0,
+            None if started is None else t - started,
+            acc.attempts if acc else 0,
+            text,
+            started,
+            t,
+            cache_key=acc.key if acc else None,
+            reason=reason,
+            cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
+            calls=acc.made + acc.hits if acc else 0,
+            inputs_read=read,
+        )
 
     def _cancelled(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
         """Given up (a quorum was reached without it): what it spent before is still reported."""
@@ -546,11 +711,23 @@ class _Run:
         acc = self.accs.get(name)
         self.emitter.emit("node_cancelled", name, {"reason": reason, "calls": acc.made if acc else 0}, t=t)
         started = acc.started if acc is not None else None
-        return NodeResult("cancelled", attrs.get("model"), attrs.get("provider"), None,
-                          acc.pt if acc else 0, acc.ct if acc else 0, None if started is None else t - started,
-                          acc.attempts if acc else 0, None, started, t, cache_key=acc.key if acc else None,
-                          reason=reason, cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
-                          calls=acc.made + acc.hits if acc else 0)
+        return NodeResult(
+            "cancelled",
+            attrs.get("model"),
+            attrs.get("provider"),
+            None,
+            acc.pt if acc else 0,
+            acc.ct if acc else 0,
+            None if started is None else t - started,
+            acc.attempts if acc else 0,
+            None,
+            started,
+            t,
+            cache_key=acc.key if acc else None,
+            reason=reason,
+            cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
+            calls=acc.made + acc.hits if acc else 0,
+        )
 
 
 class _Slots:
@@ -575,7 +752,7 @@ class _Slots:
         self._held = True
 
     def release(self) -> None:
-        if self._held:       # never twice: a cancelled retry wait has already given them back
+        if self._held:  # never twice: a cancelled retry wait has already given them back
             self._held = False
             self._global.release()
             if self._provider is not None:
@@ -587,20 +764,41 @@ class _Slots:
         await self.acquire()
 
 
-async def arun(pipe: Topology, query: Any, *, concurrency: int = DEFAULT_CONCURRENCY, cache: bool = True,
-               cache_dir: str | os.PathLike | None = None, refresh: bool = False,
-               on_event: OnEvent | None = None, trace: Any = None, environ: Mapping[str, str] | None = None,
-               transport: Any = None, on_token: OnToken | None = None, pool: Any = None,
-               verbose: bool = False, budget: Mapping[str, Any] | None = None) -> RunResult:
+async def arun(
+    pipe: Topology,
+    query: Any,
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    refresh: bool = False,
+    on_event: OnEvent | None = None,
+    trace: Any = None,
+    environ: Mapping[str, str] | None = None,
+    transport: Any = None,
+    on_token: OnToken | None = None,
+    pool: Any = None,
+    verbose: bool = False,
+    budget: Mapping[str, Any] | None = None,
+) -> RunResult:
     """Run `pipe` on one query. Returns the RunResult whatever happened to the nodes (see `.status`,
     `.raise_for_status()`); raises ConfigError before any call for a bad query, bound or missing key.
 
     `budget`: {"usd", "tokens", "calls"} caps for this query, each replacing the file's `budget` key of
     the same name (None leaves it)."""
     normalize_query(query)  # a bad query is reported before anything is opened
-    async with Session(pipe, concurrency=concurrency, cache=cache, cache_dir=cache_dir, refresh=refresh,
-                       environ=environ, transport=transport, pool=pool, verbose=verbose,
-                       budget=budget) as session:
+    async with Session(
+        pipe,
+        concurrency=concurrency,
+        cache=cache,
+        cache_dir=cache_dir,
+        refresh=refresh,
+        environ=environ,
+        transport=transport,
+        pool=pool,
+        verbose=verbose,
+        budget=budget,
+    ) as session:
         return await session.run(query, on_event=on_event, trace=trace, on_token=on_token)
 
 

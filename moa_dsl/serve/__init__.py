@@ -5,6 +5,7 @@ conversation, `GET /v1/models` lists them. One Session's worth of shared parts s
 topology and every request: one bound on calls in flight, one response cache, one set of provider
 clients (see `topologies`). The face's entry point is `serve(...)`; `moa_dsl.cli.serve` calls it.
 """
+
 from __future__ import annotations
 
 from .server import serve

@@ -6,6 +6,7 @@ runs through the topology's shared Session. A client that goes away cancels its 
 it was waiting for stop; the scheduler's in-flight table hands a call it shared to the other
 request, which makes it itself). One line per request goes to stderr.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,24 +52,36 @@ _LOG_KEY = "moa.log"
 class ServeState:
     """What the app serves: the topologies (swapped whole on reload), the shared parts, the limits."""
 
-    def __init__(self, paths: Sequence[str], *, pipes: Mapping[str, Any], concurrency: int, max_queue: int,
-                 cache: bool, cache_dir: str | None, api_key: str | None = None, listening: str = "",
-                 log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        *,
+        pipes: Mapping[str, Any],
+        concurrency: int,
+        max_queue: int,
+        cache: bool,
+        cache_dir: str | None,
+        api_key: str | None = None,
+        listening: str = "",
+        log: Callable[[str], None] | None = None,
+    ):
         self.paths, self.concurrency, self.max_queue = list(paths), concurrency, max_queue
         self.cache, self.cache_dir, self.api_key, self.listening = cache, cache_dir, api_key, listening
         self._pipes = dict(pipes)
         self.shared: Shared | None = None
         self.topologies: dict[str, Served] = {}
-        self.active = 0                     # chat requests admitted and not finished: running or waiting
+        self.active = 0  # chat requests admitted and not finished: running or waiting
         self.log = log or _stderr
 
     async def start(self) -> None:
         self.shared = Shared(concurrency=self.concurrency, cache=self.cache, cache_dir=self.cache_dir)
         self.topologies = {name: Served(name, pipe, self.shared) for name, pipe in self._pipes.items()}
         names = ", ".join(self.topologies)
-        self.log(f"moa serve: {len(self.topologies)} topolog{'y' if len(self.topologies) == 1 else 'ies'} "
-                 f"({names}) on {self.listening}; concurrency {self.concurrency}, max queue {self.max_queue}, "
-                 f"cache {'on' if self.cache else 'off'}; SIGHUP reloads, SIGTERM stops")
+        self.log(
+            f"moa serve: {len(self.topologies)} topolog{'y' if len(self.topologies) == 1 else 'ies'} "
+            f"({names}) on {self.listening}; concurrency {self.concurrency}, max queue {self.max_queue}, "
+            f"cache {'on' if self.cache else 'off'}; SIGHUP reloads, SIGTERM stops"
+        )
 
     async def stop(self) -> None:
         if self.shared is not None:
@@ -92,7 +105,7 @@ class ServeState:
         except MoaError as exc:
             self.log(f"moa serve: reload failed, still serving the previous topologies: {exc}")
             return
-        self.topologies = fresh   # requests in flight keep the Session they started with
+        self.topologies = fresh  # requests in flight keep the Session they started with
         self.log(f"moa serve: reloaded {len(fresh)} topologies ({', '.join(fresh)})")
 
 
@@ -113,7 +126,7 @@ def build_app(state: ServeState) -> ASGIApp:
         if hup:
             try:
                 loop.add_signal_handler(signal.SIGHUP, state.reload)
-            except (RuntimeError, ValueError):   # not the main thread (an embedding test): no reload
+            except (RuntimeError, ValueError):  # not the main thread (an embedding test): no reload
                 hup = False
         try:
             yield
@@ -140,8 +153,11 @@ def build_app(state: ServeState) -> ASGIApp:
         Route("/v1/models/{model:path}", _model, methods=["GET"]),
         Route("/v1/chat/completions", _chat, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: internal_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, ApiError: api_error, Exception: internal_error},
+    )
     app.state.moa = state
     return _Front(app, state)
 
@@ -177,13 +193,17 @@ class _Front:
 
         try:
             if self._key is not None and not self._authorized(scope):
-                await _error(ApiError(401, "invalid or missing API key: send it as 'Authorization: Bearer KEY'",
-                                      "invalid_api_key"))(scope, receive, send_status)
+                await _error(
+                    ApiError(
+                        401, "invalid or missing API key: send it as 'Authorization: Bearer KEY'", "invalid_api_key"
+                    )
+                )(scope, receive, send_status)
                 return
             await self.app(scope, receive, send_status)
         finally:
-            self.state.log(_log_line(scope, info, 499 if info.get("disconnected") else status,
-                                     time.perf_counter() - t0))
+            self.state.log(
+                _log_line(scope, info, 499 if info.get("disconnected") else status, time.perf_counter() - t0)
+            )
 
     def _authorized(self, scope: Scope) -> bool:
         assert self._key is not None
@@ -232,8 +252,9 @@ def _model_obj(served: Served) -> dict[str, Any]:
 
 def _unknown(model: str, state: ServeState) -> ApiError:
     known = ", ".join(state.topologies) or "none"
-    return ApiError(404, f"the model {model!r} does not exist: the topologies served are {known}",
-                    "model_not_found", "model")
+    return ApiError(
+        404, f"the model {model!r} does not exist: the topologies served are {known}", "model_not_found", "model"
+    )
 
 
 async def _read_body(request: Request) -> bytes:
@@ -270,8 +291,11 @@ async def _chat(request: Request) -> Response:
     if served is None:
         raise _unknown(req.model, state)
     if state.active >= state.max_queue:
-        raise ApiError(429, f"the server is at its limit of {state.max_queue} requests running or waiting; "
-                            "retry later", "server_busy")
+        raise ApiError(
+            429,
+            f"the server is at its limit of {state.max_queue} requests running or waiting; retry later",
+            "server_busy",
+        )
     session = served.session_for(req.params)
     run = _Run(state, served.name, session, req, info)
     try:
@@ -298,7 +322,7 @@ class _Run:
         self.task = asyncio.ensure_future(session.run(req.conversation, on_event=self._event, on_token=on_token))
         self.task.add_done_callback(self._finished)
 
-    def _event(self, event: Event) -> None:   # the log's counts, right even for a cancelled run
+    def _event(self, event: Event) -> None:  # the log's counts, right even for a cancelled run
         if event.kind == "node_started":
             self.calls += 1
         elif event.kind == "cache_hit":
@@ -341,7 +365,7 @@ class _Run:
         return False
 
     def _result(self) -> RunResult:
-        result: RunResult = self.task.result()     # a bug in the runtime propagates: 500, logged
+        result: RunResult = self.task.result()  # a bug in the runtime propagates: 500, logged
         return result
 
     async def answer(self, request: Request) -> Response:
@@ -376,7 +400,7 @@ class _Run:
             if end:
                 break
         result = self._result()
-        if not result.ok:   # after the head went out: one error event, and no [DONE]
+        if not result.ok:  # after the head went out: one error event, and no [DONE]
             failure = run_failure(self.name, result)
             yield sse(failure.body())
             return
@@ -391,8 +415,9 @@ class _RunStream(StreamingResponse):
     stopped before the request is logged."""
 
     def __init__(self, run: _Run, content: AsyncIterator[str]):
-        super().__init__(content, media_type="text/event-stream",
-                         headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"}
+        )
         self.run = run
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,6 +3,7 @@ conversation plus output-node parameters, and the response, chunk and error obje
 
 Pure functions over dicts (the HTTP side is Starlette's): unit-testable without a server.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,16 +17,45 @@ from ..errors import ConfigError
 from ..runtime import RunResult, failure_reason
 from ..runtime.messages import normalize_query
 
-__all__ = ["MAX_BODY", "ApiError", "ChatRequest", "chunk", "completion", "error_body", "moa_field", "new_id",
-           "parse_chat", "run_failure", "sse", "usage_field"]
+__all__ = [
+    "MAX_BODY",
+    "ApiError",
+    "ChatRequest",
+    "chunk",
+    "completion",
+    "error_body",
+    "moa_field",
+    "new_id",
+    "parse_chat",
+    "run_failure",
+    "sse",
+    "usage_field",
+]
 
 MAX_BODY = 4 * 1024 * 1024
 
 # Fields a client may send that change nothing here (accepted and ignored, as OpenAI-compatible servers do).
-_IGNORED = {"user", "metadata", "store", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs",
-            "top_logprobs", "parallel_tool_calls", "service_level", "service_tier", "reasoning_effort",
-            "modalities", "prediction", "audio", "web_search_options", "safety_identifier", "prompt_cache_key",
-            "verbosity"}
+_IGNORED = {
+    "user",
+    "metadata",
+    "store",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "parallel_tool_calls",
+    "service_level",
+    "service_tier",
+    "reasoning_effort",
+    "modalities",
+    "prediction",
+    "audio",
+    "web_search_options",
+    "safety_identifier",
+    "prompt_cache_key",
+    "verbosity",
+}
 _REFUSED = {  # what a topology cannot do: refused by name rather than silently ignored
     "tools": "tools (function calling) are not supported: a topology answers in text",
     "tool_choice": "tool_choice is not supported: a topology answers in text",
@@ -38,9 +68,17 @@ _REFUSED = {  # what a topology cannot do: refused by name rather than silently 
 class ApiError(Exception):
     """An error response: the HTTP status and OpenAI's error object."""
 
-    TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 502: "server_error", 500: "server_error",
-             405: "invalid_request_error", 503: "server_error"}
+    TYPES = {
+        400: "invalid_request_error",
+        401: "invalid_request_error",
+        404: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        502: "server_error",
+        500: "server_error",
+        405: "invalid_request_error",
+        503: "server_error",
+    }
 
     def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
         super().__init__(message)
@@ -58,7 +96,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
 class ChatRequest:
     model: str
     conversation: list[dict[str, str]]
-    params: dict[str, Any] = field(default_factory=dict)   # output-node overrides: temperature, max_tokens, ...
+    params: dict[str, Any] = field(default_factory=dict)  # output-node overrides: temperature, max_tokens, ...
     stream: bool = False
     include_usage: bool = False
 
@@ -145,8 +183,11 @@ def _conversation(messages: Any) -> list[dict[str, str]]:
         role = msg.get("role")
         role = "system" if role == "developer" else role
         if role not in ("system", "user", "assistant"):
-            raise ApiError(400, f"messages[{i}]: role {role!r} is not supported (system, developer, user, "
-                                "assistant)", param="messages")
+            raise ApiError(
+                400,
+                f"messages[{i}]: role {role!r} is not supported (system, developer, user, assistant)",
+                param="messages",
+            )
         if msg.get("tool_calls") or msg.get("function_call"):
             raise ApiError(400, f"messages[{i}]: tool calls are not supported", param="messages")
         text = _content(msg.get("content"), i)
@@ -168,14 +209,16 @@ def _content(content: Any, i: int) -> str:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise ApiError(400, f"messages[{i}]: content part {kind!r} is not supported (text only)",
-                               param="messages")
+                raise ApiError(
+                    400, f"messages[{i}]: content part {kind!r} is not supported (text only)", param="messages"
+                )
             parts.append(part["text"])
         return "".join(parts)
     raise ApiError(400, f"messages[{i}]: content must be a string or a list of text parts", param="messages")
 
 
 # -- responses --------------------------------------------------------------------------------------
+
 
 def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
@@ -184,34 +227,62 @@ def new_id() -> str:
 def usage_field(result: RunResult) -> dict[str, int]:
     """Every call the run made, the fan-out included; answers served from the cache count 0."""
     u = result.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
 
 
 def moa_field(result: RunResult) -> dict[str, Any]:
     return {
-        "nodes": {name: {"status": node.status, "model": node.model,
-                         "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
-                         "usage": node.usage}
-                  for name, node in result.nodes.items()},
+        "nodes": {
+            name: {
+                "status": node.status,
+                "model": node.model,
+                "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
+                "usage": node.usage,
+            }
+            for name, node in result.nodes.items()
+        },
         "cache_hits": result.usage.cache_hits,
         "calls": result.usage.calls,
     }
 
 
 def completion(cid: str, model: str, result: RunResult) -> dict[str, Any]:
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.output, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": usage_field(result), "moa": moa_field(result)}
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.output, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage_field(result),
+        "moa": moa_field(result),
+    }
 
 
-def chunk(cid: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None,
-          **extra: Any) -> dict[str, Any]:
+def chunk(
+    cid: str, model: str, created: int, delta: dict[str, Any] | None, finish: str | None = None, **extra: Any
+) -> dict[str, Any]:
     choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
-    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices, **extra}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": choices,
+        **extra,
+    }
 
 
 def sse(obj: Any) -> str:

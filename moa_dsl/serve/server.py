@@ -5,6 +5,7 @@ requests in flight finish (up to `GRACE_S`), then runs the app's lifespan shutdo
 provider clients and the cache are closed). It then re-raises the signal it caught so the process
 dies of it; `moa serve` is meant to exit 0 after a clean stop, so the handlers it restores are no-ops.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,12 +21,21 @@ from .topologies import load_topologies
 __all__ = ["GRACE_S", "serve"]
 
 GRACE_S = 30
-KEEP_ALIVE_S = 75     # nginx's default
+KEEP_ALIVE_S = 75  # nginx's default
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 
 
-def serve(paths: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, api_key_env: str | None = None,
-          concurrency: int = 16, max_queue: int = 256, cache_dir: str | None = None, no_cache: bool = False) -> int:
+def serve(
+    paths: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key_env: str | None = None,
+    concurrency: int = 16,
+    max_queue: int = 256,
+    cache_dir: str | None = None,
+    no_cache: bool = False,
+) -> int:
     """`moa serve`'s whole life; returns the exit code. Usage problems raise ConfigError (exit 2)."""
     if concurrency < 1:
         raise ConfigError(f"--concurrency must be >= 1, not {concurrency}")
@@ -44,26 +54,45 @@ def serve(paths: Sequence[str], *, host: str = "127.0.0.1", port: int = 8000, ap
     if report.errors:
         for err in report.errors:
             print(err.render(color=sys.stderr.isatty()), file=sys.stderr)
-        print(f"moa serve: {len(report.errors)} file{'s' if len(report.errors) != 1 else ''} with errors; "
-              "not serving", file=sys.stderr)
+        print(
+            f"moa serve: {len(report.errors)} file{'s' if len(report.errors) != 1 else ''} with errors; not serving",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     sock = _listen(host, port)
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"moa serve: warning: listening on {host} without --api-key-env: anyone who can reach this port "
-              "can run the topologies on your provider keys", file=sys.stderr)
+        print(
+            f"moa serve: warning: listening on {host} without --api-key-env: anyone who can reach this port "
+            "can run the topologies on your provider keys",
+            file=sys.stderr,
+        )
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    state = ServeState(paths, pipes=report.pipes, concurrency=concurrency, max_queue=max_queue,
-                       cache=not no_cache, cache_dir=cache_dir, api_key=api_key,
-                       listening=f"http://{shown}:{bound[1]}/v1")
+    state = ServeState(
+        paths,
+        pipes=report.pipes,
+        concurrency=concurrency,
+        max_queue=max_queue,
+        cache=not no_cache,
+        cache_dir=cache_dir,
+        api_key=api_key,
+        listening=f"http://{shown}:{bound[1]}/v1",
+    )
     import uvicorn
 
     # Keep-alive longer than clients keep idle connections (httpx 5 s, aiohttp 15 s): at uvicorn's 5 s
     # default a client reusing a connection the server is just closing gets "Server disconnected" on a
     # POST it must not retry (seen in bench_serve after 10 s of idle).
-    config = uvicorn.Config(build_app(state), lifespan="on", log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=GRACE_S, timeout_keep_alive=KEEP_ALIVE_S,
-                            server_header=False, date_header=True)
+    config = uvicorn.Config(
+        build_app(state),
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=GRACE_S,
+        timeout_keep_alive=KEEP_ALIVE_S,
+        server_header=False,
+        date_header=True,
+    )
     server = uvicorn.Server(config)
     with _exit_quietly():
         server.run(sockets=[sock])

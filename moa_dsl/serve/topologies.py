@@ -7,6 +7,7 @@ per-provider `max_concurrency` slots and the in-flight table that lets an identi
 requests at once be sent once. A request that overrides the output node's parameters runs through
 a Session built for the overridden graph from the same shared parts (kept in a small LRU).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ from ..runtime import Pipeline, ResponseCache, Session, check_concurrency, live_
 
 __all__ = ["LoadReport", "Served", "Shared", "SharedProviders", "discover", "load_topologies", "output_overrides"]
 
-OVERRIDE_SESSIONS = 64   # distinct override sets kept ready per server (each is a graph copy and a Session)
+OVERRIDE_SESSIONS = 64  # distinct override sets kept ready per server (each is a graph copy and a Session)
 
 
 def discover(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -48,8 +49,8 @@ def discover(paths: Sequence[str | os.PathLike]) -> list[Path]:
 @dataclass
 class LoadReport:
     pipes: dict[str, Pipeline] = field(default_factory=dict)
-    errors: list[MoaError] = field(default_factory=list)      # files with errors: render each like `moa check`
-    warnings: list[MoaError] = field(default_factory=list)    # files with warnings only
+    errors: list[MoaError] = field(default_factory=list)  # files with errors: render each like `moa check`
+    warnings: list[MoaError] = field(default_factory=list)  # files with warnings only
 
 
 def load_topologies(paths: Sequence[str | os.PathLike], environ: Mapping[str, str] | None = None) -> LoadReport:
@@ -67,8 +68,9 @@ def load_topologies(paths: Sequence[str | os.PathLike], environ: Mapping[str, st
             continue
         name = pipe.name or path.stem
         if name in report.pipes:
-            raise ConfigError(f"two topologies are named {name!r} (a topology's name is its file's stem): "
-                              "rename one of the files")
+            raise ConfigError(
+                f"two topologies are named {name!r} (a topology's name is its file's stem): rename one of the files"
+            )
         if pipe.warnings:
             report.warnings.append(MoaError(diagnostics=pipe.warnings, sources=pipe.sources))
         report.pipes[name] = pipe
@@ -128,7 +130,7 @@ class _PoolView:
         self._owner, self._configs = owner, configs
 
     def check_keys(self, names: Iterable[str]) -> None:
-        ProviderPool(self._configs, environ=self._owner.environ).check_keys(names)   # builds nothing
+        ProviderPool(self._configs, environ=self._owner.environ).check_keys(names)  # builds nothing
 
     def get(self, name: str) -> Provider:
         cfg = self._configs.get(name)
@@ -136,15 +138,23 @@ class _PoolView:
             raise ConfigError(f"unknown provider {name!r} (known: {', '.join(sorted(self._configs)) or 'none'})")
         return self._owner.provider(cfg)
 
-    async def aclose(self) -> None:   # the server closes the shared clients once, at shutdown
+    async def aclose(self) -> None:  # the server closes the shared clients once, at shutdown
         pass
 
 
 class Shared:
     """The global bound, the cache, the clients and the in-flight table: one per server."""
 
-    def __init__(self, *, concurrency: int, cache: bool, cache_dir: str | os.PathLike | None,
-                 environ: Mapping[str, str] | None = None, transport: Any = None, verbose: bool = False):
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        cache: bool,
+        cache_dir: str | os.PathLike | None,
+        environ: Mapping[str, str] | None = None,
+        transport: Any = None,
+        verbose: bool = False,
+    ):
         from ..config import cache_dir as default_cache_dir
 
         self.limiter = asyncio.Semaphore(check_concurrency(concurrency))
@@ -155,14 +165,22 @@ class Shared:
         self.inflight: dict[str, asyncio.Event] = {}
 
     def session(self, pipe: Pipeline) -> Session:
-        session = Session(pipe, cache=self.cache_enabled, response_cache=self.cache, limiter=self.limiter,
-                          pool=self.providers.view(pipe.graph.graph["providers"]))
+        session = Session(
+            pipe,
+            cache=self.cache_enabled,
+            response_cache=self.cache,
+            limiter=self.limiter,
+            pool=self.providers.view(pipe.graph.graph["providers"]),
+        )
         # Session makes its own in-flight table and provider slots; a server's sessions share them, so an
         # identical call from two topologies (or two override sets) is sent once, and a provider's
         # max_concurrency holds across all of them. Both are plain attributes the scheduler reads per call.
         session.inflight = self.inflight
-        session.provider_slots = {name: self.providers.slots(p) for name, p in session.providers.items()
-                                   if getattr(p, "max_concurrency", None)}
+        session.provider_slots = {
+            name: self.providers.slots(p)
+            for name, p in session.providers.items()
+            if getattr(p, "max_concurrency", None)
+        }
         return session
 
     async def aclose(self) -> None:
@@ -191,7 +209,7 @@ class Served:
         if session is None:
             session = self._overridden[key] = self.shared.session(output_overrides(self.pipe, params))
             if len(self._overridden) > OVERRIDE_SESSIONS:
-                self._overridden.popitem(last=False)   # nothing to close: the clients are shared
+                self._overridden.popitem(last=False)  # nothing to close: the clients are shared
         else:
             self._overridden.move_to_end(key)
         return session
@@ -200,7 +218,7 @@ class Served:
 def output_overrides(pipe: Pipeline, params: Mapping[str, Any]) -> Pipeline:
     """A copy of `pipe` whose output node (only) runs with `params` (already checked by the caller),
     as `--set OUTPUT.KEY=VALUE` would: a sampled member's seed keeps its offset."""
-    copy = pipe.with_overrides([])          # a copy of the graph with every node's params copied
+    copy = pipe.with_overrides([])  # a copy of the graph with every node's params copied
     attrs = copy.graph.nodes[copy.output]
     for key, value in params.items():
         if key == "seed" and attrs.get("sample") is not None:

@@ -13,6 +13,7 @@ itself when the parent dies, so no server outlives its user.
 
 Standalone on purpose (only the standard library and xllamacpp): it starts without importing moa_dsl.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,18 +27,18 @@ MARK = "moa-local-server: "
 def main(argv: list[str]) -> int:
     config = json.loads(argv[0])
     handshake = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)                 # any other stdout output (llama.cpp's) goes to stderr
+    os.dup2(2, 1)  # any other stdout output (llama.cpp's) goes to stderr
     sys.stdout = sys.stderr
     try:
         server = _start(config)
-    except Exception as exc:      # the parent turns this into a LocalModelError
+    except Exception as exc:  # the parent turns this into a LocalModelError
         handshake.write(MARK + json.dumps({"error": str(exc) or type(exc).__name__}) + "\n")
         handshake.close()
         return 1
     handshake.write(MARK + json.dumps({"url": str(server.listening_address)}) + "\n")
     handshake.close()
     try:
-        sys.stdin.read()          # until the parent closes it, or exits
+        sys.stdin.read()  # until the parent closes it, or exits
     except KeyboardInterrupt:
         pass
     # Leave without tearing the server down in Python: a live xllamacpp server can hang interpreter
@@ -51,13 +52,13 @@ def _start(config: dict) -> Any:
     params = xllamacpp.CommonParams()
     params.model.path = config["model"]
     params.hostnames = ["127.0.0.1"]
-    params.port = 0                           # a free port, read back from listening_address
+    params.port = 0  # a free port, read back from listening_address
     params.n_parallel = config["n_parallel"]
     params.n_ctx = config["n_ctx"]
     params.kv_unified = True
     params.cpuparams.n_threads = config["threads"]
     params.cpuparams_batch.n_threads = config["threads"]
-    params.verbosity = config["verbosity"]    # 0: llama.cpp prints nothing at all
+    params.verbosity = config["verbosity"]  # 0: llama.cpp prints nothing at all
     return xllamacpp.Server(params)
 
 

@@ -8,6 +8,7 @@ died, and stopped at exit; a server never outlives the process that started it. 
 `OpenAIProvider`, exactly as a remote model's would; only starting the server and naming the model
 are local.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,23 +24,34 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from . import registry as models
 from ...errors import ConfigError, LocalModelError, ProviderConnectionError, ProviderHTTPError
 from ..base import CallRequest, Completion, Emit, OnToken, Wait
+from . import registry as models
 
 __all__ = [
-    "check_gguf", "endpoint_for", "exit_code", "GGUF_MAGIC", "LocalProvider", "N_CTX", "N_PARALLEL",
-    "require_runtime", "resolve", "running", "serve", "shutdown", "verbose",
+    "check_gguf",
+    "endpoint_for",
+    "exit_code",
+    "GGUF_MAGIC",
+    "LocalProvider",
+    "N_CTX",
+    "N_PARALLEL",
+    "require_runtime",
+    "resolve",
+    "running",
+    "serve",
+    "shutdown",
+    "verbose",
 ]
 
-N_PARALLEL = 4        # slots per server: a layer sampling one model several times runs them at once
-N_CTX = 16384         # tokens of KV cache per server, shared by its slots (unified), so one long
+N_PARALLEL = 4  # slots per server: a layer sampling one model several times runs them at once
+N_CTX = 16384  # tokens of KV cache per server, shared by its slots (unified), so one long
 #                       aggregator prompt may use all of it while short proposer calls share it
 GGUF_MAGIC = b"GGUF"
 _CONTEXT_ERROR = re.compile(r"request \((\d+) tokens\) exceeds the available context size \((\d+) tokens\)")
 
 
-_verbose_requested = False   # set by LocalProvider(verbose=True), i.e. `moa run --verbose`
+_verbose_requested = False  # set by LocalProvider(verbose=True), i.e. `moa run --verbose`
 
 
 def verbose() -> bool:
@@ -54,7 +66,7 @@ def require_runtime() -> None:
 
 # -- resolving a model id to a file -----------------------------------------------------------------
 
-_pull_lock = threading.Lock()     # two nodes needing the same missing model download it once
+_pull_lock = threading.Lock()  # two nodes needing the same missing model download it once
 
 
 def resolve(model: str) -> Path:
@@ -63,12 +75,14 @@ def resolve(model: str) -> Path:
         with _pull_lock:
             if not models.is_present(models.BUILTINS[model]):
                 say = models.stderr_progress()
-                say(f"local model {model} is not downloaded yet: pulling it once "
-                    f"({models.BUILTINS[model].size / 1e6:.0f} MB) into {models.model_path(model).parent}")
+                say(
+                    f"local model {model} is not downloaded yet: pulling it once "
+                    f"({models.BUILTINS[model].size / 1e6:.0f} MB) into {models.model_path(model).parent}"
+                )
                 models.pull([model], progress=say, on_bytes=models.default_byte_progress())
         return models.model_path(model)
     if not _looks_like_path(model):
-        models.lookup(model)          # raises ConfigError: unknown name, did you mean ...
+        models.lookup(model)  # raises ConfigError: unknown name, did you mean ...
     return check_gguf(Path(model).expanduser())
 
 
@@ -79,8 +93,10 @@ def _looks_like_path(model: str) -> bool:
 def check_gguf(path: Path) -> Path:
     path = path.resolve()
     if not path.is_file():
-        raise LocalModelError(f"no such model file: {path}" + ("" if path.exists() else
-                              f" (built-in models: {', '.join(models.BUILTINS)})"))
+        raise LocalModelError(
+            f"no such model file: {path}"
+            + ("" if path.exists() else f" (built-in models: {', '.join(models.BUILTINS)})")
+        )
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -110,6 +126,7 @@ def endpoint_for(model: str) -> str:
 
 # -- the process-wide servers ----------------------------------------------------------------------
 
+
 class _Slot:
     """One model's server; `lock` makes concurrent first calls start it once."""
 
@@ -136,7 +153,7 @@ def serve(path: Path) -> str:
         if slot.server is None:
             slot.server = _start(path)
             slot.url = slot.server.url.rstrip("/") + "/v1"
-        return slot.url   # type: ignore[return-value]
+        return slot.url  # type: ignore[return-value]
 
 
 def exit_code(path: Path) -> int | None:
@@ -176,32 +193,44 @@ class _ServerProcess:
 
 def _start(path: Path) -> _ServerProcess:
     require_runtime()
-    config = {"model": str(path), "n_parallel": N_PARALLEL, "n_ctx": N_CTX, "threads": os.cpu_count() or 1,
-              "verbosity": 3 if verbose() else 0}
+    config = {
+        "model": str(path),
+        "n_parallel": N_PARALLEL,
+        "n_ctx": N_CTX,
+        "threads": os.cpu_count() or 1,
+        "verbosity": 3 if verbose() else 0,
+    }
     script = Path(__file__).with_name("child.py")
     try:
         # Its own session: a Ctrl-C meant for this process (a REPL, a kernel) does not kill the server.
-        proc = subprocess.Popen([sys.executable, str(script), json.dumps(config)], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, encoding="utf-8", start_new_session=True,
-                                env=_server_env())
+        proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            start_new_session=True,
+            env=_server_env(),
+        )
     except OSError as exc:
         raise LocalModelError(f"could not start llama.cpp's server process: {exc}") from exc
     hint = "" if verbose() else " (set MOA_VERBOSE=1 to see llama.cpp's log)"
     assert proc.stdout is not None  # stdout=PIPE above
     try:
-        line = proc.stdout.readline()    # blocks while the weights load; ends if the child dies
+        line = proc.stdout.readline()  # blocks while the weights load; ends if the child dies
     finally:
         proc.stdout.close()
     from .child import MARK
 
-    reply = json.loads(line[len(MARK):]) if line.startswith(MARK) else {}
+    reply = json.loads(line[len(MARK) :]) if line.startswith(MARK) else {}
     if "url" in reply:
         return _ServerProcess(proc, reply["url"])
     _ServerProcess(proc, "").stop()
     if "error" in reply:
         raise LocalModelError(f"llama.cpp could not load {path}: {reply['error']}{hint}")
-    raise LocalModelError(f"llama.cpp's server process for {path} exited while loading it "
-                          f"(exit code {proc.returncode}){hint}")
+    raise LocalModelError(
+        f"llama.cpp's server process for {path} exited while loading it (exit code {proc.returncode}){hint}"
+    )
 
 
 def _server_env() -> dict[str, str]:
@@ -238,7 +267,8 @@ atexit.register(shutdown)
 # -- the provider ----------------------------------------------------------------------------------
 
 _SLOTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Path, asyncio.Semaphore]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def server_slots(path: Path) -> asyncio.Semaphore:
@@ -289,38 +319,42 @@ class LocalProvider:
         if max_concurrency is not None and max_concurrency < 1:
             raise ConfigError(f"provider {name}: max_concurrency must be at least 1, not {max_concurrency}")
         require_runtime()
-        _verbose_requested = _verbose_requested or verbose   # for servers started from now on
+        _verbose_requested = _verbose_requested or verbose  # for servers started from now on
         self.name = name
         self.endpoint = "local"
         self.max_concurrency = max_concurrency
         # Shared by the per-model clients, which hold it per attempt (never across a retry wait).
         self._semaphore = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self._clients: dict[str, Any] = {}
-        self._retired: list[Any] = []   # clients of a server that died: closed with this provider
+        self._retired: list[Any] = []  # clients of a server that died: closed with this provider
         self._locks: dict[str, asyncio.Lock] = {}
 
     def endpoint_for(self, model: str) -> str:
         return endpoint_for(model)
 
-    async def complete(self, req: CallRequest, *, on_token: OnToken | None = None,
-                       emit: Emit | None = None, wait: Wait | None = None) -> Completion:
+    async def complete(
+        self, req: CallRequest, *, on_token: OnToken | None = None, emit: Emit | None = None, wait: Wait | None = None
+    ) -> Completion:
         client = await self._client(req.model)
         try:
             return await client.complete(req, on_token=on_token, emit=emit, wait=wait)
         except ProviderHTTPError as exc:
-            raise _explain_context(exc, req) or exc
+            raise (_explain_context(exc, req) or exc) from None
         except ProviderConnectionError as exc:
             path = resolve(req.model)
             if running().get(path) == client.base_url:
-                raise                    # its server is alive: an ordinary connection failure
+                raise  # its server is alive: an ordinary connection failure
             # Its server died (or another run already replaced it): the next call gets a live one.
             # The client is retired, not closed: other calls may still be retrying on it.
             if self._clients.get(req.model) is client:
                 del self._clients[req.model]
                 self._retired.append(client)
             code = exit_code(path)
-            state = (f"stopped (exit code {code}); the next call starts it again" if code is not None
-                     else "stopped during this call; the next call uses a running one")
+            state = (
+                f"stopped (exit code {code}); the next call starts it again"
+                if code is not None
+                else "stopped during this call; the next call uses a running one"
+            )
             raise LocalModelError(f"{req.node}: llama.cpp's server for local model {req.model!r} {state}") from exc
 
     async def _client(self, model: str) -> Any:
@@ -333,8 +367,11 @@ class LocalProvider:
                 from ..openai import OpenAIProvider
 
                 client = self._clients[model] = OpenAIProvider(
-                    name=self.name, base_url=url, endpoint=endpoint_for(model),
-                    semaphore=_Bounds(self._semaphore, server_slots(path)))
+                    name=self.name,
+                    base_url=url,
+                    endpoint=endpoint_for(model),
+                    semaphore=_Bounds(self._semaphore, server_slots(path)),
+                )
             return client
 
     async def aclose(self) -> None:
@@ -358,4 +395,7 @@ def _explain_context(exc: ProviderHTTPError, req: CallRequest) -> ProviderHTTPEr
         f"{req.node}: the prompt is too long for local model {req.model!r}: {tokens} tokens, but its "
         f"context holds {limit} (shared by {N_PARALLEL} parallel requests). Nothing was truncated; "
         "lower max_tokens on this node's inputs, give it fewer inputs, or shorten the query.",
-        node=req.node, provider=exc.provider, status=400)
+        node=req.node,
+        provider=exc.provider,
+        status=400,
+    )

