@@ -44,9 +44,9 @@ LOCAL_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 3
 DEFAULT_MAX_RESPONSE_BYTES = (
     8 * 1024 * 1024
-)  # a response body past it fails the call (INTERFACES.md, "Limits on input")
+)  # a response body past it fails the call (README, "Limits on input")
 
-# The synthesis instruction of togethercomputer/MoA, verbatim (LANGUAGE.md, "The messages a call sends").
+# The synthesis instruction of togethercomputer/MoA, verbatim (docs/language.md, "The messages a call sends").
 REFERENCE_PROMPT = (
     "You have been provided with a set of responses from various open-source models to the latest "
     "user query. Your task is to synthesize these responses into a single, high-quality response. "
@@ -57,7 +57,7 @@ REFERENCE_PROMPT = (
     "reliability.\n\nResponses from models:"
 )
 
-# The ranking instruction of a `rank` node (LANGUAGE.md, "rank"); its candidates follow, one per
+# The ranking instruction of a `rank` node (docs/language.md, "rank"); its candidates follow, one per
 # line as `[i] answer`. The runtime reads the reply as the sequence of `[i]` in it, so the format
 # asked for here is the one thing that must not drift.
 RANK_PROMPT = (
@@ -103,7 +103,7 @@ PARAM_KEYS = (
     "normalize",
 )
 
-# Which parameters each role takes (LANGUAGE.md, "Beyond propose and aggregate"). A key written on
+# Which parameters each role takes (docs/language.md, "Beyond propose and aggregate"). A key written on
 # a node or layer of a role that does not take it is E205; from `defaults` or a model it simply
 # does not apply to that node. MODEL_PARAMS steer the one model call a node makes; a `vote`
 # calls none.
@@ -163,7 +163,7 @@ def _openai_base_url() -> str:
 
 
 def builtin_providers() -> dict[str, ProviderConfig]:
-    """The providers that need no `provider` statement (LANGUAGE.md, "Built-in providers")."""
+    """The providers that need no `provider` statement (docs/language.md, "Built-in providers")."""
     return {
         "openai": ProviderConfig("openai", "openai", EnvRef("OPENAI_BASE_URL"), EnvRef("OPENAI_API_KEY")),
         "together": ProviderConfig("together", "openai", "https://api.together.xyz/v1", EnvRef("TOGETHER_API_KEY")),

@@ -187,7 +187,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _budget(args: argparse.Namespace) -> dict[str, Any]:
-    """--budget-usd/-tokens/-calls, each replacing the file's key of the same name (LANGUAGE.md, "budget")."""
+    """--budget-usd/-tokens/-calls, each replacing the file's key of the same name (docs/language.md, "budget")."""
     return {
         key: value for key in ("usd", "tokens", "calls") if (value := getattr(args, f"budget_{key}", None)) is not None
     }

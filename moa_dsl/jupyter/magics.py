@@ -109,7 +109,7 @@ class _NotebookByteBars:
 
 
 def _run_options(func: Callable) -> Callable:
-    """The options shared by `%%moa -q` and `%moa run` (INTERFACES.md, "Notebook")."""
+    """The options shared by `%%moa -q` and `%moa run` (README, "Notebook")."""
     options = [
         argument("-q", "--query", default=None, help="run the topology on this query"),
         argument(

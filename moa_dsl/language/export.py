@@ -1,4 +1,4 @@
-"""A validated graph as JSON (INTERFACES.md's shape), Mermaid, Graphviz dot, or a standalone SVG.
+"""A validated graph as JSON (the README's shape), Mermaid, Graphviz dot, or a standalone SVG.
 
 None of them needs a network or an external renderer. An `env("X")` value is shown as such,
 never resolved.

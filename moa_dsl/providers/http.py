@@ -3,13 +3,13 @@
 A subclass says how to build a request body and how to read a response or a stream; this module
 decides what is retried, how long to wait, and what the user reads when a call fails for good.
 
-Retryable (LANGUAGE.md, "Built-in providers"): connection errors, timeouts, HTTP 408, 409, 429 and
+Retryable (docs/language.md, "Built-in providers"): connection errors, timeouts, HTTP 408, 409, 429 and
 5xx, and a broken stream that has not emitted a token yet (a retry after a token would duplicate
 text). A 200 whose body is not what the API promises is not retried: it usually means a wrong
 `base_url`, and failing fast says so. `Retry-After` / `retry-after-ms` are honoured in full, up to
 `Backoff.max_retry_after_s`; a server asking for more is not retried.
 
-Limits (INTERFACES.md, "Limits on input"): `timeout` bounds each attempt from its start to its last byte
+Limits (README, "Limits on input"): `timeout` bounds each attempt from its start to its last byte
 (connect, send, wait, every read of the body or the stream), not each read; a response body past
 `max_response_bytes` (counted as it arrives, after content decoding) fails the call, not retried.
 

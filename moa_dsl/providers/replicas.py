@@ -48,7 +48,7 @@ from .http import Backoff, Failure, HTTPProvider, TokenGate
 
 __all__ = ["ReplicatedProvider", "SET_ASIDE_S"]
 
-SET_ASIDE_S = 30.0  # how long a replica that cannot be reached is left out of routing (LANGUAGE.md)
+SET_ASIDE_S = 30.0  # how long a replica that cannot be reached is left out of routing (docs/language.md)
 
 
 class ReplicatedProvider:

@@ -1,6 +1,6 @@
 """`--dry-run`: what a run would do, without calling anything, and what its calls may cost at worst.
 
-The worst case is the budget's (LANGUAGE.md, "budget"): a call's prompt tokens estimated as
+The worst case is the budget's (docs/language.md, "budget"): a call's prompt tokens estimated as
 ⌈characters / 4⌉ of its messages plus its `max_tokens`, at its model's price. Before a run the
 inputs' answers are not known, so each is counted at its worst: the `max_tokens` of the call that
 writes it (its real length when it would come from the cache); a ranker passes on `top_k` of its

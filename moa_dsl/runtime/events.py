@@ -62,7 +62,7 @@ class TraceWriter:
 
     Accepts a path (opened in append mode, closed by `close`) or an open text stream (left open).
     Each line is flushed, so a killed run leaves a readable trace up to its last event. `token`
-    events are left out: the trace is the run's lifecycle (INTERFACES.md), and a line plus a flush
+    events are left out: the trace is the run's lifecycle (the README), and a line plus a flush
     per streamed token would swamp it; on_event callbacks still get them.
     """
 

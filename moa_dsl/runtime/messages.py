@@ -1,9 +1,9 @@
-"""The exact messages a call sends (LANGUAGE.md, "The messages a call sends").
+"""The exact messages a call sends (docs/language.md, "The messages a call sends").
 
 They follow togethercomputer/MoA's `inject_references_to_messages`, so that a topology written in
 `.moa` sends the same requests as the paper's code: a proposer sends the conversation (behind an
 optional system message); an aggregator appends a numbered block of its inputs' answers to the
-system message, or puts one in front. A ranker (LANGUAGE.md, "rank") builds its request the same
+system message, or puts one in front. A ranker (docs/language.md, "rank") builds its request the same
 way, its candidates numbered `[1]`, `[2]`, ... instead.
 """
 

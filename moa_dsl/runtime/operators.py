@@ -1,4 +1,4 @@
-"""The pure parts of the operators beyond propose and aggregate (LANGUAGE.md, "Beyond propose and
+"""The pure parts of the operators beyond propose and aggregate (docs/language.md, "Beyond propose and
 aggregate"): how a vote reads an answer, how a ranking reply is read, how a window folds its inputs,
 and the budget's ledger. The scheduler decides when; this module decides what.
 """

@@ -126,7 +126,7 @@ class RunResult:
         return self.status == "ok"
 
     def to_json(self) -> dict[str, Any]:
-        """INTERFACES.md's `moa run --json` shape, exactly."""
+        """The README's `moa run --json` shape, exactly."""
         return {
             "output": self.output,
             "output_node": self.output_node,

@@ -7,7 +7,7 @@ to run. Only cancellation (Ctrl-C, a cancelled notebook cell) and genuine bugs l
 cancellation stops every call in flight and is re-raised, and every call that completed before it
 is already in the cache.
 
-Beyond propose and aggregate (LANGUAGE.md): a `vote` makes no call; an aggregator with `agree` makes
+Beyond propose and aggregate (docs/language.md): a `vote` makes no call; an aggregator with `agree` makes
 none when its inputs agree; a `rank` node passes its top K inputs on, in its order, where it stands
 in a reader's input list; a `window` aggregator folds its inputs in several calls; a node with
 `quorum = K` starts once K inputs succeeded, and the inputs no live node still needs are cancelled

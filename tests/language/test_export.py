@@ -1,4 +1,4 @@
-"""Exports: json (INTERFACES.md's shape), mermaid, dot, svg; no environment value ever leaks."""
+"""Exports: json (the README's shape), mermaid, dot, svg; no environment value ever leaks."""
 from __future__ import annotations
 
 import json

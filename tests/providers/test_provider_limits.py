@@ -1,4 +1,4 @@
-"""What a server sends cannot hang a call, exhaust memory or reach the terminal raw (INTERFACES.md,
+"""What a server sends cannot hang a call, exhaust memory or reach the terminal raw (the README,
 "Limits on input"), and the stream and retry edges the README promises. Every test talks to a real
 HTTP/1.1 server on 127.0.0.1 that it starts itself (`_Script`), scripted byte for byte.
 

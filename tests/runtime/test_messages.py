@@ -1,4 +1,4 @@
-"""Request building, exactly as LANGUAGE.md ("The messages a call sends") fixes it."""
+"""Request building, exactly as docs/language.md ("The messages a call sends") fixes it."""
 from __future__ import annotations
 
 import pytest

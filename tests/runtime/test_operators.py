@@ -1,4 +1,4 @@
-"""rank, vote, agree, window, quorum and budget (LANGUAGE.md, "Beyond propose and aggregate"), run on
+"""rank, vote, agree, window, quorum and budget (docs/language.md, "Beyond propose and aggregate"), run on
 hand-built graphs against the FakeLLMServer on 127.0.0.1: its request log is the witness. Orders come
 from per-model latencies, never from wall-clock thresholds."""
 from __future__ import annotations

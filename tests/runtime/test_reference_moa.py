@@ -122,7 +122,7 @@ def test_advanced_moa_three_layers_sends_the_reference_requests():
     assert final_ours[0]["model"] == final_ref[0]["model"]
     assert _canon(final_ours[0]["messages"]) == _canon(final_ref[0]["messages"])
     # The reference's final call leaves temperature/max_tokens to the API's defaults; ours sends the
-    # topology's (LANGUAGE.md: "the request carries temperature, max_tokens"), which is the point of
+    # topology's (docs/language.md: "the request carries temperature, max_tokens"), which is the point of
     # writing `defaults` in the file.
     assert final_ours[0]["temperature"] == 0.7 and final_ours[0]["max_tokens"] == 512
     # Every other call: the whole body (model, messages, temperature, max_tokens), byte for byte.

@@ -1,4 +1,4 @@
-"""RunResult / NodeResult / Usage: INTERFACES.md's --json shape and the token accounting."""
+"""RunResult / NodeResult / Usage: the README's --json shape and the token accounting."""
 from __future__ import annotations
 
 import json
