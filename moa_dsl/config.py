@@ -42,9 +42,7 @@ DEFAULT_TIMEOUT_S = 120.0
 # timeout bounds a request from its start to its last byte; a sweep on 2 busy cores saw 120 s run out.
 LOCAL_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 3
-DEFAULT_MAX_RESPONSE_BYTES = (
-    8 * 1024 * 1024
-)  # a response body past it fails the call (README, "Limits on input")
+DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # a response body past it fails the call (README, "Limits on input")
 
 # The synthesis instruction of togethercomputer/MoA, verbatim (docs/language.md, "The messages a call sends").
 REFERENCE_PROMPT = (
