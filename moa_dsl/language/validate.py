@@ -275,6 +275,10 @@ def convert_param(pair: ast.Pair, prompts: Mapping[str, str], *, where: str) -> 
     return PARAM_SCHEMA[key](key, pair.value, prompts)
 
 
+def _set_twice(pair: ast.Pair, first: Span) -> Diagnostic:
+    return error("E202", f"'{pair.key}' is set twice in this block (first at {position(first)})", pair.key_span)
+
+
 def convert_params(
     params: ast.MapValue | None, prompts: Mapping[str, str], *, where: str, diags: list[Diagnostic]
 ) -> dict[str, tuple[Any, Span]]:
@@ -285,13 +289,7 @@ def convert_params(
     seen: dict[str, Span] = {}
     for pair in params.pairs:
         if pair.key in seen:
-            diags.append(
-                error(
-                    "E202",
-                    f"'{pair.key}' is set twice in this block (first at {position(seen[pair.key])})",
-                    pair.key_span,
-                )
-            )
+            diags.append(_set_twice(pair, seen[pair.key]))
             continue
         seen[pair.key] = pair.key_span
         try:
@@ -616,13 +614,7 @@ def convert_budget(decl: ast.Budget, diags: list[Diagnostic]) -> dict[str, tuple
             )
             continue
         if pair.key in seen:
-            diags.append(
-                error(
-                    "E202",
-                    f"'{pair.key}' is set twice in this block (first at {position(seen[pair.key])})",
-                    pair.key_span,
-                )
-            )
+            diags.append(_set_twice(pair, seen[pair.key]))
             continue
         seen[pair.key] = pair.key_span
         try:

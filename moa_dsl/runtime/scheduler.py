@@ -685,9 +685,30 @@ class _Run:
     ) -> NodeResult:
         t = self.emitter.now()
         self.emitter.emit("node_skipped", name, {"reason": text}, t=t)
+        return self._ended("skipped", attrs, t, acc, reason, error=text, read=read)
+
+    def _cancelled(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
+        """Given up (a quorum was reached without it): what it spent before is still reported."""
+        t = self.emitter.now()
+        acc = self.accs.get(name)
+        self.emitter.emit("node_cancelled", name, {"reason": reason, "calls": acc.made if acc else 0}, t=t)
+        return self._ended("cancelled", attrs, t, acc, reason)
+
+    def _ended(
+        self,
+        status: NodeStatus,
+        attrs: Mapping[str, Any],
+        t: float,
+        acc: _Acc | None,
+        reason: str,
+        *,
+        error: str | None = None,
+        read: tuple[str, ...] | None = None,
+    ) -> NodeResult:
+        """A node that ends without an answer of its own (skipped, cancelled), with what it spent."""
         started = acc.started if acc is not None else None
         return NodeResult(
-            "skipped",
+            status,
             attrs.get("model"),
             attrs.get("provider"),
             None,
@@ -695,7 +716,7 @@ class _Run:
             acc.ct if acc else 0,
             None if started is None else t - started,
             acc.attempts if acc else 0,
-            text,
+            error,
             started,
             t,
             cache_key=acc.key if acc else None,
@@ -703,30 +724,6 @@ class _Run:
             cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
             calls=acc.made + acc.hits if acc else 0,
             inputs_read=read,
-        )
-
-    def _cancelled(self, name: str, attrs: Mapping[str, Any], reason: str) -> NodeResult:
-        """Given up (a quorum was reached without it): what it spent before is still reported."""
-        t = self.emitter.now()
-        acc = self.accs.get(name)
-        self.emitter.emit("node_cancelled", name, {"reason": reason, "calls": acc.made if acc else 0}, t=t)
-        started = acc.started if acc is not None else None
-        return NodeResult(
-            "cancelled",
-            attrs.get("model"),
-            attrs.get("provider"),
-            None,
-            acc.pt if acc else 0,
-            acc.ct if acc else 0,
-            None if started is None else t - started,
-            acc.attempts if acc else 0,
-            None,
-            started,
-            t,
-            cache_key=acc.key if acc else None,
-            reason=reason,
-            cost_usd=0.0 if attrs["role"] == "vote" else self._cost(attrs, acc),
-            calls=acc.made + acc.hits if acc else 0,
         )
 
 
