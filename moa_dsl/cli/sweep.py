@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         required=True,
         metavar="DATA.jsonl",
         help="one JSON object a line: instruction, query or turns (MT-Bench); or a shipped "
-        "dataset's name: alpaca-eval, mt-bench",
+        "dataset's name: alpaca-eval, mt-bench, arithmetic",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
     p.add_argument(

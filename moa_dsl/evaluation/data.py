@@ -6,7 +6,7 @@ import json
 import math
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Iterable, Mapping
@@ -36,6 +36,8 @@ class Item:
     dataset: str
     prefix: tuple[tuple[str, str], ...] = ()  # (role, content) before the turns: a `query` conversation
     category: str | None = None  # MT-Bench's `category` (writing, coding, ...): per-category win rates
+    answer: str | None = None  # the exact answer (`answer` field), for `--score exact`
+    where: str | None = field(default=None, compare=False)  # `file:line` (or `item N`), for errors
 
     @property
     def instruction(self) -> str:
@@ -48,24 +50,40 @@ class Item:
 
 def item_from_record(record: Any, *, index: int, dataset: str, where: str) -> Item:
     """One JSONL object, read as `moa run --input` reads it: `instruction`, else `query` (a string or
-    a conversation), else MT-Bench's `turns` (a list of strings, run as one growing conversation)."""
+    a conversation), else MT-Bench's `turns` (a list of strings, run as one growing conversation);
+    an `answer` (a string or a number) is kept for exact-match scoring."""
     if not isinstance(record, Mapping):
         raise ConfigError(f"{where}: expected a JSON object, got {type(record).__name__}")
     given = record.get("dataset")
     ds = given if isinstance(given, str) else dataset
+    answer = _answer(record, where)
     if "instruction" in record:
-        return Item(index, (_text(record["instruction"], "instruction", where),), ds)
+        return Item(index, (_text(record["instruction"], "instruction", where),), ds, answer=answer, where=where)
     if "query" in record:
         query = record["query"]
         if isinstance(query, list):
-            return _conversation_item(query, index=index, dataset=ds, where=where)
-        return Item(index, (_text(query, "query", where),), ds)
+            item = _conversation_item(query, index=index, dataset=ds, where=where)
+            return replace(item, answer=answer, where=where)
+        return Item(index, (_text(query, "query", where),), ds, answer=answer, where=where)
     if "turns" in record:
         turns = record["turns"]
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
             raise ConfigError(f"{where}: 'turns' must be a non-empty list of non-empty strings")
-        return Item(index, tuple(turns), ds, category=_category(record))
+        return Item(index, tuple(turns), ds, category=_category(record), answer=answer, where=where)
     raise ConfigError(f"{where}: no 'instruction', 'query' or 'turns' field")
+
+
+def _answer(record: Mapping, where: str) -> str | None:
+    """The `answer` field as text (a JSON number is written as it reads: 42, 2.5); None without one."""
+    if "answer" not in record:
+        return None
+    value = record["answer"]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{where}: 'answer' must be a string or a number, not {type(value).__name__}")
+    text = value if isinstance(value, str) else repr(value)
+    if not text.strip():
+        raise ConfigError(f"{where}: 'answer' is empty")
+    return text
 
 
 def _category(record: Mapping) -> str | None:
@@ -90,7 +108,7 @@ def _conversation_item(query: list, *, index: int, dataset: str, where: str) -> 
 
 
 def read_items(data: str | os.PathLike | Iterable[Mapping], *, limit: int | None = None) -> list[Item]:
-    """A JSONL file (blank lines skipped), a shipped dataset's name (`alpaca-eval`, `mt-bench`: only
+    """A JSONL file (blank lines skipped), a shipped dataset's name (`alpaca-eval`, `mt-bench`, `arithmetic`: only
     when no file of that name exists), or an iterable of records; the first `limit` of them."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be an integer >= 1, not {limit!r}")
@@ -112,7 +130,11 @@ def _read_jsonl(path: str | os.PathLike, limit: int | None) -> list[Item]:
 
 # --- reading JSONL: by name or path, bounded, exact ------------------------------------------------
 
-DATASETS = {"alpaca-eval": "alpaca_eval.jsonl", "mt-bench": "mt_bench.jsonl"}  # name -> file in datasets/
+DATASETS = {
+    "alpaca-eval": "alpaca_eval.jsonl",
+    "mt-bench": "mt_bench.jsonl",
+    "arithmetic": "arithmetic.jsonl",
+}  # name -> file in datasets/
 MAX_LINE_BYTES = 1024 * 1024  # an --input line longer than this is refused, never read whole
 MAX_DEPTH = 256  # JSON nesting a line may have (deeper would only overflow the stack later)
 _BOM = b"\xef\xbb\xbf"
