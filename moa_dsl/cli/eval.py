@@ -3,9 +3,10 @@
 Every topology answers every item; an LLM judge compares each one's answers with the baseline's
 (the first file unless --baseline), each pair in both orders. Results go to --out (per topology
 NAME/model_outputs.json in AlpacaEval's format, summary.json, summary.md, summary.svg) and the
-table is printed. Every call goes through the response cache: an interrupted evaluation resumes,
-a rerun calls nothing. Exit codes: 0 done (failed items are reported, not fatal), 1 a topology file
-has errors, 2 usage.
+table is printed. With --score exact there is no judge: each answer's first match of --extract is
+compared with the item's `answer` and each topology's accuracy is reported. Every call goes through
+the response cache: an interrupted evaluation resumes, a rerun calls nothing. Exit codes: 0 done
+(failed items are reported, not fatal), 1 a topology file has errors, 2 usage.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def register(sub: Any) -> None:
         required=True,
         metavar="DATA.jsonl",
         help="one JSON object a line: instruction, query or turns (MT-Bench); or the name of a "
-        "shipped dataset, alpaca-eval or mt-bench (a name is a name only when no file of "
+        "shipped dataset, alpaca-eval, mt-bench or arithmetic (a name is a name only when no file of "
         "that name exists)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
@@ -52,6 +53,19 @@ def register(sub: Any) -> None:
         default=DEFAULT_JUDGE_MAX_TOKENS,
         metavar="N",
         help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
+    )
+    p.add_argument(
+        "--score",
+        choices=("judge", "exact"),
+        default="judge",
+        help="judge: pairwise LLM judge against the baseline (default); exact: compare each answer with "
+        "the item's `answer` field (accuracy, no judge)",
+    )
+    p.add_argument(
+        "--extract",
+        metavar="REGEX",
+        help="with --score exact: the part of an answer compared (its first group, if any; default "
+        "'####\\s*(-?[0-9][0-9,]*(?:\\.[0-9]+)?)', the number after ####)",
     )
     p.add_argument("--baseline", metavar="NAME", help="the topology the others are judged against (default: the first)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where results go (default {DEFAULT_OUT}/)")
@@ -88,6 +102,8 @@ def main(args: argparse.Namespace) -> int:
             judge_max_tokens=args.judge_max_tokens,
             progress=None if args.quiet else sys.stderr,
             verbose=args.verbose,
+            score=args.score,
+            extract=args.extract,
         )
     except ConfigError as exc:
         return _usage(str(exc))
@@ -108,6 +124,8 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--limit must be >= 1, not {args.limit}"
     if args.judge_max_tokens < 1:
         return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
+    if args.extract is not None and args.score != "exact":
+        return "--extract goes with --score exact"
     if args.no_cache and args.refresh:
         return "--no-cache and --refresh contradict each other"
     for f in args.files:  # --input (a file or a dataset's name) is checked as it is read, line by line

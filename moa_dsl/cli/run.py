@@ -10,7 +10,8 @@ string or a conversation), else its `turns` (MT-Bench): turns run as a real conv
 first, then turn 2 with turn 1's answer as the assistant message between them. Each output line is
 the input object plus `output` (the last turn's answer, null if it failed), `status`, `error`,
 `usage`, `elapsed_s`, `generator` (the file's stem), and for `turns` items `outputs` (one answer
-per turn).
+per turn). With `--score exact`, each line also has `extracted` (the first match of `--extract` in
+the answer) and `correct` (it equals the item's `answer` field), and the accuracy is printed at the end.
 """
 
 from __future__ import annotations
@@ -42,11 +43,23 @@ def register(sub: Any) -> None:
         "--input",
         metavar="FILE.jsonl",
         help="run every line (instruction, query or turns); '-' reads stdin; the names "
-        "alpaca-eval and mt-bench are the shipped datasets (a name is a name only when "
+        "alpaca-eval, mt-bench and arithmetic are the shipped datasets (a name is a name only when "
         "no file of that name exists)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="with --input: only the first N items")
     p.add_argument("--output", metavar="FILE.jsonl", help="with --input: where results go (default stdout)")
+    p.add_argument(
+        "--score",
+        choices=("exact",),
+        help="with --input: exact compares each answer with the item's `answer` field (adds `correct` "
+        "and `extracted` to each row; the accuracy is printed at the end)",
+    )
+    p.add_argument(
+        "--extract",
+        metavar="REGEX",
+        help="with --score exact: the part of an answer compared (its first group, if any; default: "
+        "the number after ####)",
+    )
     p.add_argument(
         "--set",
         dest="sets",
@@ -88,6 +101,10 @@ def main(args: argparse.Namespace) -> int:
         return _usage("--output goes with --input")
     if args.limit is not None and not args.input:
         return _usage("--limit goes with --input")
+    if args.score is not None and not args.input:
+        return _usage("--score goes with --input")
+    if args.extract is not None and args.score != "exact":
+        return _usage("--extract goes with --score exact")
     if args.limit is not None and args.limit < 1:
         return _usage(f"--limit must be >= 1, not {args.limit}")
     if args.no_cache and args.refresh:
@@ -451,13 +468,22 @@ class Progress:
 def _batch(pipe: Any, args: argparse.Namespace) -> int:
     if args.json or args.dry_run:
         return _usage("--json and --dry-run take a single query, not --input")
+    from ..errors import ConfigError
     from ..evaluation.data import read_jsonl_records, read_jsonl_stream
+    from ..evaluation.exact import compile_extract, require_answers
 
     # Every line checked before anything runs (ConfigError names file:line: exit 2).
     if args.input == "-":
         records = read_jsonl_stream(sys.stdin.buffer, name="<stdin>", dataset="stdin", limit=args.limit)
     else:
         records = read_jsonl_records(args.input, limit=args.limit)
+    pattern = None
+    if args.score == "exact":
+        try:
+            pattern = compile_extract(args.extract)
+            require_answers([item for _, item in records])
+        except ConfigError as exc:
+            return _usage(str(exc))
     output = _open(args.output, "w", "--output") if args.output else _Sink(sys.stdout, "stdout")
     if isinstance(output, int):
         return output
@@ -465,7 +491,7 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
     try:
         if isinstance(trace, int):
             return trace
-        rows = asyncio.run(_abatch(pipe, records, args, trace, _RowWriter(output)))
+        rows = asyncio.run(_abatch(pipe, records, args, trace, _RowWriter(output), pattern))
     finally:
         for sink in (output, trace):
             if isinstance(sink, _Sink):
@@ -478,6 +504,9 @@ def _batch(pipe: Any, args: argparse.Namespace) -> int:
             for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens")
         }
         print(f"moa: {totals_line(f'{len(rows) - failed}/{len(rows)} ok', usage, None)}", file=sys.stderr)
+    if pattern is not None:
+        right = sum(1 for row in rows if row["correct"])
+        print(f"moa: accuracy {right / len(rows):.3f} ({right}/{len(rows)} correct, exact match)", file=sys.stderr)
     return unwritten or (EXIT_OK if not failed else EXIT_RUN_FAILED)
 
 
@@ -497,8 +526,14 @@ class _RowWriter:
 
 
 async def _abatch(
-    pipe: Any, records: list[tuple[dict, Any]], args: argparse.Namespace, trace: _Sink | None, rows_out: _RowWriter
+    pipe: Any,
+    records: list[tuple[dict, Any]],
+    args: argparse.Namespace,
+    trace: _Sink | None,
+    rows_out: _RowWriter,
+    pattern: Any = None,
 ) -> list[dict[str, Any]]:
+    from ..evaluation.exact import exact_match
     from ..runtime.scheduler import Session, gather_or_cancel
 
     progress = Progress(len(records), sys.stderr, quiet=args.quiet)
@@ -513,6 +548,9 @@ async def _abatch(
                     del row["outputs"]  # only `turns` items list an answer per turn
                 progress.step(row["status"] == "ok")
                 row = {**record, **row, "generator": pipe.name}
+                if pattern is not None:
+                    correct, extracted = exact_match(row["output"], item.answer, pattern)
+                    row.update(extracted=extracted, correct=correct)
                 rows_out.done(i, row)
                 return row
 

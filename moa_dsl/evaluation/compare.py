@@ -18,12 +18,16 @@ Latency is a topology's critical path per item: each node's call duration plus t
 inputs, so it does not depend on how many other items were in flight. A cached call's duration is
 the one measured when it was made, kept in a small ledger beside the response cache under the same
 key (`CACHE_DIR/eval-latency`); without one the item's latency is unknown and left out of the mean.
+
+With `score="exact"` there is no judge: each topology's answer is scored against the item's `answer`
+field (`exact.exact_match`), and the report gives each topology's accuracy instead of a win rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from typing import IO, Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
@@ -33,6 +37,7 @@ from ..config import cache_dir as default_cache_dir
 from ..errors import ConfigError
 from ..runtime import Pipeline, ResponseCache, Session, check_concurrency, gather_or_cancel, load, run_sync
 from .data import Item, read_items
+from .exact import SCORES, compile_extract, exact_match, require_answers
 from .judge import (
     DEFAULT_JUDGE,
     DEFAULT_JUDGE_MAX_TOKENS,
@@ -92,16 +97,30 @@ async def aevaluate(
     environ: Mapping[str, str] | None = None,
     transport: Any = None,
     verbose: bool = False,
+    score: str = "judge",
+    extract: str | None = None,
 ) -> EvalReport:
-    """Run, judge, report (see the module docstring). Raises ConfigError/MoaError before any call
-    for bad input; a failing item or judge call is reported, never raised."""
+    """Run, judge (or, with `score="exact"`, compare with each item's `answer` through `extract`),
+    report (see the module docstring). Raises ConfigError/MoaError before any call for bad input; a
+    failing item or judge call is reported, never raised."""
+    if score not in SCORES:
+        raise ConfigError(f"score must be one of {', '.join(SCORES)}, not {score!r}")
+    if extract is not None and score != "exact":
+        raise ConfigError("extract goes with score='exact' (--extract with --score exact)")
     pipes = _pipelines(topologies)
     names = _names(pipes)
     base = names[0] if baseline is None else baseline
     if base not in names:
         raise ConfigError(f"--baseline {base}: not one of the topologies ({', '.join(names)})")
     items = read_items(data, limit=limit)
-    judge_model, judge_pipe = check_judge(judge, pipes, judge_max_tokens)
+    judge_model: JudgeModel | None = None
+    judge_pipe: Pipeline | None = None
+    pattern: re.Pattern[str] | None = None
+    if score == "exact":
+        pattern = compile_extract(extract)
+        require_answers(items)
+    else:
+        judge_model, judge_pipe = check_judge(judge, pipes, judge_max_tokens)
 
     async def plan(evaluation: Evaluation) -> None:
         await evaluation.run_round(names, len(items))
@@ -121,6 +140,7 @@ async def aevaluate(
         environ=environ,
         transport=transport,
         verbose=verbose,
+        exact=pattern,
     )
     if out is not None:
         report.write(out)
@@ -139,8 +159,8 @@ async def run_evaluation(
     pipes: Mapping[str, Pipeline],
     items: list[Item],
     baseline: str,
-    judge_model: JudgeModel,
-    judge_pipe: Pipeline,
+    judge_model: JudgeModel | None,
+    judge_pipe: Pipeline | None,
     plan: Callable[["Evaluation"], Awaitable[None]],
     *,
     concurrency: int,
@@ -151,10 +171,12 @@ async def run_evaluation(
     environ: Mapping[str, str] | None,
     transport: Any,
     verbose: bool,
+    exact: re.Pattern[str] | None = None,
 ) -> EvalReport:
     """Open one session per topology and one for the judge, all under one bound and one cache;
     `plan` decides which topologies answer which items (`Evaluation.run_round`); the report has
-    every topology with the items it answered."""
+    every topology with the items it answered. With `exact` (a pattern; then no judge), each answer
+    is scored against its item's `answer` instead."""
     limiter = asyncio.Semaphore(check_concurrency(concurrency))
     store = ledger = None
     sessions: list[Any] = []
@@ -162,7 +184,7 @@ async def run_evaluation(
         if cache:
             store = ResponseCache(default_cache_dir(cache_dir))
         ledger = LatencyLedger(default_cache_dir(cache_dir) if cache else None)
-        for pipe in [*pipes.values(), judge_pipe]:
+        for pipe in [*pipes.values(), *([judge_pipe] if judge_pipe is not None else [])]:
             # One bound for everything in flight, across topologies and the judge.
             sessions.append(
                 Session(
@@ -178,7 +200,14 @@ async def run_evaluation(
                 )
             )
         evaluation = Evaluation(
-            dict(zip(pipes, sessions, strict=False)), sessions[-1], items, baseline, ledger, progress, concurrency
+            dict(zip(pipes, sessions, strict=False)),
+            sessions[-1] if judge_pipe is not None else None,
+            items,
+            baseline,
+            ledger,
+            progress,
+            concurrency,
+            exact=exact,
         )
         try:
             await plan(evaluation)
@@ -208,21 +237,33 @@ class Evaluation:
         ledger: LatencyLedger,
         progress: Progress,
         concurrency: int,
+        *,
+        exact: re.Pattern[str] | None = None,
     ):
         self.sessions, self.judge, self.items, self.baseline = sessions, judge, items, baseline
+        self.exact = exact
         self.ledger, self.progress = ledger, progress
         # Bounds coroutines, not calls (the limiter does that): enough items in flight to keep every
         # slot busy, few enough that an interrupted evaluation has finished the items it started.
         self.item_slots = asyncio.Semaphore(max(2, concurrency))
         n = len(items)
         self.runs: dict[str, list[ItemRun | None]] = {name: [None] * n for name in sessions}
-        self.scores: dict[str, list[float | None]] = {name: [None] * n for name in sessions if name != baseline}
+        # Judged scores against the baseline; with `exact` nothing is judged.
+        judged = [] if exact is not None else [name for name in sessions if name != baseline]
+        self.scores: dict[str, list[float | None]] = {name: [None] * n for name in judged}
         self.reports = {
-            name: TopologyReport(name, [], None if name == baseline else [], priced=_priced(s.graph, s.order))
+            name: TopologyReport(
+                name,
+                [],
+                None if name not in judged else [],
+                priced=_priced(s.graph, s.order),
+                correct=[] if exact is not None else None,
+                extracted=[] if exact is not None else None,
+            )
             for name, s in sessions.items()
         }
         self.listeners = {name: progress.listener(s.graph) for name, s in sessions.items()}
-        self.judge_listener = progress.listener(judge.graph)
+        self.judge_listener = progress.listener(judge.graph) if judge is not None else None
         self.judge_usage: dict[str, float] = {"calls": 0, "cache_hits": 0, "prompt_tokens": 0, "completion_tokens": 0}
         self._judging: dict[str, asyncio.Future] = {}
 
@@ -244,19 +285,28 @@ class Evaluation:
         todo, units = [], 0
         for i in range(upto):
             runs = sum(1 for n in order if self.runs[n][i] is None)
-            judged = sum(2 for n in order if n != self.baseline and self.scores[n][i] is None)
+            judged = sum(2 for n in order if n in self.scores and self.scores[n][i] is None)
             if runs or judged:
                 todo.append(i)
                 units += runs + judged
         self.progress.add(units=units)
         await gather_or_cancel(self._item(i, order) for i in todo)
 
-    def report(self, judge_model: JudgeModel) -> EvalReport:
+    def report(self, judge_model: JudgeModel | None) -> EvalReport:
         for name, report in self.reports.items():
             k = self.answered(name)
             report.runs = [r for r in self.runs[name][:k] if r is not None]
             if report.scores is not None:
                 report.scores = [s for s in self.scores[name][:k] if s is not None]
+            if self.exact is not None:
+                marks = [
+                    exact_match(r.output, item.answer or "", self.exact)
+                    for r, item in zip(report.runs, self.items, strict=False)
+                ]
+                report.correct = [ok for ok, _ in marks]
+                report.extracted = [got for _, got in marks]
+        if judge_model is None:
+            return EvalReport(self.baseline, None, self.items, list(self.reports.values()), {}, score="exact")
         usage = dict(self.judge_usage)
         if judge_model.price is not None:
             usage["cost_usd"] = round(
@@ -282,7 +332,7 @@ class Evaluation:
                         self._report_failure(name, item, run)
             base = self.runs[self.baseline][i]
             assert base is not None
-            pending = [n for n in order if n != self.baseline and self.scores[n][i] is None]
+            pending = [n for n in order if n in self.scores and self.scores[n][i] is None]
             await asyncio.gather(*(self._compare(name, i, base) for name in pending))
             for name in dict.fromkeys([*fresh, *pending]):
                 self.progress.variant_item(name)
@@ -330,6 +380,7 @@ class Evaluation:
     def _judged(self, prompt: str) -> Any:
         """One judge call per distinct prompt (two candidates can give the same answer): the same
         reason as running an item's topologies in turn, for the judge's calls made at once."""
+        assert self.judge is not None
         task = self._judging.get(prompt)
         if task is None:
             task = self._judging[prompt] = asyncio.ensure_future(self.judge.run(prompt, on_event=self._judge_event))
@@ -337,7 +388,8 @@ class Evaluation:
         return task
 
     def _judge_event(self, event: Any) -> None:
-        self.judge_listener(event)
+        if self.judge_listener is not None:
+            self.judge_listener(event)
         if event.kind == "node_finished":
             usage = event.data.get("usage", {})
             self.judge_usage["calls" if event.data.get("status") == "ok" else "cache_hits"] += 1

@@ -47,16 +47,23 @@ def pareto_front(points: Sequence[Point]) -> list[Point]:
     return sorted(chosen, key=lambda p: (p.x, -p.y))
 
 
-def render_svg(rows: Sequence[dict], *, title: str = "") -> str:
+def render_svg(rows: Sequence[dict], *, title: str = "", y_label: str = "win rate vs baseline") -> str:
     """`rows` are summary.json topology rows; returns a complete SVG document."""
     colors = {row["name"]: COLORS[i % len(COLORS)] for i, row in enumerate(rows)}
     panels = [
-        _panel(_points(rows, _cost_per_item, "pareto_cost"), colors, x_label="cost per item (USD)", x_offset=0),
+        _panel(
+            _points(rows, _cost_per_item, "pareto_cost"),
+            colors,
+            x_label="cost per item (USD)",
+            x_offset=0,
+            y_label=y_label,
+        ),
         _panel(
             _points(rows, lambda r: r.get("latency_mean_s"), "pareto_latency"),
             colors,
             x_label="mean latency per item (s)",
             x_offset=PANEL_W,
+            y_label=y_label,
         ),
     ]
     width, height = 2 * PANEL_W, PANEL_H + 24 + 18 * ((len(rows) + 2) // 3) + 18
@@ -169,7 +176,9 @@ def _points(rows: Sequence[dict], x_of: Callable[[dict], Any], front_key: str) -
     ]
 
 
-def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offset: int) -> str:
+def _panel(
+    points: list[Point], colors: dict[str, str], *, x_label: str, x_offset: int, y_label: str = "win rate vs baseline"
+) -> str:
     placed = [p for p in points if p.x is not None]
     xs = {p.name: p.x for p in placed if p.x is not None}
     x_max = _nice_max(max(xs.values(), default=0.0))
@@ -197,7 +206,7 @@ def _panel(points: list[Point], colors: dict[str, str], *, x_label: str, x_offse
     )
     out.append(
         f'<text transform="translate({x_offset + 14},{MARGIN_T + plot_h / 2}) rotate(-90)" '
-        f'text-anchor="middle">win rate vs baseline</text>'
+        f'text-anchor="middle">{escape(y_label)}</text>'
     )
     front = pareto_front(placed)
     if len(front) > 1:

@@ -46,6 +46,8 @@ class TopologyReport:
     ties_unparseable: int = 0
     judge_errors: int = 0
     priced: bool = True
+    correct: list[bool] | None = None  # `--score exact`: each answer right or not (no judge)
+    extracted: list[str | None] | None = None  # and what `--extract` found in it
 
     def row(self, items: Sequence[Item], baseline: Sequence[ItemRun] | None = None) -> dict[str, Any]:
         """summary.json's row; `baseline`: the baseline's runs on the same items (for the length
@@ -56,8 +58,16 @@ class TopologyReport:
         cost = sum(r.cost_usd or 0.0 for r in self.runs) if self.priced else None
         lengths = [len(r.output) for r in self.runs if r.status == "ok" and r.output is not None]
         ci = bootstrap_ci(self.scores) if self.scores else None
+        exact = {}
+        if self.correct is not None:
+            n_correct = sum(self.correct)
+            exact = {
+                "accuracy": _r(n_correct / len(self.correct)) if self.correct else None,
+                "n_correct": n_correct,
+            }
         return {
             "name": self.name,
+            **exact,
             "win_rate": _r(rate),
             "stderr": _r(stderr),
             "win_rate_ci": None if ci is None else [_r(ci[0]), _r(ci[1])],
@@ -107,21 +117,26 @@ class EvalReport:
     """What `moa_dsl.evaluate` returns: `summary` is summary.json; it displays itself in a notebook."""
 
     baseline: str
-    judge: JudgeModel
+    judge: JudgeModel | None  # None with score "exact"
     items: list[Item]
     topologies: list[TopologyReport]
     judge_usage: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
+    score: str = "judge"  # or "exact": accuracy against each item's `answer`, no judge
 
     @property
     def summary(self) -> dict[str, Any]:
-        return {
+        summary = {
             "baseline": self.baseline,
-            "judge": self.judge.ref,
+            "judge": None if self.judge is None else self.judge.ref,
             "topologies": self.rows(),
             "items": len(self.items),
             "judge_usage": self.judge_usage,
         }
+        if self.score == "exact":
+            summary = {"score": "exact", **summary}
+            del summary["baseline"]
+        return summary
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per topology, with `pareto_cost`/`pareto_latency`: on the front of win rate
@@ -135,16 +150,55 @@ class EvalReport:
                 row[key] = flag
         return rows
 
-    def model_outputs(self, name: str) -> list[dict[str, str]]:
-        """AlpacaEval's format; a failed item's output is "" (it is listed in summary.json)."""
+    def model_outputs(self, name: str) -> list[dict[str, Any]]:
+        """AlpacaEval's format; a failed item's output is "" (it is listed in summary.json). With
+        score "exact", each row also has `answer`, `extracted` and `correct`."""
         topo = next(t for t in self.topologies if t.name == name)
-        return [
+        rows: list[dict[str, Any]] = [
             {"instruction": item.instruction, "output": run.output or "", "generator": name, "dataset": item.dataset}
             for item, run in zip(self.items, topo.runs, strict=False)
         ]
+        if topo.correct is not None and topo.extracted is not None:
+            for row, item, ok, got in zip(rows, self.items, topo.correct, topo.extracted, strict=False):
+                row.update(answer=item.answer, extracted=got, correct=ok)
+        return rows
 
     def to_markdown(self) -> str:
+        if self.score == "exact":
+            return self._exact_table(self.summary["topologies"]) + "\n" + "\n".join(self._exact_notes()) + "\n"
         return self._table(self.summary["topologies"]) + "\n" + "\n".join(self._notes()) + "\n"
+
+    def _exact_table(self, rows: list[dict[str, Any]]) -> str:
+        head = (
+            "| topology | accuracy | correct | n | calls | prompt tok | completion tok | cost USD "
+            "| mean latency s | p95 latency s | failed | Pareto |"
+        )
+        lines = [head, "|" + "---|" * (head.count("|") - 1)]
+        for row in rows:
+            front = ", ".join(k for k in ("cost", "latency") if row.get(f"pareto_{k}"))
+            cells = [
+                row["name"],
+                _fmt(row["accuracy"], 3),
+                str(row["n_correct"]),
+                str(row["n"]),
+                str(row["calls"]),
+                str(row["prompt_tokens"]),
+                str(row["completion_tokens"]),
+                _fmt(row["cost_usd"], 6),
+                _fmt(row["latency_mean_s"], 2),
+                _fmt(row["latency_p95_s"], 2),
+                str(len(row["failed_items"])),
+                front or "—",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def _exact_notes(self) -> list[str]:
+        return [
+            f"exact match against each item's answer; {len(self.items)} items; a failed item or an answer "
+            "the pattern does not match counts as wrong; Pareto: on the front of accuracy against cost per "
+            "item / mean latency"
+        ]
 
     def _table(self, rows: list[dict[str, Any]]) -> str:
         head = (
@@ -194,6 +248,7 @@ class EvalReport:
         return table
 
     def _notes(self) -> list[str]:
+        assert self.judge is not None
         notes = [
             f"judge: `{self.judge.ref}`, each pair judged in both orders; baseline: {self.baseline}; "
             f"{len(self.items)} items; 95% CI: bootstrap over items; LC: length-controlled win rate "
@@ -209,6 +264,13 @@ class EvalReport:
     def to_svg(self) -> str:
         from .plot import render_svg
 
+        if self.score == "exact":  # accuracy where the win rate goes; there is no baseline
+            rows = [
+                {**row, "win_rate": row["accuracy"] or 0.0, "win_rate_ci": None, "stderr": None}
+                for row in self.summary["topologies"]
+            ]
+            return render_svg(rows, title=f"accuracy (exact match, {len(self.items)} items)", y_label="accuracy")
+        assert self.judge is not None
         return render_svg(
             self.summary["topologies"],
             title=f"win rate vs {self.baseline} (judge {self.judge.ref}, {len(self.items)} items)",
@@ -252,7 +314,9 @@ def _html_tables(markdown: str) -> str:
 
 
 def quality(row: dict[str, Any]) -> float | None:
-    """A row's win rate for plots and fronts: the baseline sits at 0.5."""
+    """A row's win rate for plots and fronts: the baseline sits at 0.5; an exact-match row's accuracy."""
+    if "accuracy" in row:
+        return row["accuracy"]
     return 0.5 if row["win_rate"] is None else row["win_rate"]
 
 
