@@ -35,7 +35,8 @@ def test_wheel_installs_and_checks_an_example(tmp_path: Path) -> None:
     assert Path(found).parent.parent.name == "moa_dsl" and str(ROOT) not in found
     # The shipped datasets, by name, from the installed wheel (importlib.resources, not the source tree).
     counts = _run(python, "-c", "from moa_dsl.evaluation.data import read_items; "
-                  "print(len(read_items('alpaca-eval')), len(read_items('mt-bench')))", cwd=work).stdout.split()
-    assert counts == ["805", "80"]
+                  "print(len(read_items('alpaca-eval')), len(read_items('mt-bench')), len(read_items('arithmetic')))",
+                  cwd=work).stdout.split()
+    assert counts == ["805", "80", "30"]
     proc = _run(venv / "bin" / "moa", "check", EXAMPLES / "moa-paper.moa", EXAMPLES / "critic-branch.moa", cwd=work)
     assert proc.stderr.startswith("ok in 2 files")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def test_every_example_passes_check(capsys: pytest.CaptureFixture) -> None:
     assert main(["check", *map(str, EXAMPLE_FILES)]) == 0
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("ok in ")
+
+
+def test_the_operator_examples_are_there_and_two_need_no_key() -> None:
+    names = {p.name for p in EXAMPLE_FILES}
+    assert {"rank-fuse.moa", "vote-local.moa", "synthesis-local.moa", "quorum-local.moa", "agree-exit.moa",
+            "self-moa-seq.moa", "budgeted.moa"} <= names
+    for name in ("vote-local.moa", "quorum-local.moa", "synthesis-local.moa"):
+        text = (EXAMPLES / name).read_text()
+        models = re.findall(r'\b([a-z]+):"', text)
+        assert models and set(models) == {"local"}, (name, models)
 
 
 def test_errors_exit_1_with_rendered_diagnostics(capsys: pytest.CaptureFixture, monkeypatch) -> None:
