@@ -95,6 +95,7 @@ def test_quickstart_runs(kernel_env):
     # the live panel ran in widgets and left a static record in their place: the saved outputs
     # show every row and the totals without any widget model
     assert ">done<" in text and ">cached<" in text and "ok: 0 calls, 3 cache hits" in text
+    assert "votes: {" in text and "expected: 32" in text  # the vote section's tally
     panels = [o for c in nb.cells for o in c.get("outputs", []) if "moa-panel" in str(o.get("data", {}))]
     assert panels and all("application/vnd.jupyter.widget-view+json" not in o.data for o in panels)
 
