@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("local_models") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a child that a test will Ctrl-C: SIGINT back to its default before exec.
+
+    A suite started in the background by a non-interactive shell (`cmd &`) inherits SIGINT ignored,
+    and so would every child; a Python started with SIGINT ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sigint_is_handled():
+    """The same for this process: `_thread.interrupt_main()` does nothing while SIGINT is ignored."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,6 +14,8 @@ import pytest
 
 from moa_dsl.testing import FakeLLMServer
 
+from conftest import sigint_default
+
 KEY = "sk-interrupt-0000"
 
 
@@ -48,7 +50,7 @@ node final = aggregate fake:"agg" <- first
     trace = tmp_path / "trace.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "moa_dsl", "run", str(path), "q", "--trace", str(trace)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            env=env)
+                            env=env, preexec_fn=sigint_default)
     try:
         deadline = time.monotonic() + 120   # a bound on waiting for a hung child, not an assertion on speed
         while not ({"first.a", "first.b"} <= _finished(trace) and server.requests_for("agg")):
