@@ -19,14 +19,13 @@ from typing import Any
 from ..errors import ConfigError, MoaError
 from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
 
-__all__ = ["HELP", "main", "register"]
+__all__ = ["HELP", "add_judge_options", "check_common_args", "main", "register", "report_outcome"]
 
 HELP = "compare topologies on a dataset (pairwise LLM judge, cost, latency)"
 
 
 def register(sub: Any) -> None:
     from ..evaluation.compare import DEFAULT_OUT
-    from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
 
     p = sub.add_parser(
         "eval", help=HELP, description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,19 +40,7 @@ def register(sub: Any) -> None:
         "that name exists)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
-    p.add_argument(
-        "--judge",
-        default=DEFAULT_JUDGE,
-        metavar="MODELREF",
-        help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})',
-    )
-    p.add_argument(
-        "--judge-max-tokens",
-        type=int,
-        default=DEFAULT_JUDGE_MAX_TOKENS,
-        metavar="N",
-        help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
-    )
+    add_judge_options(p)
     p.add_argument(
         "--score",
         choices=("judge", "exact"),
@@ -109,25 +96,15 @@ def main(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     except OSError as exc:  # --out not writable
         return _usage(f"cannot write {exc.filename or args.out}: {exc.strerror or exc}")
-    sys.stdout.write(report.to_markdown())
-    failed = sum(len(row["failed_items"]) for row in report.summary["topologies"])
-    if failed:
-        print(f"moa eval: {failed} item runs failed (listed in {Path(args.out) / 'summary.json'})", file=sys.stderr)
-    print(f"moa eval: results in {args.out}/", file=sys.stderr)
-    return EXIT_OK
+    return report_outcome("eval", report, args.out)
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
-    if args.concurrency < 1:
-        return f"--concurrency must be >= 1, not {args.concurrency}"
-    if args.limit is not None and args.limit < 1:
-        return f"--limit must be >= 1, not {args.limit}"
-    if args.judge_max_tokens < 1:
-        return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
+    problem = check_common_args(args)
+    if problem is not None:
+        return problem
     if args.extract is not None and args.score != "exact":
         return "--extract goes with --score exact"
-    if args.no_cache and args.refresh:
-        return "--no-cache and --refresh contradict each other"
     for f in args.files:  # --input (a file or a dataset's name) is checked as it is read, line by line
         if not Path(f).is_file():
             return f"no such file: {f}"
@@ -148,3 +125,45 @@ def _load(files: list[str]) -> list[Any] | int:
                 exc.render(color=sys.stderr.isatty()) if exc.diagnostics else f"moa eval: error: {exc}", file=sys.stderr
             )
     return EXIT_INVALID if bad else pipes
+
+
+def add_judge_options(p: argparse.ArgumentParser) -> None:
+    """--judge and --judge-max-tokens, as `moa eval` and `moa sweep` take them."""
+    from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
+
+    p.add_argument(
+        "--judge",
+        default=DEFAULT_JUDGE,
+        metavar="MODELREF",
+        help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})',
+    )
+    p.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=DEFAULT_JUDGE_MAX_TOKENS,
+        metavar="N",
+        help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
+    )
+
+
+def check_common_args(args: argparse.Namespace) -> str | None:
+    """The checks `moa eval` and `moa sweep` share: the bound, --limit, the judge's budget, the cache flags."""
+    if args.concurrency < 1:
+        return f"--concurrency must be >= 1, not {args.concurrency}"
+    if args.limit is not None and args.limit < 1:
+        return f"--limit must be >= 1, not {args.limit}"
+    if args.judge_max_tokens < 1:
+        return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
+    if args.no_cache and args.refresh:
+        return "--no-cache and --refresh contradict each other"
+    return None
+
+
+def report_outcome(command: str, report: Any, out: str) -> int:
+    """The summary table on stdout; failed item runs and where the results are on stderr."""
+    sys.stdout.write(report.to_markdown())
+    failed = sum(len(row["failed_items"]) for row in report.summary["topologies"])
+    if failed:
+        print(f"moa {command}: {failed} item runs failed (listed in {Path(out) / 'summary.json'})", file=sys.stderr)
+    print(f"moa {command}: results in {out}/", file=sys.stderr)
+    return EXIT_OK

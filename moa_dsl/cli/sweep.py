@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MoaError
-from . import EXIT_INVALID, EXIT_OK, add_call_options, usage_error
+from . import EXIT_INVALID, add_call_options, usage_error
+from .eval import add_judge_options, check_common_args, report_outcome
 
 __all__ = ["main", "register"]
 
@@ -26,7 +27,6 @@ HELP = "search a topology's settings on a dataset (a grid of variants, judged li
 
 
 def register(sub: Any) -> None:
-    from ..evaluation.judge import DEFAULT_JUDGE, DEFAULT_JUDGE_MAX_TOKENS
     from ..evaluation.search import DEFAULT_SWEEP_OUT
 
     p = sub.add_parser(
@@ -49,19 +49,7 @@ def register(sub: Any) -> None:
         "dataset's name: alpaca-eval, mt-bench, arithmetic",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N items")
-    p.add_argument(
-        "--judge",
-        default=DEFAULT_JUDGE,
-        metavar="MODELREF",
-        help=f'the judge, as in a .moa file: PROVIDER:"ID" (default {DEFAULT_JUDGE})',
-    )
-    p.add_argument(
-        "--judge-max-tokens",
-        type=int,
-        default=DEFAULT_JUDGE_MAX_TOKENS,
-        metavar="N",
-        help=f"the judge's completion budget (default {DEFAULT_JUDGE_MAX_TOKENS})",
-    )
+    add_judge_options(p)
     p.add_argument(
         "--baseline", metavar="NAME", help="a variant to judge the others against (default: FILE as written)"
     )
@@ -116,23 +104,13 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     except OSError as exc:  # --out not writable
         return _usage(f"cannot write {exc.filename or args.out}: {exc.strerror or exc}")
-    sys.stdout.write(report.to_markdown())
-    failed = sum(len(row["failed_items"]) for row in report.summary["topologies"])
-    if failed:
-        print(f"moa sweep: {failed} item runs failed (listed in {Path(args.out) / 'summary.json'})", file=sys.stderr)
-    print(f"moa sweep: results in {args.out}/", file=sys.stderr)
-    return EXIT_OK
+    return report_outcome("sweep", report, args.out)
 
 
 def _check_args(args: argparse.Namespace) -> str | None:
-    if args.concurrency < 1:
-        return f"--concurrency must be >= 1, not {args.concurrency}"
-    if args.limit is not None and args.limit < 1:
-        return f"--limit must be >= 1, not {args.limit}"
-    if args.judge_max_tokens < 1:
-        return f"--judge-max-tokens must be >= 1, not {args.judge_max_tokens}"
-    if args.no_cache and args.refresh:
-        return "--no-cache and --refresh contradict each other"
+    problem = check_common_args(args)
+    if problem is not None:
+        return problem
     if not Path(args.file).is_file():
         return f"no such file: {args.file}"
     return None  # --input is read (and its errors named) by the dataset reader
